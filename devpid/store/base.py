@@ -1,0 +1,73 @@
+"""The storage interface: snapshots of JSON values by key, one serial per committed change.
+
+Everything devpid remembers (users, index configs, releases, file records, cached mirror
+pages) is a JSON value under a string key. A write transaction collects changes and commits
+them as ONE new serial with ONE changelog entry ``{key: new value or None}``. Page caches,
+replication, events and export all derive from that single mechanism, so a backend only has
+to implement this small interface (SQLite today; PostgreSQL can follow without touching the
+web layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+JSON = Any
+Changes = dict[str, JSON]
+CommitListener = Callable[[int, Changes], None]
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (e.g. a replica applying a serial out of order)."""
+
+
+class ReadView(Protocol):
+    """Read access to the state at one serial."""
+
+    serial: int
+
+    def get(self, key: str) -> JSON | None: ...
+
+    def items(self, prefix: str) -> list[tuple[str, JSON]]:
+        """All (key, value) pairs whose key starts with ``prefix``, sorted by key."""
+        ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+
+class WriteTransaction(ReadView, Protocol):
+    """Collects changes; ``commit`` gives them the next serial atomically."""
+
+    def set(self, key: str, value: JSON) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    @property
+    def changes(self) -> Mapping[str, JSON]: ...
+
+
+class Store(ReadView, Protocol):
+    """A store of JSON values with a serial-numbered changelog."""
+
+    uuid: str
+
+    def transaction(self) -> Iterator[WriteTransaction]:
+        """Context manager: yields a transaction, commits on success (if anything changed)."""
+        ...
+
+    def apply_serial(self, serial: int, changes: Changes) -> None:
+        """Replay a changelog entry with the given serial (replicas, import)."""
+        ...
+
+    def changelog(self, serial: int) -> Changes | None: ...
+
+    def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]: ...
+
+    def lookup_path(self, path: str) -> tuple[str, str] | None:
+        """Map a served file path (``user/index/+f/...``) to (key, filename)."""
+        ...
+
+    def add_commit_listener(self, listener: CommitListener) -> None: ...
+
+    def close(self) -> None: ...

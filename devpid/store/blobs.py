@@ -1,0 +1,103 @@
+"""Content-addressed file storage: ``+blobs/ab/cd/abcd...`` named by sha256.
+
+A blob is written to a temp file in ``+blobs/tmp``, fsynced, then renamed into place, and the
+store references it only after that: a crash leaves at most an orphan temp file, never a
+half-written blob under its final name. Identical content is stored once. Nothing from a URL or
+an upload's file name ever becomes part of a path here: only hex digests do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+CHUNK = 256 * 1024
+
+
+class BlobStore:
+    """Blobs under ``root`` (``<serverdir>/+blobs``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmpdir = root / "tmp"
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def relpath(sha256: str) -> str:
+        """The path below ``root`` (also what nginx's X-Accel-Redirect location appends)."""
+        if not _HEX64.fullmatch(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return f"{sha256[0:2]}/{sha256[2:4]}/{sha256}"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / self.relpath(sha256)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        """An open temp file in the blob area (same filesystem, so rename is atomic)."""
+        fd, name = tempfile.mkstemp(dir=self.tmpdir, prefix="in-")
+        return os.fdopen(fd, "w+b"), Path(name)
+
+    def commit_temp(self, tmp: Path, sha256: str) -> Path:
+        """fsync and rename a fully written temp file into place under its digest.
+
+        Blocking: call from a worker thread for big files.
+        """
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        dirfd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        return target
+
+    def discard(self, tmp: Path) -> None:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small content (metadata files, docs); returns its sha256. Blocking."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return digest
+        f, tmp = self.new_temp()
+        with f:
+            f.write(data)
+        self.commit_temp(tmp, digest)
+        return digest
+
+    def hash_file(self, path: Path) -> tuple[str, str, int]:
+        """(sha256, md5, size) of a file. Blocking."""
+        sha = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
+        size = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                md5.update(chunk)
+                size += len(chunk)
+        return sha.hexdigest(), md5.hexdigest(), size
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a crash (called at start-up, before serving)."""
+        removed = 0
+        for p in self.tmpdir.iterdir():
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed

@@ -1,0 +1,75 @@
+"""The logical key layout: the one place that knows how state is named in the store.
+
+Keys are ``kind/part/part...``; user, index and project parts are validated names (never
+containing ``/``), so a prefix scan of ``release/alice/dev/foo/`` finds exactly foo's releases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def user(u: str) -> str:
+    return f"user/{u}"
+
+
+def index(u: str, i: str) -> str:
+    return f"index/{u}/{i}"
+
+
+def project(stage: str, p: str) -> str:
+    """A private project record (``stage`` is ``user/index``)."""
+    return f"project/{stage}/{p}"
+
+
+def release(stage: str, p: str, version: str) -> str:
+    return f"release/{stage}/{p}/{version}"
+
+
+def release_prefix(stage: str, p: str) -> str:
+    return f"release/{stage}/{p}/"
+
+
+def file(stage: str, p: str, filename: str) -> str:
+    """A stored distribution file (an upload, or a mirror file once it is cached)."""
+    return f"file/{stage}/{p}/{filename}"
+
+
+def file_prefix(stage: str, p: str) -> str:
+    return f"file/{stage}/{p}/"
+
+
+def doc(stage: str, p: str, version: str) -> str:
+    return f"doc/{stage}/{p}/{version}"
+
+
+def mirror_page(stage: str, p: str) -> str:
+    """A mirror's cached view of one upstream project page."""
+    return f"mirror/{stage}/{p}"
+
+
+def split(key: str) -> list[str]:
+    return key.split("/")
+
+
+def paths_of(key: str, value: Any) -> list[tuple[str, str]]:
+    """The served URL paths (``user/index/+f/...``) a stored value makes reachable.
+
+    Derived from the value so that the path table can be rebuilt from the changelog by any
+    store (primary, replica, import) without extra changelog entries.
+    """
+    if not isinstance(value, dict):
+        return []
+    kind = key.split("/", 1)[0]
+    if kind in ("file", "doc"):
+        path = value.get("path")
+        if isinstance(path, str):
+            return [(path, value.get("filename", path.rsplit("/", 1)[-1]))]
+    elif kind == "mirror":
+        out = []
+        for entry in value.get("files", ()):
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if isinstance(path, str):
+                out.append((path, entry.get("filename", "")))
+        return out
+    return []

@@ -1,0 +1,272 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Tables: ``kv`` holds the current value of every key with the serial that last wrote it;
+``changelog`` holds, per serial, the JSON ``{key: value-or-null}`` of that commit; ``paths``
+is derived (served file path -> key) and maintained in the same transaction. A commit is one
+SQLite transaction, so a kill -9 at any moment leaves either the old or the new serial.
+
+Writes happen on the calling thread (the reactor's); they are small indexed statements and
+WAL with ``synchronous=NORMAL`` keeps them fast without risking consistency. Readers in other
+processes (export, ``devpid passwd``) never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from devpid.store.base import Changes, CommitListener, StoreError
+from devpid.store.keys import paths_of
+
+log = Logger()
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, serial INTEGER NOT NULL, value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changelog (
+    serial INTEGER PRIMARY KEY, timestamp REAL NOT NULL, changes TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paths (
+    path TEXT PRIMARY KEY, key TEXT NOT NULL, filename TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS paths_by_key ON paths (key);
+"""
+
+DB_NAME = "devpid.sqlite"
+
+
+def _upper_bound(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class SQLiteStore:
+    """Store implementation over one SQLite database in the server directory."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self._conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._listeners: list[CommitListener] = []
+        if not readonly:
+            self._conn.executescript(SCHEMA)
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} has schema version {version}, newer than this devpid "
+                    f"({SCHEMA_VERSION}); upgrade devpid"
+                )
+            if self._meta("uuid") is None:
+                self._conn.execute(
+                    "INSERT INTO meta(name, value) VALUES ('uuid', ?)", (uuidlib.uuid4().hex,)
+                )
+        self.uuid: str = self._meta("uuid") or ""
+        self.serial: int = self._max_serial()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _meta(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _max_serial(self) -> int:
+        row = self._conn.execute("SELECT MAX(serial) FROM changelog").fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def refresh_serial(self) -> int:
+        """Pick up commits made by another process (e.g. ``devpid passwd``)."""
+        self.serial = self._max_serial()
+        return self.serial
+
+    def get(self, key: str) -> Any | None:
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def get_with_serial(self, key: str) -> tuple[Any | None, int]:
+        row = self._conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
+        return (None, -1) if row is None else (json.loads(row[0]), int(row[1]))
+
+    def items(self, prefix: str) -> list[tuple[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, _upper_bound(prefix)),
+        ).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def keys(self, prefix: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, _upper_bound(prefix)),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def max_serial(self, prefix: str) -> int:
+        """The last serial that changed any key under ``prefix`` (-1 if none exists)."""
+        row = self._conn.execute(
+            "SELECT MAX(serial) FROM kv WHERE key >= ? AND key < ?",
+            (prefix, _upper_bound(prefix)),
+        ).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def lookup_path(self, path: str) -> tuple[str, str] | None:
+        row = self._conn.execute(
+            "SELECT key, filename FROM paths WHERE path=?", (path,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def changelog(self, serial: int) -> Changes | None:
+        row = self._conn.execute(
+            "SELECT changes FROM changelog WHERE serial=?", (serial,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def changelog_raw(self, serial: int) -> tuple[float, str] | None:
+        row = self._conn.execute(
+            "SELECT timestamp, changes FROM changelog WHERE serial=?", (serial,)
+        ).fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
+
+    def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
+        rows = self._conn.execute(
+            "SELECT serial, changes FROM changelog WHERE serial >= ? ORDER BY serial LIMIT ?",
+            (serial, limit),
+        ).fetchall()
+        return [(int(s), dict(json.loads(c))) for s, c in rows]
+
+    def last_commit_time(self) -> float | None:
+        row = self._conn.execute(
+            "SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Collect changes; on a clean exit commit them as the next serial."""
+        tx = Transaction(self)
+        yield tx
+        if tx.pending:
+            tx.serial = self._commit(None, dict(tx.pending))
+
+    def apply_serial(self, serial: int, changes: Changes) -> None:
+        """Replay one changelog entry under exactly this serial (replicas, import)."""
+        self._commit(serial, changes)
+
+    def _commit(self, serial: int | None, changes: Changes) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._max_serial()
+            if serial is None:
+                serial = current + 1
+            elif serial != current + 1:
+                raise StoreError(f"cannot apply serial {serial}: store is at serial {current}")
+            conn.execute(
+                "INSERT INTO changelog(serial, timestamp, changes) VALUES (?, ?, ?)",
+                (serial, time.time(), _dumps(changes)),
+            )
+            for key, value in changes.items():
+                conn.execute("DELETE FROM paths WHERE key=?", (key,))
+                if value is None:
+                    conn.execute("DELETE FROM kv WHERE key=?", (key,))
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO kv(key, serial, value) VALUES (?, ?, ?)",
+                    (key, serial, _dumps(value)),
+                )
+                for path, filename in paths_of(key, value):
+                    conn.execute(
+                        "INSERT OR REPLACE INTO paths(path, key, filename) VALUES (?, ?, ?)",
+                        (path, key, filename),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.serial = serial
+        for listener in list(self._listeners):
+            try:
+                listener(serial, changes)
+            except Exception:
+                log.failure("commit listener failed for serial {serial}", serial=serial)
+        return serial
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def snapshot(self) -> Iterator[tuple[str, Any]]:
+        """All keys and values in one read transaction (consistent at one serial)."""
+        cur = self._conn.execute("SELECT key, value FROM kv ORDER BY key")
+        for key, value in cur:
+            yield key, json.loads(value)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Transaction:
+    """Pending changes layered over the store; reads see the transaction's own writes."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.pending: dict[str, Any] = {}
+        self.serial: int | None = None
+
+    def get(self, key: str) -> Any | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self._store.get(key)
+
+    def items(self, prefix: str) -> list[tuple[str, Any]]:
+        merged = dict(self._store.items(prefix))
+        for key, value in self.pending.items():
+            if key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
+    def keys(self, prefix: str) -> list[str]:
+        return [k for k, _ in self.items(prefix)]
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a value; setting an unchanged value records nothing (no empty serials)."""
+        if value is None:
+            raise ValueError("use delete() to remove a key")
+        current = self.get(key)
+        if current == value and key not in self.pending:
+            return
+        self.pending[key] = value
+
+    def delete(self, key: str) -> None:
+        if key in self.pending or self._store.get(key) is not None:
+            self.pending[key] = None
+
+    @property
+    def changes(self) -> Mapping[str, Any]:
+        return self.pending

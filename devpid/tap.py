@@ -1,0 +1,235 @@
+"""``twistd devpid``: command-line options and the service tree, nothing else.
+
+makeService builds::
+
+    DevpidService (MultiService)
+      StoreService       opens the store and the worker pool, closes them last
+      ... mirror, replica and event services (added by their modules)
+      StreamServerEndpointService   the HTTP site (stopped first)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from devpid import auth
+from devpid.store import is_initialised, open_store
+
+log = Logger()
+
+
+def default_serverdir() -> str:
+    return os.environ.get("DEVPID_SERVERDIR") or str(Path.home() / ".devpid")
+
+
+def parse_size(text: str) -> int:
+    """``100M``, ``1G``, ``512k`` or plain bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower().removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise usage.UsageError(f"not a size: {text!r} (use e.g. 500M or 1G)") from None
+
+
+class Options(usage.Options):
+    """Options of ``twistd devpid``."""
+
+    synopsis = "[twistd options] devpid [--serverdir DIR] [--host H] [--port P] ..."
+    longdesc = (
+        "Run the devpid package index server. Initialise a server directory first with "
+        "'devpid init --serverdir DIR' (or pass --init)."
+    )
+    optParameters = [
+        ["serverdir", None, None, "server directory (default $DEVPID_SERVERDIR or ~/.devpid)"],
+        ["host", None, "localhost", "interface to listen on"],
+        ["port", None, 3141, "TCP port to listen on (0 = any free port)", int],
+        ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
+        ["outside-url", None, None, "URL under which clients reach this server"],
+        ["request-timeout", None, 5.0, "seconds to wait for an upstream or primary", float],
+        ["secretfile", None, None, "file holding the token secret (default SERVERDIR/.secret)"],
+        ["log-format", None, "text", "log format on stdout: text or json"],
+        ["primary-url", None, None, "run as a replica of the primary at this URL"],
+        ["mirror-cache-expiry", None, 1800, "default seconds before mirror pages refresh", int],
+        ["max-upload-size", None, "1G", "largest accepted upload (e.g. 500M, 2G)"],
+        ["bcrypt-rounds", None, auth.DEFAULT_BCRYPT_ROUNDS, "bcrypt cost for new passwords", int],
+        ["root-password", None, None, "root password when --init creates the serverdir"],
+        ["portfile", None, None, "write the listening port number to this file"],
+    ]
+    optFlags = [
+        ["init", None, "initialise the server directory if it is new"],
+        ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
+        ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+    ]
+
+    def postOptions(self) -> None:
+        self["serverdir"] = Path(self["serverdir"] or default_serverdir()).expanduser().resolve()
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
+        if self["port"] < 0 or self["port"] > 65535:
+            raise usage.UsageError("--port must be between 0 and 65535")
+        if self["request-timeout"] <= 0:
+            raise usage.UsageError("--request-timeout must be positive")
+        self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
+        for key in ("outside-url", "primary-url"):
+            if self[key] and not self[key].startswith(("http://", "https://")):
+                raise usage.UsageError(f"--{key} must start with http:// or https://")
+        if self["primary-url"] and self["init"]:
+            raise usage.UsageError("a replica needs no --init: it copies the primary")
+
+
+class DevpidService(service.MultiService):
+    """The root service; installs devpid's log observer on the twistd application."""
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__()
+        self.log_format = log_format
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802 (Twisted API)
+        setComponent = getattr(parent, "setComponent", None)  # noqa: N806
+        if setComponent is not None:
+            observer = (
+                jsonFileLogObserver(sys.stdout)
+                if self.log_format == "json"
+                else textFileLogObserver(sys.stdout)
+            )
+            setComponent(ILogObserver, observer)
+        super().setServiceParent(parent)
+
+
+class ThreadPoolService(service.Service):
+    """Starts and stops the worker pool for blocking work (bcrypt, hashing, archives)."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        self.pool.stop()
+
+
+class StoreService(service.Service):
+    """Closes the store after everything else has stopped."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        self.store.close()
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:  # noqa: N802
+    """Build the service tree from parsed options (no I/O beyond opening the store)."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from devpid import init as initmod
+    from devpid.web import DevpidServer, Settings, make_site
+
+    serverdir: Path = options["serverdir"]
+    replica = bool(options["primary-url"])
+    if not replica and not is_initialised(serverdir):
+        if not options["init"]:
+            raise SystemExit(
+                f"devpid: {serverdir} is not an initialised server directory.\n"
+                f"Run 'devpid init --serverdir {serverdir}' first, or start with --init."
+            )
+        password = initmod.initialise(
+            serverdir,
+            root_password=options["root-password"],
+            root_pypi=not options["no-root-pypi"],
+            bcrypt_rounds=options["bcrypt-rounds"],
+        )
+        if options["root-password"] is None:
+            print(f"devpid: generated root password: {password}", flush=True)
+
+    secretfile = Path(options["secretfile"]) if options["secretfile"] else serverdir / ".secret"
+    try:
+        secret = auth.load_or_create_secret(secretfile)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"devpid: {e}") from None
+
+    store, blobs = open_store(serverdir)
+    blobs.clean_temp()
+    settings = Settings(
+        serverdir=serverdir,
+        host=options["host"],
+        port=options["port"],
+        outside_url=options["outside-url"],
+        request_timeout=options["request-timeout"],
+        offline_mode=bool(options["offline-mode"]),
+        mirror_cache_expiry=options["mirror-cache-expiry"],
+        max_upload_size=options["max-upload-size"],
+        primary_url=options["primary-url"],
+        role="replica" if replica else "standalone",
+        bcrypt_rounds=options["bcrypt-rounds"],
+    )
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
+    server = DevpidServer(settings, store, blobs, secret, reactor, pool)
+
+    top = DevpidService(options["log-format"])
+    StoreService(store).setServiceParent(top)
+    ThreadPoolService(pool).setServiceParent(top)
+    for extra in _extra_services(server):
+        extra.setServiceParent(top)
+
+    endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
+    endpoint = serverFromString(reactor, endpoint_desc)
+    site_service = StreamServerEndpointService(endpoint, make_site(server))
+    site_service.setServiceParent(top)
+    if options["portfile"]:
+        _write_port_when_listening(site_service, Path(options["portfile"]), server)
+    return top
+
+
+def _extra_services(server: Any) -> list[service.Service]:
+    """Services of optional subsystems (mirror, replication, events), if present."""
+    from devpid import services
+
+    return services.build(server)
+
+
+def _write_port_when_listening(site_service: Any, path: Path, server: Any) -> None:
+    """For tests and supervisors: publish the port actually bound (useful with --port 0)."""
+    original = site_service.privilegedStartService
+
+    def start() -> None:
+        original()
+
+        def written(port: Any) -> Any:
+            number = port.getHost().port
+            server.settings.port = number
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(str(number))
+            os.replace(tmp, path)
+            return port
+
+        site_service._waitingForPort.addCallback(written)
+
+    site_service.privilegedStartService = start
+
+
+__all__ = ["Options", "makeService"]

@@ -1,0 +1,362 @@
+"""The HTTP application: the server object holding dependencies, its Klein app, and the root
+resource that normalises every request before routing.
+
+Route handlers live in one module per concern (users, indexes, simple, files, upload, ...);
+each registers module-level functions on ``app`` taking ``(server, request, ...)``. The root
+resource percent-decodes the path (pip asks for ``%2Bf``), strips an outside-URL mount point,
+adds devpi's global headers and then hands the request to Klein.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web import server as twserver
+from twisted.web.resource import Resource
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+import devpid
+from devpid import auth
+from devpid.store import keys
+from devpid.store.blobs import BlobStore
+from devpid.store.sqlite import SQLiteStore
+from devpid.web.errors import JSON_TYPE, HTTPError, render_error, unauthorized
+
+log = Logger()
+app = Klein()
+
+DEFAULT_MAX_UPLOAD = 1024 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    """Run-time settings from the command line (see devpid.tap.Options)."""
+
+    serverdir: Path
+    host: str = "localhost"
+    port: int = 3141
+    outside_url: str | None = None
+    request_timeout: float = 5.0
+    offline_mode: bool = False
+    mirror_cache_expiry: int = 1800
+    max_upload_size: int = DEFAULT_MAX_UPLOAD
+    primary_url: str | None = None
+    role: str = "standalone"
+    bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DevpidServer:
+    """Everything a request handler needs: store, blobs, secret, settings, clock, pools."""
+
+    app = app
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SQLiteStore,
+        blobs: BlobStore,
+        secret: bytes,
+        reactor: Any,
+        cpu_pool: ThreadPool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.reactor = reactor
+        self.cpu_pool = cpu_pool
+        self.tokens = auth.TokenSigner(secret, clock=reactor)
+        self.verified = auth.VerifiedPasswords(secret)
+        self.secret = secret
+        self.started = time.time()
+        # Filled by the services that exist in this process (mirror, replica, events).
+        self.components: dict[str, Any] = {}
+        self.status_providers: list[Callable[[], dict[str, Any]]] = []
+
+    # -- helpers for handlers --------------------------------------------------------------
+    def in_thread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """Run blocking work (bcrypt, hashing, archive reading) off the reactor thread."""
+        return deferToThreadPool(self.reactor, self.cpu_pool, f, *args, **kw)
+
+    def outside_url(self, request: Any) -> str:
+        """Base URL for absolute links: X-Outside-Url, else --outside-url, else Host."""
+        forwarded = header(request, b"x-outside-url")
+        if forwarded:
+            return forwarded.rstrip("/")
+        if self.settings.outside_url:
+            return self.settings.outside_url.rstrip("/")
+        host = header(request, b"host") or f"{self.settings.host}:{self.settings.port}"
+        scheme = "https" if request.isSecure() else "http"
+        return f"{scheme}://{host}"
+
+    def user_record(self, name: str) -> dict[str, Any] | None:
+        value = self.store.get(keys.user(name))
+        return value if isinstance(value, dict) else None
+
+    def index_config(self, stage: str) -> dict[str, Any] | None:
+        value = self.store.get("index/" + stage)
+        return value if isinstance(value, dict) else None
+
+    async def identify(self, request: Any) -> str | None:
+        """The authenticated user name, or None (anonymous). Cached on the request.
+
+        Credentials come from devpi-client's ``X-Devpi-Auth`` or HTTP Basic (pip, twine);
+        the secret is a login token or the password itself. Bad credentials are refused
+        with 401 rather than silently treated as anonymous, so a typo is noticed.
+        """
+        cached = getattr(request, "devpid_identity", False)
+        if cached is not False:
+            return cached  # type: ignore[no-any-return]
+        user = await self._identify(request)
+        request.devpid_identity = user
+        return user
+
+    async def _identify(self, request: Any) -> str | None:
+        raw = header(request, b"x-devpi-auth")
+        if raw is None:
+            authorization = header(request, b"authorization") or ""
+            if not authorization.lower().startswith("basic "):
+                return None
+            raw = authorization[6:].strip()
+        try:
+            decoded = base64.b64decode(raw, validate=False).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise unauthorized("malformed credentials") from None
+        name, sep, secret = decoded.partition(":")
+        if not sep:
+            raise unauthorized("malformed credentials")
+        record = self.user_record(name)
+        pwhash = record.get("pwhash") if record else None
+        if not pwhash:
+            raise unauthorized(f"user {name!r} could not be authenticated")
+        if self.tokens.looks_like_token(secret):
+            if self.tokens.verify(secret, name, pwhash):
+                return name
+            raise HTTPError(
+                401,
+                "authentication token expired or invalid, please log in again",
+                headers={"WWW-Authenticate": 'Basic realm="pypi"', "Location": "/+login"},
+            )
+        if await self.check_password(name, secret, pwhash):
+            return name
+        raise unauthorized(f"user {name!r} could not be authenticated")
+
+    async def check_password(self, name: str, password: str, pwhash: str) -> bool:
+        if self.verified.known(name, password, pwhash):
+            return True
+        ok = await self.in_thread(auth.check_password, password, pwhash)
+        if ok:
+            self.verified.remember(name, password, pwhash)
+        return bool(ok)
+
+    def hash_password(self, password: str) -> Deferred[str]:
+        return self.in_thread(auth.hash_password, password, self.settings.bcrypt_rounds)
+
+    async def require_user(self, request: Any) -> str:
+        user = await self.identify(request)
+        if user is None:
+            raise unauthorized()
+        return user
+
+    def resource(self) -> Resource:
+        return RootResource(self)
+
+
+# -- response helpers ------------------------------------------------------------------------
+def header(request: Any, name: bytes) -> str | None:
+    """A request header as text (latin-1, as HTTP defines it), or None."""
+    value = request.requestHeaders.getRawHeaders(name)
+    return None if not value else value[0].decode("latin-1")
+
+
+def json_response(
+    request: Any,
+    *,
+    result: Any = None,
+    type: str | None = None,
+    message: str | None = None,
+    code: int = 200,
+) -> bytes:
+    """devpi's envelope: ``{"result", "type", "message"}`` with the exact JSON content type."""
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    body: dict[str, Any] = {}
+    if result is not None or type is not None:
+        body["result"] = result
+        body["type"] = type
+    if message:
+        body["message"] = message
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def read_json(request: Any) -> Any:
+    try:
+        request.content.seek(0)
+        return json.loads(request.content.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "Bad request: could not decode json") from None
+
+
+def set_serial(request: Any, serial: int | None) -> None:
+    if serial is not None:
+        request.setHeader(b"X-Devpi-Serial", str(serial).encode())
+
+
+@app.handle_errors(HTTPError)
+def _http_error(server: Any, request: Any, failure: Failure) -> bytes:
+    return render_error(request, failure.value)
+
+
+@app.handle_errors(NotFound)
+def _not_found(server: Any, request: Any, failure: Failure) -> bytes:
+    return render_error(request, HTTPError(404, "Not Found"))
+
+
+@app.handle_errors(MethodNotAllowed)
+def _not_allowed(server: Any, request: Any, failure: Failure) -> bytes:
+    method = request.method.decode("ascii", "replace")
+    return render_error(request, HTTPError(405, f"method {method} not allowed here"))
+
+
+@app.handle_errors
+def _unexpected(server: Any, request: Any, failure: Failure) -> bytes:
+    log.failure("unhandled error for {method} {uri}", failure,
+                method=request.method, uri=request.uri)
+    return render_error(request, HTTPError(500, "internal server error (logged)"))
+
+
+# -- the request object and root resource ---------------------------------------------------
+class _Discard:
+    """Stands in for the body buffer of a request that is over the upload limit."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *a: Any) -> int:
+        return 0
+
+    def read(self, *a: Any) -> bytes:
+        return b""
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class DevpidRequest(twserver.Request):
+    """Request with a body size limit enforced while the body arrives."""
+
+    body_too_large = False
+    max_body = DEFAULT_MAX_UPLOAD
+
+    def process(self) -> None:
+        self.devpid_started = time.monotonic()
+        super().process()
+
+    def gotLength(self, length: int | None) -> None:
+        limit = getattr(self.channel.site, "max_body", self.max_body)
+        if length is not None and length > limit:
+            self.body_too_large = True
+            self.content = _Discard()  # type: ignore[assignment]
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        super().handleContentChunk(data)
+        limit = getattr(self.channel.site, "max_body", self.max_body)
+        if self.content.tell() > limit:
+            self.body_too_large = True
+            self.content.close()
+            self.content = _Discard()  # type: ignore[assignment]
+
+
+class RootResource(Resource):
+    """Decodes the path, applies global headers, then dispatches to the Klein app."""
+
+    isLeaf = True
+
+    def __init__(self, server: DevpidServer) -> None:
+        super().__init__()
+        self.server = server
+        self.klein = server.app.resource()
+        mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
+        self.mount = [s.encode() for s in mount.split("/") if s]
+
+    def render(self, request: Any) -> Any:
+        server = self.server
+        request.setHeader(b"X-Devpi-Api-Version", b"2")
+        request.setHeader(b"X-Devpi-Server-Version", f"devpid {devpid.__version__}".encode())
+        uuid = server.store.uuid.encode()
+        primary = (server.components.get("primary_uuid") or server.store.uuid).encode()
+        request.setHeader(b"X-Devpi-Uuid", uuid)
+        request.setHeader(b"X-Devpi-Primary-Uuid", primary)
+        request.setHeader(b"X-Devpi-Master-Uuid", primary)
+        request.setHeader(b"X-Devpi-Serial", str(server.store.serial).encode())
+        segments = list(request.postpath)
+        if self.mount and segments[: len(self.mount)] == self.mount:
+            segments = segments[len(self.mount) :]
+        decoded: list[bytes] = []
+        for seg in segments:
+            try:
+                text = unquote(seg.decode("utf-8"), errors="strict")
+            except UnicodeDecodeError:
+                return render_error(request, HTTPError(400, "URL is not valid UTF-8"))
+            if "/" in text or "\x00" in text:
+                return render_error(request, HTTPError(400, "invalid character in URL path"))
+            decoded.append(text.encode("utf-8"))
+        request.postpath = decoded
+        if request.body_too_large if hasattr(request, "body_too_large") else False:
+            limit = server.settings.max_upload_size
+            return render_error(
+                request,
+                HTTPError(413, f"request body exceeds the upload limit of {limit} bytes"),
+            )
+        return self.klein.render(request)
+
+
+access_log = Logger(namespace="devpid.access")
+
+
+class DevpidSite(twserver.Site):
+    """A Site whose access log is one cheap structured line per request."""
+
+    def log(self, request: Any) -> None:
+        started = getattr(request, "devpid_started", None)
+        duration = (time.monotonic() - started) * 1000 if started else 0.0
+        access_log.info(
+            "{client} {method} {uri} {code} {size} {duration:.1f}ms",
+            client=request.getClientAddress().host
+            if hasattr(request.getClientAddress(), "host")
+            else "-",
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            code=request.code,
+            size=request.sentLength,
+            duration=duration,
+        )
+
+
+def make_site(server: DevpidServer) -> twserver.Site:
+    site = DevpidSite(server.resource())
+    site.requestFactory = DevpidRequest
+    site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,159 @@
+"""Index routes: create, read, modify and delete ``/USER/INDEX`` (devpi's JSON API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devpid.auth import can_manage_index
+from devpid.model.indexes import (
+    IndexConfigError,
+    apply_changes,
+    apply_patch_ops,
+    check_bases,
+    new_config,
+)
+from devpid.model.names import normalize_name, validate_user_or_index_name
+from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
+from devpid.web.errors import HTTPError, forbidden, not_found
+from devpid.web.users import delete_stage_keys
+
+# Other modules (simple API, uploads) hook into GET and POST of the index URL.
+INDEX_GET_HOOKS: list[Any] = []
+INDEX_POST_HOOKS: list[Any] = []
+
+
+def stage_projects(server: DevpidServer, stage: str, config: dict[str, Any]) -> list[str]:
+    """Names of the projects this stage itself holds (private uploads or cached mirror pages)."""
+    kind = "mirror" if config.get("type") == "mirror" else "project"
+    prefix = f"{kind}/{stage}/"
+    return sorted(key[len(prefix) :] for key in server.store.keys(prefix))
+
+
+def require_index(server: DevpidServer, stage: str) -> dict[str, Any]:
+    config = server.index_config(stage)
+    if config is None:
+        raise not_found(f"The stage {stage} could not be found.")
+    return config
+
+
+def _validate(server: DevpidServer, stage: str, config: dict[str, Any]) -> None:
+    bases = config.get("bases") or []
+    try:
+        check_bases(stage, bases, server.index_config)
+    except IndexConfigError as e:
+        raise HTTPError(400, str(e)) from None
+
+
+@app.route("/<user>/<index>", methods=["GET"])
+@app.route("/<user>/<index>/", methods=["GET"])
+async def get_index(server: DevpidServer, request: Any, user: str, index: str) -> Any:
+    for hook in INDEX_GET_HOOKS:
+        result = await hook(server, request, user, index)
+        if result is not None:
+            return result
+    stage = f"{user}/{index}"
+    config = require_index(server, stage)
+    result = dict(config)
+    if b"no_projects" not in request.args:
+        result["projects"] = stage_projects(server, stage, config)
+    return json_response(request, result=result, type="indexconfig")
+
+
+@app.route("/<user>/<index>", methods=["PUT"])
+@app.route("/<user>/<index>/", methods=["PUT"])
+async def create_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    actor = await server.require_user(request)
+    stage = f"{user}/{index}"
+    error = validate_user_or_index_name(index)
+    if error:
+        raise HTTPError(400, error)
+    if server.user_record(user) is None:
+        raise not_found(f"user '{user}' does not exist")
+    if not can_manage_index(actor, user):
+        raise forbidden(f"no permission to create index {stage}")
+    if server.index_config(stage) is not None:
+        raise HTTPError(409, f"index '{stage}' exists")
+    body = read_json(request)
+    if body is None:
+        body = {}
+    try:
+        config = new_config(
+            user,
+            body,
+            default_cache_expiry=server.settings.mirror_cache_expiry,
+            normalize=normalize_name,
+        )
+    except IndexConfigError as e:
+        raise HTTPError(400, str(e)) from None
+    _validate(server, stage, config)
+    with server.store.transaction() as tx:
+        tx.set("index/" + stage, config)
+    set_serial(request, tx.serial)
+    return json_response(request, result=config, type="indexconfig")
+
+
+@app.route("/<user>/<index>", methods=["PATCH"])
+@app.route("/<user>/<index>/", methods=["PATCH"])
+async def modify_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    actor = await server.require_user(request)
+    stage = f"{user}/{index}"
+    config = require_index(server, stage)
+    if not can_manage_index(actor, user):
+        raise forbidden(f"no permission to modify index {stage}")
+    body = read_json(request)
+    new = dict(config)
+    try:
+        if isinstance(body, list):
+            apply_patch_ops(new, body, normalize_name)
+        elif isinstance(body, dict):
+            if body.get("type") == "indexconfig" and isinstance(body.get("result"), dict):
+                body = body["result"]
+            changes = {k: v for k, v in body.items() if k != "projects"}
+            apply_changes(new, changes, normalize_name)
+        else:
+            raise IndexConfigError("PATCH body must be a JSON object or a list of key=value")
+    except IndexConfigError as e:
+        raise HTTPError(400, str(e)) from None
+    _validate(server, stage, new)
+    if new == config and b"error_on_noop" in request.args:
+        raise HTTPError(400, "The requested modifications resulted in no changes")
+    with server.store.transaction() as tx:
+        tx.set("index/" + stage, new)
+    set_serial(request, tx.serial)
+    return json_response(request, result=new, type="indexconfig")
+
+
+@app.route("/<user>/<index>", methods=["DELETE"])
+@app.route("/<user>/<index>/", methods=["DELETE"])
+async def delete_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    actor = await server.require_user(request)
+    stage = f"{user}/{index}"
+    config = require_index(server, stage)
+    if not can_manage_index(actor, user):
+        raise forbidden(f"no permission to delete index {stage}")
+    if not config.get("volatile", True) and b"force" not in request.args:
+        raise forbidden(f"index {stage} non-volatile, cannot delete")
+    dependants = [
+        key[len("index/") :]
+        for key, other in server.store.items("index/")
+        if stage in (other.get("bases") or [])
+    ]
+    if dependants:
+        raise forbidden(
+            f"index {stage} is a base of {', '.join(sorted(dependants))}; remove it there first"
+        )
+    with server.store.transaction() as tx:
+        delete_stage_keys(tx, f"{stage}/")
+    set_serial(request, tx.serial)
+    return json_response(request, message=f"index {stage} deleted", code=201)
+
+
+@app.route("/<user>/<index>", methods=["POST", "PUSH"])
+@app.route("/<user>/<index>/", methods=["POST", "PUSH"])
+async def post_index(server: DevpidServer, request: Any, user: str, index: str) -> Any:
+    for hook in INDEX_POST_HOOKS:
+        result = await hook(server, request, user, index)
+        if result is not None:
+            return result
+    require_index(server, f"{user}/{index}")
+    raise HTTPError(400, "uploads and push are not supported yet")

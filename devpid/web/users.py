@@ -1,0 +1,243 @@
+"""Server-level routes: API discovery, login, status, and users (devpi's JSON API)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import devpid
+from devpid.auth import TOKEN_LIFETIME, can_manage_user
+from devpid.model.names import validate_user_or_index_name
+from devpid.store import keys
+from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
+from devpid.web.errors import HTTPError, forbidden, not_found
+
+USER_INPUT_KEYS = {"password", "pwhash", "email", "title", "description", "custom_data"}
+PUBLIC_HIDDEN = {"pwhash", "pwsalt", "password"}
+
+
+def utcnow() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _api_config(server: DevpidServer, request: Any, user: str | None) -> dict[str, Any]:
+    base = server.outside_url(request)
+    return {
+        "login": f"{base}/+login",
+        "authstatus": ["ok", user, []] if user else ["noauth", "", []],
+        "features": sorted(
+            ["push-no-docs", "push-only-docs", "push-register-project", "server-keyvalue-parsing"]
+        ),
+    }
+
+
+async def _identify_lenient(server: DevpidServer, request: Any) -> str | None:
+    """For read views: invalid credentials mean anonymous (as devpi's /+api reports)."""
+    try:
+        return await server.identify(request)
+    except HTTPError:
+        return None
+
+
+@app.route("/+api", methods=["GET"])
+@app.route("/<user>/+api", methods=["GET"])
+async def api_root(server: DevpidServer, request: Any, user: str | None = None) -> bytes:
+    who = await _identify_lenient(server, request)
+    return json_response(request, result=_api_config(server, request, who), type="apiconfig")
+
+
+@app.route("/<user>/<index>/+api", methods=["GET"])
+async def api_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    who = await _identify_lenient(server, request)
+    stage = f"{user}/{index}"
+    config = server.index_config(stage)
+    if config is None:
+        raise not_found(f"The stage {stage} could not be found.")
+    result = _api_config(server, request, who)
+    base = server.outside_url(request)
+    result["index"] = f"{base}/{stage}"
+    result["simpleindex"] = f"{base}/{stage}/+simple/"
+    if config.get("type") != "mirror":
+        result["pypisubmit"] = f"{base}/{stage}/"
+    return json_response(request, result=result, type="apiconfig")
+
+
+@app.route("/+login", methods=["POST"])
+async def login(server: DevpidServer, request: Any) -> bytes:
+    body = read_json(request)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("user"), str)
+        or not isinstance(body.get("password"), str)
+    ):
+        raise HTTPError(400, "Bad request: no user/password specified")
+    name, password = body["user"], body["password"]
+    record = server.user_record(name)
+    pwhash = record.get("pwhash") if record else None
+    if not pwhash or not await server.check_password(name, password, pwhash):
+        raise HTTPError(401, f"user {name!r} could not be authenticated")
+    token = server.tokens.issue(name, pwhash)
+    return json_response(
+        request,
+        result={"password": token, "expiration": TOKEN_LIFETIME},
+        type="proxyauth",
+        message="login successful",
+    )
+
+
+@app.route("/+status", methods=["GET"])
+def status(server: DevpidServer, request: Any) -> bytes:
+    store = server.store
+    result: dict[str, Any] = {
+        "serverdir": str(server.settings.serverdir),
+        "uuid": store.uuid,
+        "versioninfo": {"devpid": devpid.__version__},
+        "server-code": "devpid",
+        "host": server.settings.host,
+        "port": server.settings.port,
+        "outside-url": server.settings.outside_url,
+        "serial": store.serial,
+        "last-commit-timestamp": store.last_commit_time(),
+        "role": "REPLICA" if server.settings.role == "replica" else "MASTER",
+        "started": server.started,
+    }
+    for provider in server.status_providers:
+        result.update(provider())
+    return json_response(request, result=result, type="status")
+
+
+# -- users -------------------------------------------------------------------------------------
+def public_user(server: DevpidServer, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
+    out["username"] = name
+    out["indexes"] = {
+        key.rsplit("/", 1)[1]: config for key, config in server.store.items(f"index/{name}/")
+    }
+    return out
+
+
+@app.route("/", methods=["GET"])
+def list_users(server: DevpidServer, request: Any) -> bytes:
+    result = {
+        key.split("/", 1)[1]: public_user(server, key.split("/", 1)[1], record)
+        for key, record in server.store.items("user/")
+    }
+    return json_response(request, result=result, type="list:userconfig")
+
+
+@app.route("/<user>", methods=["GET"])
+@app.route("/<user>/", methods=["GET"])
+def get_user(server: DevpidServer, request: Any, user: str) -> bytes:
+    record = server.user_record(user)
+    if record is None:
+        raise not_found(f"user '{user}' does not exist")
+    return json_response(request, result=public_user(server, user, record), type="userconfig")
+
+
+@app.route("/<user>", methods=["PUT"])
+@app.route("/<user>/", methods=["PUT"])
+async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
+    error = validate_user_or_index_name(user)
+    if error:
+        raise HTTPError(400, error)
+    body = read_json(request)
+    if not isinstance(body, dict):
+        raise HTTPError(400, "user config must be a JSON object")
+    unknown = sorted(set(body) - USER_INPUT_KEYS)
+    if unknown:
+        raise HTTPError(400, "Unknown keys in user config: " + ", ".join(unknown))
+    if server.user_record(user) is not None:
+        raise HTTPError(409, "user already exists")
+    password = body.get("password")
+    if not isinstance(password, str) and not body.get("pwhash"):
+        raise HTTPError(400, "password needs to be set")
+    record: dict[str, Any] = {k: v for k, v in body.items() if k not in ("password", "pwhash")}
+    if isinstance(password, str):
+        record["pwhash"] = await server.hash_password(password)
+    else:
+        pwhash = body["pwhash"]
+        if not isinstance(pwhash, str) or not pwhash.startswith("$2"):
+            raise HTTPError(400, "pwhash must be a bcrypt hash")
+        record["pwhash"] = pwhash
+    record["created"] = utcnow()
+    if server.user_record(user) is not None:  # created while we were hashing
+        raise HTTPError(409, "user already exists")
+    with server.store.transaction() as tx:
+        tx.set(keys.user(user), record)
+    set_serial(request, tx.serial)
+    return json_response(
+        request, result=public_user(server, user, record), type="userconfig", code=201
+    )
+
+
+@app.route("/<user>", methods=["PATCH"])
+@app.route("/<user>/", methods=["PATCH"])
+async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
+    actor = await server.require_user(request)
+    record = server.user_record(user)
+    if record is None:
+        raise not_found(f"user '{user}' does not exist")
+    body = read_json(request)
+    if not isinstance(body, dict):
+        raise HTTPError(400, "user config must be a JSON object")
+    if not can_manage_user(actor, user):
+        what = "change password for" if set(body) == {"password"} else "modify"
+        raise forbidden(f"no permission to {what} user {user}")
+    new = dict(record)
+    password = body.get("password")
+    if password is not None and not isinstance(password, str):
+        raise HTTPError(400, "password must be a string")
+    for key in ("email", "title", "description", "custom_data"):
+        if key in body:
+            if body[key]:
+                new[key] = body[key]
+            else:
+                new.pop(key, None)
+    if password:
+        new["pwhash"] = await server.hash_password(password)
+    current = server.user_record(user)
+    if current is None:
+        raise not_found(f"user '{user}' does not exist")
+    if new != current:
+        new["modified"] = utcnow()
+    with server.store.transaction() as tx:
+        tx.set(keys.user(user), new)
+    set_serial(request, tx.serial)
+    if password:
+        token = server.tokens.issue(user, new["pwhash"])
+        return json_response(
+            request,
+            result={"password": token, "expiration": TOKEN_LIFETIME},
+            type="userpassword",
+            message="user updated, new proxy auth",
+        )
+    return json_response(request, message="user updated")
+
+
+STAGE_KINDS = ("index", "project", "release", "file", "doc", "mirror")
+
+
+def delete_stage_keys(tx: Any, prefix_tail: str) -> None:
+    """Delete every key of every kind under ``user/`` or ``user/index/``."""
+    for kind in STAGE_KINDS:
+        for key in tx.keys(f"{kind}/{prefix_tail}"):
+            tx.delete(key)
+
+
+@app.route("/<user>", methods=["DELETE"])
+@app.route("/<user>/", methods=["DELETE"])
+async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
+    actor = await server.require_user(request)
+    if server.user_record(user) is None:
+        raise not_found(f"user '{user}' does not exist")
+    if user == "root" or not can_manage_user(actor, user):
+        raise forbidden(f"no permission to delete user {user}")
+    for key, config in server.store.items(f"index/{user}/"):
+        if not config.get("volatile", True):
+            name = key.rsplit("/", 1)[1]
+            raise forbidden(f"user '{user}' has non-volatile index: {name}")
+    with server.store.transaction() as tx:
+        delete_stage_keys(tx, f"{user}/")
+        tx.delete(keys.user(user))
+    set_serial(request, tx.serial)
+    return json_response(request, message=f"user '{user}' deleted")
