@@ -144,6 +144,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
         )
     with server.store.transaction() as tx:
         delete_stage_keys(tx, f"{stage}/")
+        tx.delete("index/" + stage)
     set_serial(request, tx.serial)
     return json_response(request, message=f"index {stage} deleted", code=201)
 

@@ -1,0 +1,79 @@
+"""The real devpi-client 7.x drives users, login and indexes on the real daemon."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
+
+
+def devpi(env: dict[str, str], *args: str, check: bool = True) -> str:
+    proc = run([tool("devpi"), *args], env, check=check)
+    return proc.stdout + proc.stderr
+
+
+def test_devpi_client_session(devpid_server: Devpid, env: dict[str, str], unique: str) -> None:
+    alice, bob = f"alice{unique}", f"bob{unique}"
+    devpi(env, "use", devpid_server.url + "/")
+    out = devpi(env, "login", "root", "--password", ROOT_PASSWORD)
+    assert "logged in 'root'" in out
+    out = devpi(env, "user", "-c", alice, "password=alicepw", "email=alice@example.org")
+    assert f"user created: {alice}" in out
+    devpi(env, "user", "-c", bob, "password=bobpw")
+    out = devpi(env, "login", alice, "--password", "alicepw")
+    assert f"logged in '{alice}'" in out
+
+    out = devpi(env, "index", "-c", "dev", "bases=root/pypi", "volatile=False")
+    assert "bases=root/pypi" in out and "volatile=False" in out
+    out = devpi(env, "index", "-l")
+    assert f"{alice}/dev" in out
+    out = devpi(env, "index", "dev", "acl_upload=" + f"{alice},{bob}")
+    assert f"acl_upload={alice},{bob}" in out
+
+    out = devpi(env, "getjson", f"/{alice}/dev")
+    data = json.loads(out[out.index("{") :])
+    assert data["type"] == "indexconfig"
+    assert data["result"]["bases"] == ["root/pypi"]
+    assert data["result"]["volatile"] is False
+    assert data["result"]["acl_upload"] == [alice, bob]
+
+    out = devpi(env, "user", "-m", alice, "email=new@example.org")
+    assert "user modified" in out
+    user = devpid_server.json("GET", f"/{alice}").json()["result"]
+    assert user["email"] == "new@example.org"
+    assert "pwhash" not in user and "password" not in user
+
+    # list form of PATCH: += and -=
+    out = devpi(env, "index", "dev", f"acl_upload-={bob}")
+    assert f"acl_upload={alice}\n" in out
+
+    devpi(env, "index", "-c", "scratch")
+    out = devpi(env, "index", "--delete", "-y", "scratch")
+    assert "index deleted" in out
+    assert devpid_server.json("GET", f"/{alice}/scratch").status_code == 404
+
+    out = devpi(env, "use", f"{alice}/dev")
+    assert f"{alice}/dev" in out
+    out = devpi(env, "logoff")
+    assert "login information deleted" in out
+    # after logoff, reads still work anonymously and writes are refused by the server
+    out = devpi(env, "getjson", f"/{alice}/dev")
+    assert '"indexconfig"' in out
+    r = devpid_server.json("PATCH", f"/{alice}/dev", json=["volatile=True"])
+    assert r.status_code == 401
+    assert devpid_server.json("GET", f"/{alice}/dev").json()["result"]["volatile"] is False
+
+
+def test_devpi_use_list_and_user_list(devpid_server: Devpid, env: dict[str, str],
+                                      alice: tuple[str, str]) -> None:
+    devpi(env, "use", devpid_server.url + "/")
+    out = devpi(env, "user", "-l")
+    assert alice[0] in out and "root" in out
+    out = devpi(env, "use", "-l")
+    assert "root/pypi" in out
+
+
+def test_devpi_version_reads_status(devpid_server: Devpid, env: dict[str, str]) -> None:
+    devpi(env, "use", devpid_server.url + "/")
+    out = devpi(env, "--version")
+    assert "devpid" in out
