@@ -2,6 +2,27 @@
 
 Keys are ``kind/part/part...``; user, index and project parts are validated names (never
 containing ``/``), so a prefix scan of ``release/alice/dev/foo/`` finds exactly foo's releases.
+``{stage}`` is ``user/index``; ``{p}`` is the PEP 503 normalised project name.
+
+=============================== ==========================================================
+key                             value (JSON)
+=============================== ==========================================================
+``user/{u}``                    ``{"pwhash", "created", "modified"?, "email"?, "title"?,
+                                "description"?, "custom_data"?}`` (pwhash: bcrypt)
+``index/{stage}``               the index config (devpi's keys, see model/indexes.py)
+``project/{stage}/{p}``         a private project: ``{"name": display name, "created"}``
+``release/{stage}/{p}/{v}``     release metadata with devpi's field names (name, version,
+                                summary, requires_python, requires_dist, ...)
+``file/{stage}/{p}/{filename}`` a stored file: ``{"filename", "path", "sha256", "size",
+                                "version", "upload_time", "requires_python", "yanked",
+                                "metadata_sha256"?, "log": [...], "url"? (mirror origin)}``;
+                                ``path`` is ``{stage}/+f/{h[:3]}/{h[3:16]}/{filename}`` and
+                                the bytes are the blob ``sha256``
+``doc/{stage}/{p}/{v}``         a docs zip: ``{"filename", "path", "sha256", "size",
+                                "upload_time", "log"}``
+``mirror/{stage}/{p}``          a mirror's cached upstream page: ``{"name", "files": [
+                                UpstreamFile json + "path"], "etag", "upstream_serial"}``
+=============================== ==========================================================
 """
 
 from __future__ import annotations
