@@ -63,10 +63,7 @@ class BlobStore:
         return target
 
     def discard(self, tmp: Path) -> None:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes) -> str:
         """Store small content (metadata files, docs); returns its sha256. Blocking."""

@@ -1,6 +1,17 @@
 """HTTP layer. Importing this package registers every route module on the Klein app."""
 
-from devpid.web import indexes, users  # noqa: F401  (route registration)
+# Order matters for the POST hooks of /USER/INDEX: uploads (multipart) before push (JSON).
+from devpid.web import (  # noqa: F401  (routes)
+    files,
+    indexes,
+    projects,
+    simple,
+    upload,
+    users,
+)
 from devpid.web.app import DevpidServer, Settings, make_site
+
+# isort: split
+from devpid import replica  # noqa: F401  (replication routes: /+changelog, /+blob)
 
 __all__ = ["DevpidServer", "Settings", "make_site"]

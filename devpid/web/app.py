@@ -86,6 +86,9 @@ class DevpidServer:
         # Filled by the services that exist in this process (mirror, replica, events).
         self.components: dict[str, Any] = {}
         self.status_providers: list[Callable[[], dict[str, Any]]] = []
+        from devpid.links import track_commits
+
+        track_commits(self)
 
     # -- helpers for handlers --------------------------------------------------------------
     def in_thread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
@@ -329,6 +332,11 @@ class RootResource(Resource):
                 request,
                 HTTPError(413, f"request body exceeds the upload limit of {limit} bytes"),
             )
+        # -- replication (devpid/replica.py): a replica forwards writes to its primary --
+        proxy = server.components.get("write_proxy")
+        if proxy is not None and proxy.wants(request):
+            return proxy.render(request)
+        # -- end replication hook --
         return self.klein.render(request)
 
 
@@ -355,7 +363,8 @@ class DevpidSite(twserver.Site):
 
 
 def make_site(server: DevpidServer) -> twserver.Site:
-    site = DevpidSite(server.resource())
+    # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
+    site = DevpidSite(server.resource(), parsePOSTFormSubmission=False)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
     site.displayTracebacks = False

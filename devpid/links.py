@@ -1,0 +1,206 @@
+"""What a project page lists: links merged over an index's resolution order.
+
+An index serves its own files merged with those of its bases (depth-first, each index once,
+mirrors last). The private-first rule guards against dependency confusion: once a project
+exists in any private stage of the chain, mirror stages contribute nothing for it unless the
+project (or ``*``) is in ``mirror_whitelist``. Mirrors are not even asked in that case, so
+private names never leak upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from devpid.model.indexes import resolution_order
+from devpid.store import keys
+
+
+class UpstreamUnavailable(Exception):
+    """A mirror could not be asked about a project and has nothing cached for it."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class Link:
+    """One downloadable file as a simple page shows it."""
+
+    filename: str
+    path: str  # served path below the server root: "{stage}/+f/.../{filename}"
+    stage: str
+    version: str | None
+    hashes: dict[str, str]
+    requires_python: str | None = None
+    yanked: bool | str = False
+    core_metadata: dict[str, str] | bool = False
+    size: int | None = None
+    upload_time: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def version_key(version: str | None) -> tuple[int, Any]:
+    """Sort key: parseable versions by PEP 440, others after them by text."""
+    if version is None:
+        return (2, "")
+    try:
+        return (0, Version(version))
+    except InvalidVersion:
+        return (1, version)
+
+
+def link_from_file_value(stage: str, value: dict[str, Any]) -> Link:
+    metadata_sha = value.get("metadata_sha256")
+    return Link(
+        filename=value["filename"],
+        path=value["path"],
+        stage=stage,
+        version=value.get("version"),
+        hashes={"sha256": value["sha256"]},
+        requires_python=value.get("requires_python") or None,
+        yanked=value.get("yanked", False),
+        core_metadata={"sha256": metadata_sha} if metadata_sha else False,
+        size=value.get("size"),
+        upload_time=value.get("upload_time"),
+    )
+
+
+def private_links(store: Any, stage: str, project: str) -> list[Link]:
+    links = [
+        link_from_file_value(stage, value)
+        for _, value in store.items(keys.file_prefix(stage, project))
+    ]
+    links.sort(key=lambda link: (version_key(link.version), link.filename))
+    return links
+
+
+def has_private_project(store: Any, stage: str, project: str) -> bool:
+    return store.get(keys.project(stage, project)) is not None
+
+
+def sro(server: Any, stage: str) -> list[tuple[str, dict[str, Any]]]:
+    """The resolution order, cached until any index config changes."""
+    cache = server.components.setdefault("sro_cache", {})
+    token = server.components.get("config_serial", -1)
+    hit = cache.get(stage)
+    if hit is not None and hit[0] == token:
+        return hit[1]  # type: ignore[no-any-return]
+    order = [(name, dict(config)) for name, config in resolution_order(stage, server.index_config)]
+    cache[stage] = (token, order)
+    return order
+
+
+@dataclass
+class Resolution:
+    """Which stages contribute to a project page, and why mirrors were skipped."""
+
+    stages: list[tuple[str, dict[str, Any]]]
+    blocked_mirrors: list[str]
+    private_hit: bool
+
+
+def resolve(server: Any, stage: str, project: str) -> Resolution:
+    """Apply the private-first rule over the resolution order of ``stage``."""
+    order = sro(server, stage)
+    if not order:
+        return Resolution([], [], False)
+    requested = order[0][1]
+    inheritance = requested.get("mirror_whitelist_inheritance", "union")
+    whitelist: set[str] | None = None
+    whitelisted = False
+    private_hit = False
+    contributing: list[tuple[str, dict[str, Any]]] = []
+    blocked: list[str] = []
+    for name, config in order:
+        if config.get("type") == "mirror":
+            if private_hit and not whitelisted:
+                blocked.append(name)
+            else:
+                contributing.append((name, config))
+            continue
+        own = set(config.get("mirror_whitelist") or [])
+        if whitelist is None:
+            whitelist = own
+        elif inheritance == "intersection":
+            whitelist &= own
+        else:
+            whitelist |= own
+        if "*" in whitelist or project in whitelist:
+            whitelisted = True
+        if has_private_project(server.store, name, project):
+            if not ("*" in whitelist or project in whitelist):
+                private_hit = True
+            contributing.append((name, config))
+    return Resolution(contributing, blocked, private_hit)
+
+
+async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Link], bool]:
+    """All links of ``project`` as seen through ``stage``; and whether anything knows it.
+
+    A mirror that fails while another stage has the project is treated as having no
+    releases for it (devpi issue353); if the requested index itself is a mirror, or no stage
+    knows the project, the upstream error propagates (502/503, never a misleading 404).
+    """
+    resolution = resolve(server, stage, project)
+    mirror = server.components.get("mirror")
+    seen: set[str] = set()
+    links: list[Link] = []
+    known = False
+    errors: list[UpstreamUnavailable] = []
+    for name, config in resolution.stages:
+        if config.get("type") == "mirror":
+            if mirror is None:
+                continue
+            try:
+                stage_links = await mirror.project_links(name, config, project)
+            except UpstreamUnavailable as e:
+                errors.append(e)
+                continue
+            if stage_links is None:
+                continue
+        else:
+            stage_links = private_links(server.store, name, project)
+        known = True
+        for link in stage_links:
+            if link.filename not in seen:
+                seen.add(link.filename)
+                links.append(link)
+    if errors and (not known or resolution.stages[0][1].get("type") == "mirror"):
+        raise errors[0]
+    return links, known
+
+
+def project_token(server: Any, stage: str, project: str) -> tuple[Any, ...]:
+    """Changes whenever anything a page of ``project`` in ``stage`` shows may have changed."""
+    serials = server.components.setdefault("project_serials", {})
+    parts: list[Any] = [server.components.get("config_serial", -1)]
+    for name, _config in sro(server, stage):
+        parts.append(serials.get((name, project), -1))
+    return tuple(parts)
+
+
+def track_commits(server: Any) -> None:
+    """Keep per-(stage, project) and config serials current (page cache validity)."""
+    serials: dict[tuple[str, str], int] = server.components.setdefault("project_serials", {})
+    server.components.setdefault("config_serial", server.store.serial)
+    # Before any commit this process sees, treat every project as changed at the current serial.
+    base = server.store.serial
+    server.components["base_serial"] = base
+
+    def listener(serial: int, changes: dict[str, Any]) -> None:
+        for key in changes:
+            parts = key.split("/")
+            kind = parts[0]
+            if kind in ("index", "user"):
+                server.components["config_serial"] = serial
+            elif kind in ("project", "release", "file", "doc", "mirror") and len(parts) >= 4:
+                serials[(f"{parts[1]}/{parts[2]}", parts[3])] = serial
+
+    server.store.add_commit_listener(listener)
+    # Unknown projects default to -1; make that distinct from anything cached before start.
+    server.components["config_serial"] = base

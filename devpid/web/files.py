@@ -1,0 +1,213 @@
+"""Serving stored files: ``/USER/INDEX/+f/...`` (releases, PEP 658 metadata, doc zips) and
+``/USER/INDEX/PROJECT/VERSION/+doc/...`` (pages read out of the docs zip).
+
+Files are streamed from their blob by a producer (with single-range support), so memory use
+does not grow with file size. Behind the generated nginx site, devpid only checks the request
+and answers with ``X-Accel-Redirect``; nginx then sends the bytes from disk.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+import zipfile
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+from twisted.web import static
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from devpid.web.app import DevpidServer, app, header, json_response
+from devpid.web.errors import HTTPError, not_found
+from devpid.web.negotiate import wants_json_api
+
+IMMUTABLE = b"max-age=365000000, immutable, public"
+
+
+def content_type_for(filename: str) -> str:
+    if filename.endswith(".whl"):
+        return "application/octet-stream"
+    if filename.endswith(".metadata"):
+        return "application/octet-stream"
+    guessed, encoding = mimetypes.guess_type(filename)
+    if encoding == "gzip":
+        return "application/x-tar" if filename.endswith(".tar.gz") else "application/gzip"
+    return guessed or "application/octet-stream"
+
+
+def _http_date(timestamp: float) -> bytes:
+    return formatdate(timestamp, usegmt=True).encode()
+
+
+def serve_blob(
+    server: DevpidServer, request: Any, sha256: str, filename: str, *, mtime: float | None = None
+) -> Any:
+    """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
+    path = server.blobs.path(sha256)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        fetch = server.components.get("blob_fetcher")
+        if fetch is not None:
+            return fetch(request, sha256, filename)
+        raise not_found("no such file") from None
+    etag = f'"{sha256[:32]}"'.encode()
+    request.setHeader(b"Content-Type", content_type_for(filename).encode())
+    request.setHeader(b"ETag", etag)
+    request.setHeader(b"Cache-Control", IMMUTABLE)
+    request.setHeader(b"Last-Modified", _http_date(mtime or stat.st_mtime))
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    inm = header(request, b"if-none-match")
+    if inm and etag.decode() in [t.strip() for t in inm.split(",")]:
+        request.setResponseCode(304)
+        return b""
+    accel = header(request, b"x-devpid-accel")
+    if accel and accel.startswith("/") and "\n" not in accel:
+        request.setHeader(b"X-Accel-Redirect", (accel + server.blobs.relpath(sha256)).encode())
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+    size = stat.st_size
+    if request.method == b"HEAD":
+        request.setHeader(b"Content-Length", str(size).encode())
+        return b""
+    return _ProducerResource(path, size)
+
+
+class _ProducerResource(Resource):
+    """Streams one file with a registered producer (Klein renders returned resources)."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path, size: int) -> None:
+        super().__init__()
+        self.path = path
+        self.size = size
+
+    def render(self, request: Any) -> Any:
+        size = self.size
+        f = open(self.path, "rb")  # noqa: SIM115 (closed by the producer)
+        rng = _parse_range(header(request, b"range"), size)
+        if rng is None:
+            request.setHeader(b"Content-Length", str(size).encode())
+            producer: Any = static.NoRangeStaticProducer(request, f)
+        else:
+            start, end = rng
+            request.setResponseCode(206)
+            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
+            request.setHeader(b"Content-Length", str(end - start + 1).encode())
+            producer = static.SingleRangeStaticProducer(request, f, start, end - start + 1)
+        producer.start()
+        return NOT_DONE_YET
+
+
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` range (the only kind installers send); anything else: whole file."""
+    if not value or not value.startswith("bytes=") or "," in value or size == 0:
+        return None
+    spec = value[6:].strip()
+    first, _, last = spec.partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                return None
+            return max(0, size - length), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+def file_meta(value: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "hash_spec": f"sha256={value['sha256']}",
+        "hashes": {"sha256": value["sha256"]},
+        "size": value.get("size"),
+        "version": value.get("version"),
+        "upload_time": value.get("upload_time"),
+    }
+    if value.get("url"):
+        out["url"] = value["url"]
+    return out
+
+
+@app.route("/<user>/<index>/+f/<path:rest>", methods=["GET", "HEAD"])
+async def get_file(server: DevpidServer, request: Any, user: str, index: str, rest: str) -> Any:
+    stage = f"{user}/{index}"
+    path = f"{stage}/+f/{rest}"
+    metadata = False
+    found = server.store.lookup_path(path)
+    if found is None and path.endswith(".metadata"):
+        found = server.store.lookup_path(path[: -len(".metadata")])
+        metadata = True
+    if found is None:
+        if server.index_config(stage) is None:
+            raise not_found(f"The stage {stage} could not be found.")
+        raise not_found("no such file")
+    key, filename = found
+    kind = key.split("/", 1)[0]
+    if kind == "mirror":
+        mirror = server.components.get("mirror")
+        if mirror is None:
+            raise not_found("no such file")
+        return await mirror.serve_file(request, key, filename, metadata=metadata)
+    value = server.store.get(key)
+    if not isinstance(value, dict):
+        raise HTTPError(410, "file existed, deleted in later serial")
+    if wants_json_api(header(request, b"accept")):
+        return json_response(request, result=file_meta(value), type="releasefilemeta")
+    if metadata:
+        sha = value.get("metadata_sha256")
+        if not sha:
+            raise not_found("no core metadata for this file")
+        return serve_blob(server, request, sha, filename + ".metadata")
+    return serve_blob(server, request, value["sha256"], filename)
+
+
+@app.route("/<user>/<index>/<project>/<version>/+doc/", methods=["GET", "HEAD"])
+@app.route("/<user>/<index>/<project>/<version>/+doc/<path:rest>", methods=["GET", "HEAD"])
+async def get_doc(
+    server: DevpidServer,
+    request: Any,
+    user: str,
+    index: str,
+    project: str,
+    version: str,
+    rest: str = "",
+) -> Any:
+    """A page out of an uploaded docs zip, read from the archive (never unpacked to disk)."""
+    stage = f"{user}/{index}"
+    value = server.store.get(f"doc/{stage}/{project}/{version}")
+    if not isinstance(value, dict):
+        raise not_found(f"no documentation for {project} {version} in {stage}")
+    member = posixpath.normpath("/" + rest).lstrip("/")
+    if member in ("", "."):
+        member = "index.html"
+    blob = server.blobs.path(value["sha256"])
+
+    def read() -> bytes | None:
+        with zipfile.ZipFile(blob) as zf:
+            names = set(zf.namelist())
+            for candidate in (member, member.rstrip("/") + "/index.html"):
+                if candidate in names:
+                    info = zf.getinfo(candidate)
+                    if info.file_size > 64 * 1024 * 1024:
+                        return None
+                    return zf.read(info)
+        return None
+
+    try:
+        data = await server.in_thread(read)
+    except (OSError, zipfile.BadZipFile):
+        raise not_found("documentation archive is unreadable") from None
+    if data is None:
+        raise not_found(f"{rest or 'index.html'} is not in the documentation")
+    request.setHeader(b"Content-Type", content_type_for(member).encode())
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"Content-Security-Policy", b"sandbox allow-scripts allow-same-origin")
+    return data

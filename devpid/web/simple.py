@@ -1,0 +1,336 @@
+"""The simple API (PEP 503 HTML, PEP 691 JSON, with PEP 592/658/700 data) on every index.
+
+One data function (links.collect_links) feeds two renderers. A rendered page is kept in
+memory keyed by (index, project, format, URL shape) and reused while the serials of what it
+shows are unchanged, so a cached page costs a dict lookup, not a database walk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from collections import OrderedDict
+from typing import Any
+
+from devpid.links import (
+    Link,
+    UpstreamUnavailable,
+    collect_links,
+    project_token,
+    resolve,
+    sro,
+    version_key,
+)
+from devpid.model.names import normalize_name
+from devpid.web import indexes as index_routes
+from devpid.web.app import DevpidServer, app, header
+from devpid.web.errors import HTTPError, not_found
+from devpid.web.negotiate import (
+    SIMPLE_HTML,
+    SIMPLE_JSON,
+    TEXT_HTML,
+    choose_simple_format,
+    is_installer,
+)
+
+API_VERSION = "1.1"
+CACHE_SIZE = 4096
+
+
+class PageCache:
+    """A bounded LRU of rendered pages: key -> (token, etag, body)."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple[Any, ...], tuple[Any, str, bytes]] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...], token: Any) -> tuple[str, bytes] | None:
+        hit = self.entries.get(key)
+        if hit is None or hit[0] != token:
+            return None
+        self.entries.move_to_end(key)
+        return hit[1], hit[2]
+
+    def put(self, key: tuple[Any, ...], token: Any, body: bytes) -> str:
+        etag = '"' + hashlib.sha256(repr((key, token)).encode()).hexdigest()[:32] + '"'
+        self.entries[key] = (token, etag, body)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return etag
+
+
+def page_cache(server: DevpidServer) -> PageCache:
+    cache = server.components.get("page_cache")
+    if cache is None:
+        cache = server.components["page_cache"] = PageCache()
+    return cache  # type: ignore[no-any-return]
+
+
+# -- renderers ---------------------------------------------------------------------------------
+def _file_json(link: Link, prefix: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "filename": link.filename,
+        "url": prefix + link.path,
+        "hashes": link.hashes,
+    }
+    if link.requires_python:
+        entry["requires-python"] = link.requires_python
+    if link.yanked:
+        entry["yanked"] = link.yanked
+    if link.core_metadata:
+        entry["core-metadata"] = link.core_metadata
+        entry["dist-info-metadata"] = link.core_metadata
+    if link.size is not None:
+        entry["size"] = link.size
+    if link.upload_time:
+        entry["upload-time"] = link.upload_time
+    return entry
+
+
+def _versions(links: list[Link]) -> list[str]:
+    found = {link.version for link in links if link.version}
+    return sorted(found, key=version_key)  # type: ignore[arg-type]
+
+
+def render_project_json(name: str, links: list[Link], prefix: str, serial: int) -> bytes:
+    data = {
+        "meta": {"api-version": API_VERSION, "_last-serial": serial},
+        "name": name,
+        "versions": _versions(links),
+        "files": [_file_json(link, prefix) for link in links],
+    }
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def render_project_html(
+    stage: str, name: str, links: list[Link], prefix: str, blocked: list[str]
+) -> bytes:
+    title = html.escape(f"{stage}: links for {name}")
+    out = [
+        "<!DOCTYPE html>\n<html lang=\"en\"><head>"
+        f'<meta name="pypi:repository-version" content="{API_VERSION}">'
+        f"<title>{title}</title></head><body><h1>{title}</h1>\n"
+    ]
+    for mirror in blocked:
+        out.append(
+            "<p><strong>INFO:</strong> Because this project isn't in the "
+            f"<code>mirror_whitelist</code>, no releases from <strong>{html.escape(mirror)}"
+            "</strong> are included.</p>\n"
+        )
+    for link in links:
+        attrs = [f'href="{html.escape(prefix + link.path)}#sha256={link.hashes.get("sha256", "")}"']
+        if "sha256" not in link.hashes:
+            attrs = [f'href="{html.escape(prefix + link.path)}"']
+        if link.requires_python:
+            attrs.append(f'data-requires-python="{html.escape(link.requires_python)}"')
+        if link.yanked:
+            reason = link.yanked if isinstance(link.yanked, str) else ""
+            attrs.append(f'data-yanked="{html.escape(reason)}"')
+        if link.core_metadata:
+            value = (
+                f"sha256={link.core_metadata['sha256']}"
+                if isinstance(link.core_metadata, dict) and "sha256" in link.core_metadata
+                else "true"
+            )
+            attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
+        out.append(
+            f"{html.escape(link.stage)} <a {' '.join(attrs)}>{html.escape(link.filename)}</a><br>\n"
+        )
+    out.append("</body></html>\n")
+    return "".join(out).encode()
+
+
+def render_list_json(names: list[str], serial: int) -> bytes:
+    return json.dumps(
+        {
+            "meta": {"api-version": API_VERSION, "_last-serial": serial},
+            "projects": [{"name": n} for n in names],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def render_list_html(stage: str, names: list[str]) -> bytes:
+    title = html.escape(f"{stage}: simple list (including inherited indices)")
+    body = "".join(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>\n' for n in names)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta name="pypi:repository-version" '
+        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>\n'
+        f"{body}</body></html>\n"
+    ).encode()
+
+
+# -- views -------------------------------------------------------------------------------------
+def _content_type(fmt: str) -> bytes:
+    if fmt == TEXT_HTML:
+        return b"text/html; charset=utf-8"
+    return fmt.encode()
+
+
+def _format(request: Any) -> str:
+    fmt_arg = request.args.get(b"format")
+    return choose_simple_format(
+        header(request, b"accept"), fmt_arg[0].decode("latin-1") if fmt_arg else None
+    )
+
+
+def _send(request: Any, fmt: str, etag: str, body: bytes) -> bytes:
+    request.setHeader(b"Content-Type", _content_type(fmt))
+    request.setHeader(b"ETag", etag.encode())
+    request.setHeader(b"Vary", b"Accept, User-Agent")
+    request.setHeader(b"Cache-Control", b"max-age=0, must-revalidate")
+    inm = header(request, b"if-none-match")
+    if inm and etag in [t.strip() for t in inm.split(",")]:
+        request.setResponseCode(304)
+        return b""
+    return body
+
+
+def _require_stage(server: DevpidServer, stage: str) -> dict[str, Any]:
+    config = server.index_config(stage)
+    if config is None:
+        raise not_found(f"The stage {stage} could not be found.")
+    return config
+
+
+async def serve_project_page(
+    server: DevpidServer, request: Any, user: str, index: str, project: str, prefix: str
+) -> bytes:
+    stage = f"{user}/{index}"
+    _require_stage(server, stage)
+    try:
+        project.encode("ascii")
+    except UnicodeEncodeError:
+        raise HTTPError(400, "unicode project names not allowed") from None
+    fmt = _format(request)
+    mirror = server.components.get("mirror")
+    resolution = resolve(server, stage, project)
+    if mirror is not None:
+        for name, config in resolution.stages:
+            if config.get("type") == "mirror":
+                await mirror.ensure(name, config, project)
+    token = project_token(server, stage, project)
+    cache = page_cache(server)
+    key = (stage, project, fmt, prefix)
+    hit = cache.get(key, token)
+    if hit is not None:
+        return _send(request, fmt, hit[0], hit[1])
+    try:
+        links, known = await collect_links(server, stage, project)
+    except UpstreamUnavailable as e:
+        raise HTTPError(e.status, e.message) from None
+    if not known and not links:
+        raise not_found(f"The project {project} does not exist.")
+    serial = server.store.serial
+    if fmt == SIMPLE_JSON:
+        body = render_project_json(project, links, prefix, serial)
+    else:
+        body = render_project_html(stage, project, links, prefix, resolution.blocked_mirrors)
+    # Only cache if nothing changed while we awaited (the token still describes the body).
+    if project_token(server, stage, project) == token:
+        etag = cache.put(key, token, body)
+    else:
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return _send(request, fmt, etag, body)
+
+
+def _redirect(request: Any, location: str) -> bytes:
+    request.setResponseCode(301)
+    request.setHeader(b"Location", location.encode())
+    request.setHeader(b"Vary", b"Accept, User-Agent")
+    return b""
+
+
+@app.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
+async def simple_project(
+    server: DevpidServer, request: Any, user: str, index: str, project: str
+) -> bytes:
+    normal = normalize_name(project)
+    if normal != project:
+        return _redirect(request, f"{server.outside_url(request)}/{user}/{index}/+simple/{normal}/")
+    return await serve_project_page(server, request, user, index, project, "../../../../")
+
+
+@app.route("/<user>/<index>/+simple/<project>", methods=["GET", "HEAD"])
+async def simple_project_noslash(
+    server: DevpidServer, request: Any, user: str, index: str, project: str
+) -> bytes:
+    normal = normalize_name(project)
+    ua = header(request, b"user-agent")
+    if normal != project or not (is_installer(ua) or _format(request) == SIMPLE_JSON):
+        return _redirect(request, f"{server.outside_url(request)}/{user}/{index}/+simple/{normal}/")
+    return await serve_project_page(server, request, user, index, project, "../../../")
+
+
+async def project_names(server: DevpidServer, stage: str) -> list[str]:
+    """Names over the resolution order (own projects first), each once."""
+    seen: dict[str, None] = {}
+    mirror = server.components.get("mirror")
+    for name, config in sro(server, stage):
+        if config.get("type") == "mirror":
+            if mirror is None:
+                continue
+            names = await mirror.project_names(name, config)
+        else:
+            names = index_routes.stage_projects(server, name, config)
+        for n in names:
+            seen.setdefault(n, None)
+    return list(seen)
+
+
+async def serve_project_list(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    stage = f"{user}/{index}"
+    _require_stage(server, stage)
+    fmt = _format(request)
+    mirror = server.components.get("mirror")
+    parts: list[Any] = [server.components.get("config_serial", -1)]
+    for name, config in sro(server, stage):
+        if config.get("type") == "mirror" and mirror is not None:
+            parts.append(await mirror.list_token(name, config))
+        else:
+            parts.append(server.store.max_serial(f"project/{name}/"))
+    token = tuple(parts)
+    cache = page_cache(server)
+    key = (stage, "+list", fmt)
+    hit = cache.get(key, token)
+    if hit is not None:
+        return _send(request, fmt, hit[0], hit[1])
+    names = await project_names(server, stage)
+    body = (
+        render_list_json(names, server.store.serial)
+        if fmt == SIMPLE_JSON
+        else render_list_html(stage, names)
+    )
+    etag = cache.put(key, token, body)
+    return _send(request, fmt, etag, body)
+
+
+@app.route("/<user>/<index>/+simple/", methods=["GET", "HEAD"])
+async def simple_list(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    return await serve_project_list(server, request, user, index)
+
+
+@app.route("/<user>/<index>/+simple", methods=["GET", "HEAD"])
+async def simple_list_noslash(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
+    if is_installer(header(request, b"user-agent")) or _format(request) == SIMPLE_JSON:
+        return await serve_project_list(server, request, user, index)
+    return _redirect(request, f"{server.outside_url(request)}/{user}/{index}/+simple/")
+
+
+async def _index_get_hook(
+    server: DevpidServer, request: Any, user: str, index: str
+) -> bytes | None:
+    """``GET /u/i`` from an installer or with PEP 691 Accept acts as the project list."""
+    if is_installer(header(request, b"user-agent")):
+        return await serve_project_list(server, request, user, index)
+    accept = header(request, b"accept") or ""
+    if SIMPLE_JSON in accept and "application/json" not in accept:
+        return await serve_project_list(server, request, user, index)
+    return None
+
+
+index_routes.INDEX_GET_HOOKS.append(_index_get_hook)
+
+__all__ = ["SIMPLE_HTML", "serve_project_list", "serve_project_page"]

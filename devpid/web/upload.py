@@ -1,0 +1,418 @@
+"""Uploads through the legacy API as twine, ``uv publish`` and devpi-client send them.
+
+The multipart body is parsed in a worker thread with a streaming parser: the ``content``
+part goes straight into a temp blob while it is hashed, so a big upload is never held in
+memory and never blocks the reactor. Everything is checked (permission first, then file
+name, digests, metadata read from the archive itself) before one write transaction records
+the file; a refused upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from multipart import MultipartSegment, PushMultipartParser, parse_options_header
+
+from devpid.auth import can_upload
+from devpid.model.metadata import MetadataError, metadata_from_form, read_core_metadata
+from devpid.model.names import (
+    InvalidFilename,
+    check_safe_filename,
+    filename_matches,
+    normalize_name,
+    parse_dist_filename,
+    validate_project_name,
+)
+from devpid.store import keys
+from devpid.store.blobs import BlobStore
+from devpid.web import indexes as index_routes
+from devpid.web.app import DevpidServer, header, set_serial
+from devpid.web.errors import HTTPError, forbidden, unauthorized
+
+MAX_FIELD_BYTES = 4 * 1024 * 1024
+MAX_DOC_MEMBERS = 20000
+MAX_DOC_UNPACKED = 512 * 1024 * 1024
+
+
+def utc_timestamp() -> str:
+    """RFC 3339 with microseconds and Z, as PEP 700's upload-time wants it."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+def log_when() -> list[int]:
+    return list(time.gmtime()[:6])
+
+
+@dataclass
+class UploadedFile:
+    filename: str
+    tmp: Path
+    sha256: str
+    md5: str
+    blake2_256: str
+    size: int
+
+
+@dataclass
+class ParsedUpload:
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    file: UploadedFile | None = None
+
+    def get(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else None
+
+
+def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedUpload:
+    """Parse a multipart body; the file part streams into a temp blob. Blocking (thread)."""
+    result = ParsedUpload()
+    stream.seek(0)
+    segment: MultipartSegment | None = None
+    buf = bytearray()
+    out: BinaryIO | None = None
+    tmp: Path | None = None
+    hashers: list[Any] = []
+    size = 0
+    try:
+        with PushMultipartParser(boundary, max_segment_count=1000) as parser:
+            while not parser.closed:
+                chunk = stream.read(256 * 1024)
+                for event in parser.parse(chunk):
+                    if isinstance(event, MultipartSegment):
+                        segment = event
+                        buf = bytearray()
+                        if event.name == "content" and event.filename:
+                            if out is not None:
+                                raise HTTPError(400, "more than one content file field")
+                            out, tmp = blobs.new_temp()
+                            hashers = [
+                                hashlib.sha256(),
+                                hashlib.md5(usedforsecurity=False),
+                                hashlib.blake2b(digest_size=32),
+                            ]
+                            size = 0
+                    elif event:
+                        if segment is not None and out is not None and segment.name == "content" \
+                                and segment.filename:
+                            out.write(event)
+                            for h in hashers:
+                                h.update(event)
+                            size += len(event)
+                        else:
+                            buf += event
+                            if len(buf) > MAX_FIELD_BYTES:
+                                raise HTTPError(400, "form field too large")
+                    else:
+                        if segment is None:
+                            continue
+                        if segment.name == "content" and segment.filename and out is not None:
+                            assert tmp is not None
+                            out.flush()
+                            result.file = UploadedFile(
+                                filename=segment.filename,
+                                tmp=tmp,
+                                sha256=hashers[0].hexdigest(),
+                                md5=hashers[1].hexdigest(),
+                                blake2_256=hashers[2].hexdigest(),
+                                size=size,
+                            )
+                        elif segment.name:
+                            text = bytes(buf).decode("utf-8", errors="replace")
+                            result.fields.setdefault(segment.name, []).append(text)
+                        segment = None
+                if not chunk:
+                    break
+    except HTTPError:
+        _cleanup(out, tmp, blobs)
+        raise
+    except Exception as e:  # the parser's errors: a malformed body is the client's fault
+        _cleanup(out, tmp, blobs)
+        raise HTTPError(400, f"malformed multipart body: {e}") from None
+    if out is not None:
+        out.close()
+    if result.file is None and tmp is not None:
+        blobs.discard(tmp)
+    return result
+
+
+def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
+    if out is not None:
+        out.close()
+    if tmp is not None:
+        blobs.discard(tmp)
+
+
+def store_file_blobs(
+    blobs: BlobStore, upload: UploadedFile, filename: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Read core metadata from the archive, then commit the blobs. Blocking (thread).
+
+    Returns (metadata fields or None, metadata blob sha256 or None).
+    """
+    fields: dict[str, Any] | None = None
+    metadata_sha: str | None = None
+    kind = parse_dist_filename(filename).kind
+    if kind in ("wheel", "sdist"):
+        try:
+            meta = read_core_metadata(upload.tmp, filename)
+        except MetadataError as e:
+            if kind == "wheel":
+                raise HTTPError(400, f"invalid distribution: {e}") from None
+        else:
+            fields = dict(meta.fields)
+            if kind == "wheel":
+                metadata_sha = blobs.put_bytes(meta.raw)
+    blobs.commit_temp(upload.tmp, upload.sha256)
+    return fields, metadata_sha
+
+
+def check_doc_zip(path: Path) -> None:
+    """Docs are served from the zip, never unpacked; still refuse hostile archives."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_DOC_MEMBERS:
+                raise HTTPError(400, f"doc zip has more than {MAX_DOC_MEMBERS} members")
+            total = 0
+            for info in infos:
+                name = info.filename
+                parts = name.replace("\\", "/").split("/")
+                if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                    raise HTTPError(400, f"doc zip member {name!r} escapes the docs directory")
+                total += info.file_size
+            if total > MAX_DOC_UNPACKED:
+                raise HTTPError(400, "doc zip unpacks to more than the allowed size")
+    except zipfile.BadZipFile:
+        raise HTTPError(400, "doc upload is not a valid zip file") from None
+
+
+async def handle_post(server: DevpidServer, request: Any, user: str, index: str) -> Any:
+    """The INDEX_POST_HOOK for multipart uploads (``:action`` forms)."""
+    ctype = header(request, b"content-type") or ""
+    mime, options = parse_options_header(ctype)
+    if mime != "multipart/form-data":
+        return None
+    stage = f"{user}/{index}"
+    config = server.index_config(stage)
+    if config is None:
+        raise HTTPError(404, f"The stage {stage} could not be found.")
+    if config.get("type") == "mirror":
+        raise HTTPError(404, "cannot submit to mirror index")
+    actor = await server.identify(request)
+    if not can_upload(actor, user, config.get("acl_upload") or []):
+        if actor is None:
+            raise unauthorized("authentication required to upload")
+        raise forbidden(f"no permission to submit to {stage}")
+    boundary = options.get("boundary")
+    if not boundary:
+        raise HTTPError(400, "multipart body without boundary")
+    parsed: ParsedUpload = await server.in_thread(
+        parse_upload_body, request.content, boundary, server.blobs
+    )
+    try:
+        action = parsed.get(":action")
+        if action is None:
+            raise HTTPError(400, ":action field not found")
+        if action == "file_upload":
+            return await _file_upload(server, request, stage, config, actor, parsed)
+        if action == "doc_upload":
+            return await _doc_upload(server, request, stage, config, actor, parsed)
+        if action in ("submit", "register"):
+            return _register(server, request, stage, parsed)
+        raise HTTPError(400, f"action {action!r} not supported")
+    finally:
+        if parsed.file is not None:
+            server.blobs.discard(parsed.file.tmp)
+
+
+def _name_version(parsed: ParsedUpload) -> tuple[str, str]:
+    name = parsed.get("name")
+    version = parsed.get("version")
+    if not name or not version:
+        raise HTTPError(400, "name and version fields are required")
+    error = validate_project_name(name)
+    if error:
+        raise HTTPError(400, f"invalid metadata: {error}")
+    if any(c in name + version for c in '<>%#"/\\') or any(ord(c) < 32 for c in version):
+        raise HTTPError(400, "invalid metadata: name or version contains invalid characters")
+    return name, version
+
+
+def _register(server: DevpidServer, request: Any, stage: str, parsed: ParsedUpload) -> bytes:
+    name, version = _name_version(parsed)
+    project = normalize_name(name)
+    metadata = metadata_from_form(parsed.fields)
+    metadata.update(name=name, version=version)
+    with server.store.transaction() as tx:
+        _ensure_project(tx, stage, project, name)
+        tx.set(keys.release(stage, project, version), metadata)
+    set_serial(request, tx.serial)
+    return b""
+
+
+def _ensure_project(tx: Any, stage: str, project: str, name: str) -> None:
+    if tx.get(keys.project(stage, project)) is None:
+        tx.set(keys.project(stage, project), {"name": name, "created": utc_timestamp()})
+
+
+async def _file_upload(
+    server: DevpidServer,
+    request: Any,
+    stage: str,
+    config: dict[str, Any],
+    actor: str | None,
+    parsed: ParsedUpload,
+) -> bytes:
+    upload = parsed.file
+    if upload is None:
+        raise HTTPError(400, "content file field not found")
+    name, version = _name_version(parsed)
+    filename = upload.filename
+    try:
+        check_safe_filename(filename)
+        dist = parse_dist_filename(filename)
+    except InvalidFilename as e:
+        raise HTTPError(400, str(e)) from None
+    mismatch = filename_matches(filename, name, version)
+    if mismatch:
+        raise HTTPError(400, mismatch)
+    for field_name, actual in (
+        ("sha256_digest", upload.sha256),
+        ("md5_digest", upload.md5),
+        ("blake2_256_digest", upload.blake2_256),
+    ):
+        claimed = parsed.get(field_name)
+        if claimed and claimed.strip().lower() != actual:
+            raise HTTPError(400, f"{field_name} does not match the uploaded content")
+    if upload.size == 0:
+        raise HTTPError(400, "the uploaded file is empty")
+    project = normalize_name(name)
+    if dist.project != project:
+        raise HTTPError(400, f"filename {filename!r} does not match project name {name!r}")
+    file_key = keys.file(stage, project, filename)
+    existing = server.store.get(file_key)
+    volatile = config.get("volatile", True)
+    if existing is not None and not volatile:
+        if existing.get("sha256") == upload.sha256:
+            request.setResponseCode(200, b"Upload of identical file to non volatile index.")
+            return b""
+        raise HTTPError(409, f"{filename} already exists in non-volatile index")
+
+    archive_fields, metadata_sha = await server.in_thread(
+        store_file_blobs, server.blobs, upload, filename
+    )
+    form_fields = metadata_from_form(parsed.fields)
+    if archive_fields is not None:
+        archive_name = str(archive_fields.get("name", ""))
+        if archive_name and normalize_name(archive_name) != project:
+            raise HTTPError(
+                400, f"the file's metadata names project {archive_name!r}, not {name!r}"
+            )
+        archive_version = str(archive_fields.get("version", ""))
+        if archive_version and filename_matches(filename, name, archive_version):
+            raise HTTPError(400, f"the file's metadata has version {archive_version!r}")
+    metadata = {**form_fields, **(archive_fields or {})}
+    metadata.update(name=name, version=version)
+    log_entry: dict[str, Any] = {"what": "upload", "who": actor, "when": log_when(),
+                                 "dst": stage}
+
+    # Re-read inside the synchronous commit block: nothing can interleave from here on.
+    current = server.store.get(file_key)
+    if current is not None and not volatile:
+        if current.get("sha256") == upload.sha256:
+            request.setResponseCode(200, b"Upload of identical file to non volatile index.")
+            return b""
+        raise HTTPError(409, f"{filename} already exists in non-volatile index")
+    log = list(current.get("log", [])) if current else []
+    if current is not None:
+        log_entry = {**log_entry, "what": "overwrite", "count": len(log)}
+    sha = upload.sha256
+    value = {
+        "filename": filename,
+        "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+        "sha256": sha,
+        "md5": upload.md5,
+        "size": upload.size,
+        "version": version,
+        "upload_time": utc_timestamp(),
+        "requires_python": metadata.get("requires_python") or None,
+        "yanked": False,
+        "metadata_sha256": metadata_sha,
+        "log": [*log, log_entry],
+    }
+    release_key = keys.release(stage, project, version)
+    with server.store.transaction() as tx:
+        _ensure_project(tx, stage, project, name)
+        old = tx.get(release_key) or {}
+        tx.set(release_key, {**old, **metadata})
+        tx.set(file_key, value)
+    set_serial(request, tx.serial)
+    return b""
+
+
+async def _doc_upload(
+    server: DevpidServer,
+    request: Any,
+    stage: str,
+    config: dict[str, Any],
+    actor: str | None,
+    parsed: ParsedUpload,
+) -> bytes:
+    upload = parsed.file
+    if upload is None:
+        raise HTTPError(400, "content file field not found")
+    name = parsed.get("name")
+    if not name or validate_project_name(name):
+        raise HTTPError(400, "doc upload needs a valid name field")
+    project = normalize_name(name)
+    version = parsed.get("version")
+    if not version:
+        versions = [k.rsplit("/", 1)[1] for k in server.store.keys(
+            keys.release_prefix(stage, project))]
+        if not versions:
+            raise HTTPError(
+                400, f"doczip has no version and '{project}' has no releases to derive one from"
+            )
+        from devpid.links import version_key
+
+        version = max(versions, key=version_key)
+    if any(c in version for c in '<>%#"/\\'):
+        raise HTTPError(400, "invalid version")
+    await server.in_thread(check_doc_zip, upload.tmp)
+    doc_key = keys.doc(stage, project, version)
+    existing = server.store.get(doc_key)
+    if existing is not None and not config.get("volatile", True):
+        if existing.get("sha256") == upload.sha256:
+            request.setResponseCode(200, b"Upload of identical file to non volatile index.")
+            return b""
+        raise HTTPError(409, f"documentation of {project} {version} already exists "
+                             "in non-volatile index")
+    await server.in_thread(server.blobs.commit_temp, upload.tmp, upload.sha256)
+    sha = upload.sha256
+    filename = f"{project}-{version}.doc.zip"
+    value = {
+        "filename": filename,
+        "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+        "sha256": sha,
+        "size": upload.size,
+        "version": version,
+        "upload_time": utc_timestamp(),
+        "log": [{"what": "upload", "who": actor, "when": log_when(), "dst": stage}],
+    }
+    with server.store.transaction() as tx:
+        _ensure_project(tx, stage, project, name)
+        release_key = keys.release(stage, project, version)
+        if tx.get(release_key) is None:
+            tx.set(release_key, {"name": name, "version": version})
+        tx.set(doc_key, value)
+    set_serial(request, tx.serial)
+    return b""
+
+
+index_routes.INDEX_POST_HOOKS.append(handle_post)
