@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from devpid import auth
-from devpid.store import is_initialised, open_store
-from devpid.store import keys
+from devpid.store import is_initialised, keys, open_store
 
 
 def default_upstream_url() -> str:

@@ -102,8 +102,8 @@ class DevpidService(service.MultiService):
         super().__init__()
         self.log_format = log_format
 
-    def setServiceParent(self, parent: Any) -> None:  # noqa: N802 (Twisted API)
-        setComponent = getattr(parent, "setComponent", None)  # noqa: N806
+    def setServiceParent(self, parent: Any) -> None:
+        setComponent = getattr(parent, "setComponent", None)
         if setComponent is not None:
             observer = (
                 jsonFileLogObserver(sys.stdout)
@@ -120,11 +120,11 @@ class ThreadPoolService(service.Service):
     def __init__(self, pool: ThreadPool) -> None:
         self.pool = pool
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self) -> None:
         super().stopService()
         self.pool.stop()
 
@@ -135,12 +135,12 @@ class StoreService(service.Service):
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self) -> None:
         super().stopService()
         self.store.close()
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:  # noqa: N802
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """Build the service tree from parsed options (no I/O beyond opening the store)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor

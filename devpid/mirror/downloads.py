@@ -1,0 +1,203 @@
+"""One upstream download per uncached mirror file, shared by every client that asks.
+
+The download fills a temp blob at upstream speed, independent of any client: each client
+tails the growing file with its own producer, so a slow or vanished client neither slows
+the download nor holds the bytes in memory, and uv aborting a download it no longer needs
+does not stop the file from being cached. Only when the whole body arrived, its length
+matches and its hash matches what the upstream page promised is the blob committed and
+recorded; a failed or mismatching download is discarded and never served as good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+log = Logger()
+READ_CHUNK = 256 * 1024
+
+
+class DownloadFailed(Exception):
+    pass
+
+
+class Download:
+    """An upstream body being written to a temp blob while clients read along."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        tmp: Path,
+        out: Any,
+        expected: dict[str, str],
+        expected_size: int | None,
+        on_done: Callable[[Download], Deferred[Any]],
+    ) -> None:
+        self.url = url
+        self.tmp = tmp
+        self._out = out
+        self.expected = expected
+        self.expected_size = expected_size
+        self.written = 0
+        self.content_type: str | None = None
+        self.finished = False
+        self.error: str | None = None
+        self.committed = Deferred[Any]()  # fires (or fails) after the blob is recorded
+        self._sha256 = hashlib.sha256()
+        self._others = {
+            name: hashlib.new(name) for name in expected if name in hashlib.algorithms_available
+            and name != "sha256"
+        }
+        self._waiters: list[Callable[[], None]] = []
+        self._on_done = on_done
+        self.sha256: str | None = None
+
+    # -- fed by the upstream response protocol --------------------------------------------
+    def data(self, chunk: bytes) -> None:
+        self._out.write(chunk)
+        self._out.flush()
+        self._sha256.update(chunk)
+        for h in self._others.values():
+            h.update(chunk)
+        self.written += len(chunk)
+        self._wake()
+
+    def end(self, error: str | None) -> None:
+        self._out.close()
+        if error is None:
+            error = self._verify()
+        self.error = error
+        self.finished = True
+        self.sha256 = self._sha256.hexdigest()
+        self._wake()
+        if error is not None:
+            log.warn("download of {url} failed: {error}", url=self.url, error=error)
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.committed.errback(Failure(DownloadFailed(error)))
+            return
+        d = self._on_done(self)
+        d.addCallbacks(self.committed.callback, self.committed.errback)
+
+    def _verify(self) -> str | None:
+        if self.expected_size is not None and self.written != self.expected_size:
+            return f"size mismatch: got {self.written} bytes, expected {self.expected_size}"
+        want = self.expected.get("sha256")
+        if want and want.lower() != self._sha256.hexdigest():
+            return "sha256 mismatch: the upstream file does not match its published hash"
+        for name, h in self._others.items():
+            if self.expected[name].lower() != h.hexdigest():
+                return f"{name} mismatch: the upstream file does not match its published hash"
+        return None
+
+    # -- for readers ----------------------------------------------------------------------
+    def wait(self, callback: Callable[[], None]) -> None:
+        self._waiters.append(callback)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            try:
+                w()
+            except Exception:
+                log.failure("download reader failed")
+
+
+class BodyToDownload(Protocol):
+    """Receives the upstream body into a Download; detects truncation."""
+
+    def __init__(self, download: Download) -> None:
+        self.download = download
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.download.data(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if reason.check(ResponseDone):
+            self.download.end(None)
+        elif reason.check(PotentialDataLoss):
+            # No Content-Length and the connection closed: only the hash can vouch.
+            self.download.end(None if self.download.expected.get("sha256") else
+                              "connection closed without a length or hash to verify")
+        else:
+            self.download.end(f"connection lost after {self.download.written} bytes")
+
+
+@implementer(IPushProducer)
+class TailProducer:
+    """Sends a growing file to one client as the download writes it."""
+
+    def __init__(self, request: Any, download: Download) -> None:
+        self.request = request
+        self.download = download
+        self.file = open(download.tmp, "rb")  # noqa: SIM115 (closed in _close)
+        self.offset = 0
+        self.paused = False
+        self.closed = False
+        request.notifyFinish().addErrback(lambda _: self._close())
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and not self.closed:
+            chunk = self.file.read(READ_CHUNK)
+            if chunk:
+                self.offset += len(chunk)
+                self.request.write(chunk)
+                continue
+            if self.download.finished:
+                if self.download.error is None and self.offset >= self.download.written:
+                    self._finish()
+                elif self.download.error is not None:
+                    self._abort()
+                else:
+                    continue
+                return
+            self.download.wait(self._pump)
+            return
+
+    def _finish(self) -> None:
+        self._close()
+        self.request.unregisterProducer()
+        self.request.finish()
+
+    def _abort(self) -> None:
+        # The client must see a failed download, not a short "complete" file.
+        self._close()
+        self.request.unregisterProducer()
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.file.close()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.paused:
+            self.paused = False
+            self._pump()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._close()

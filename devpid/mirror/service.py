@@ -1,0 +1,564 @@
+"""Mirror indexes: a self-updating, offline-capable cache of an upstream simple index.
+
+Policy, per (mirror, project):
+
+- a cached page younger than ``mirror_cache_expiry`` is served as is;
+- an older one is served at once (after at most a short grace period) while one shared
+  background fetch refreshes it; a hanging upstream never delays a cached page;
+- a never-seen project waits for the fetch, bounded by the request timeout; if the upstream
+  cannot be asked the answer is a 502 naming the upstream, never a "does not exist" 404;
+- the upstream client backs off after failures and answers from the cache at once until the
+  upstream is back; then updates resume by themselves;
+- only a real change of the upstream page writes a new serial.
+
+Files are downloaded on first request (see downloads.py) and recorded as ``file/`` keys.
+In ``--offline-mode`` the upstream is never contacted and pages list only cached files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.resource import Resource
+
+from devpid import __version__
+from devpid.links import Link, UpstreamUnavailable, version_key
+from devpid.mirror.backoff import Backoff
+from devpid.mirror.downloads import BodyToDownload, Download, DownloadFailed, TailProducer
+from devpid.mirror.fetcher import (
+    FileNotFoundUpstream,
+    ProjectNotFound,
+    UpstreamClient,
+    UpstreamError,
+)
+from devpid.mirror.parse import UpstreamFile
+from devpid.model.names import normalize_name, parse_dist_filename, InvalidFilename
+from devpid.store import keys
+
+log = Logger()
+
+GRACE = 0.25  # seconds a request with a stale cached page waits for a fresh one
+
+
+@dataclass
+class ProjectState:
+    fetched_at: float = 0.0  # monotonic time of the last successful contact
+    not_found_until: float = 0.0
+    error: str | None = None
+    inflight: Deferred[None] | None = None
+
+
+@dataclass
+class ListState:
+    fetched_at: float = 0.0
+    etag: str | None = None
+    names_text: str = ""  # "\n"-joined names: compact, no per-name objects
+    count: int = 0
+    version: int = 0
+    error: str | None = None
+    inflight: Deferred[None] | None = None
+    rendered: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def mirror_path(stage: str, f: UpstreamFile) -> str:
+    sha = f.hashes.get("sha256")
+    if sha and len(sha) == 64:
+        return f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{f.filename}"
+    digest = hashlib.sha256(f.url.encode()).hexdigest()
+    return f"{stage}/+f/url/{digest[:16]}/{f.filename}"
+
+
+def file_version(filename: str) -> str | None:
+    try:
+        return parse_dist_filename(filename).version
+    except InvalidFilename:
+        return None
+
+
+class Mirror:
+    """The mirror component the web layer calls (``server.components["mirror"]``)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.reactor = server.reactor
+        self.clients: dict[tuple[str, str], UpstreamClient] = {}
+        self.projects: dict[tuple[str, str], ProjectState] = {}
+        self.lists: dict[str, ListState] = {}
+        self.downloads: dict[str, Download] = {}
+
+    # -- upstream clients ---------------------------------------------------------------------
+    def client(self, stage: str, config: dict[str, Any]) -> UpstreamClient:
+        url = config["mirror_url"]
+        if not url.endswith("/"):
+            url += "/"
+        key = (stage, url)
+        client = self.clients.get(key)
+        if client is None:
+            client = UpstreamClient(
+                url,
+                reactor=self.reactor,
+                timeout=self.server.settings.request_timeout,
+                list_timeout=max(self.server.settings.request_timeout, 30.0),
+                user_agent=f"devpid/{__version__}",
+                backoff=Backoff(self.reactor, name=stage),
+            )
+            self.clients[key] = client
+        return client
+
+    @property
+    def offline(self) -> bool:
+        return bool(self.server.settings.offline_mode)
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
+
+    # -- project pages ------------------------------------------------------------------------
+    def _state(self, stage: str, project: str) -> ProjectState:
+        return self.projects.setdefault((stage, project), ProjectState())
+
+    async def ensure(self, stage: str, config: dict[str, Any], project: str) -> None:
+        """Make the cached page as fresh as policy wants, without ever hanging a request."""
+        if self.offline:
+            return
+        state = self._state(stage, project)
+        now = self._now()
+        expiry = float(config.get("mirror_cache_expiry") or 1800)
+        cached = self.server.store.get(keys.mirror_page(stage, project))
+        if state.fetched_at and now - state.fetched_at < expiry:
+            return
+        if cached is None and state.not_found_until > now:
+            return
+        if state.inflight is None:
+            state.inflight = ensureDeferred(self._fetch(stage, config, project))
+
+            def done(_: object) -> None:
+                state.inflight = None
+
+            state.inflight.addBoth(done)
+        # Wait (shielded: a client going away must not cancel the shared fetch).
+        waiter: Deferred[None] = Deferred()
+        state.inflight.chainDeferred  # (documentation: we never chain, see below)
+        shared = state.inflight
+
+        def relay(result: object) -> object:
+            if not waiter.called:
+                waiter.callback(None)
+            return result
+
+        shared.addBoth(relay)
+        timeout = GRACE if cached is not None else self.server.settings.request_timeout + 1
+        call = self.reactor.callLater(timeout, lambda: waiter.called or waiter.callback(None))
+        await waiter
+        if call.active():
+            call.cancel()
+
+    async def _fetch(self, stage: str, config: dict[str, Any], project: str) -> None:
+        state = self._state(stage, project)
+        key = keys.mirror_page(stage, project)
+        cached = self.server.store.get(key)
+        client = self.client(stage, config)
+        try:
+            page = await client.get_project(project, (cached or {}).get("etag"))
+        except ProjectNotFound:
+            state.error = None
+            state.fetched_at = self._now()
+            state.not_found_until = self._now() + float(config.get("mirror_cache_expiry") or 1800)
+            return
+        except UpstreamError as e:
+            state.error = e.message
+            return
+        except Exception as e:  # never let a surprise break the page for good
+            log.failure("fetching {project} from {stage} failed", project=project, stage=stage)
+            state.error = f"error fetching {project} from upstream: {e}"
+            return
+        state.error = None
+        state.fetched_at = self._now()
+        state.not_found_until = 0.0
+        if page.not_modified:
+            return
+        stored_serial = (cached or {}).get("upstream_serial")
+        if (
+            page.upstream_serial is not None
+            and isinstance(stored_serial, int)
+            and page.upstream_serial < stored_serial
+            and not config.get("mirror_ignore_serial_header")
+        ):
+            state.error = (
+                f"upstream serial went backwards for {project} "
+                f"({page.upstream_serial} < {stored_serial}); serving the cached page"
+            )
+            return
+        files = []
+        for f in page.files:
+            entry = f.to_json()
+            entry["path"] = mirror_path(stage, f)
+            files.append(entry)
+        value = {
+            "name": page.name,
+            "files": files,
+            "etag": page.etag,
+            "upstream_serial": page.upstream_serial,
+        }
+        if cached is not None and {**cached, "etag": None} == {**value, "etag": None}:
+            return  # same links: no new serial
+        if self.server.settings.role == "replica":
+            return
+        with self.server.store.transaction() as tx:
+            tx.set(key, value)
+
+    async def project_links(
+        self, stage: str, config: dict[str, Any], project: str
+    ) -> list[Link] | None:
+        cached = self.server.store.get(keys.mirror_page(stage, project))
+        state = self.projects.get((stage, project))
+        if cached is None:
+            if self.offline:
+                raise UpstreamUnavailable(
+                    f"{project} is not cached on {stage} and the server runs in offline mode",
+                    503,
+                )
+            if state is not None and state.error:
+                raise UpstreamUnavailable(
+                    f"could not reach the upstream of {stage} for {project}: {state.error}"
+                )
+            if state is not None and state.fetched_at:
+                return None  # the upstream said it does not exist
+            if state is not None and state.inflight is not None:
+                raise UpstreamUnavailable(
+                    f"timeout while getting data for {project!r} from the upstream of {stage}",
+                    504,
+                )
+            return None
+        cached_files = {
+            value["filename"]: value
+            for _, value in self.server.store.items(keys.file_prefix(stage, project))
+        }
+        links = []
+        for entry in cached["files"]:
+            stored = cached_files.get(entry["filename"])
+            if self.offline and stored is None:
+                continue
+            f = UpstreamFile.from_json(entry)
+            meta: dict[str, str] | bool = f.core_metadata
+            if stored is not None and stored.get("metadata_sha256"):
+                meta = {"sha256": stored["metadata_sha256"]}
+            elif not config.get("mirror_provides_core_metadata", True):
+                meta = False
+            links.append(
+                Link(
+                    filename=f.filename,
+                    path=entry["path"],
+                    stage=stage,
+                    version=file_version(f.filename),
+                    hashes=dict(f.hashes),
+                    requires_python=f.requires_python,
+                    yanked=f.yanked,
+                    core_metadata=meta,
+                    size=f.size,
+                    upload_time=f.upload_time,
+                )
+            )
+        links.sort(key=lambda link: (version_key(link.version), link.filename))
+        return links
+
+    # -- project list -------------------------------------------------------------------------
+    def _list_state(self, stage: str) -> ListState:
+        return self.lists.setdefault(stage, ListState())
+
+    def _local_names(self, stage: str) -> list[str]:
+        prefix = f"mirror/{stage}/"
+        return [k[len(prefix) :] for k in self.server.store.keys(prefix)]
+
+    async def _refresh_list(self, stage: str, config: dict[str, Any], wait: float) -> None:
+        state = self._list_state(stage)
+        expiry = float(config.get("mirror_cache_expiry") or 1800)
+        if self.offline or config.get("mirror_no_project_list"):
+            return
+        if state.fetched_at and self._now() - state.fetched_at < expiry:
+            return
+        if state.inflight is None:
+            state.inflight = ensureDeferred(self._fetch_list(stage, config))
+
+            def done(_: object) -> None:
+                state.inflight = None
+
+            state.inflight.addBoth(done)
+        if wait > 0:
+            waiter: Deferred[None] = Deferred()
+            state.inflight.addBoth(lambda r: (waiter.called or waiter.callback(None), r)[1])
+            call = self.reactor.callLater(wait, lambda: waiter.called or waiter.callback(None))
+            await waiter
+            if call.active():
+                call.cancel()
+
+    async def _fetch_list(self, stage: str, config: dict[str, Any]) -> None:
+        state = self._list_state(stage)
+        try:
+            names, etag = await self.client(stage, config).get_project_list(state.etag)
+        except UpstreamError as e:
+            state.error = e.message
+            return
+        except Exception as e:
+            log.failure("fetching the project list of {stage} failed", stage=stage)
+            state.error = str(e)
+            return
+        state.error = None
+        state.fetched_at = self._now()
+        if names is None:
+            return
+        state.etag = etag
+        normalized = dict.fromkeys(normalize_name(n) for n in names)
+        state.names_text = "\n".join(normalized)
+        state.count = len(normalized)
+        state.version += 1
+        state.rendered.clear()
+
+    async def project_names(self, stage: str, config: dict[str, Any]) -> list[str]:
+        state = self._list_state(stage)
+        await self._refresh_list(stage, config, 0 if state.fetched_at else 30.0)
+        local = self._local_names(stage)
+        if not state.names_text:
+            return local
+        names = state.names_text.split("\n")
+        known = set(names)
+        return names + [n for n in local if n not in known]
+
+    async def list_token(self, stage: str, config: dict[str, Any]) -> Any:
+        state = self._list_state(stage)
+        await self._refresh_list(stage, config, 0 if state.fetched_at else 30.0)
+        return (state.version, self.server.store.max_serial(f"mirror/{stage}/"))
+
+    # -- files --------------------------------------------------------------------------------
+    async def serve_file(self, request: Any, key: str, filename: str, *, metadata: bool) -> Any:
+        from devpid.web.errors import HTTPError
+        from devpid.web.files import serve_blob
+
+        parts = key.split("/")
+        stage, project = f"{parts[1]}/{parts[2]}", parts[3]
+        stored = self.server.store.get(keys.file(stage, project, filename))
+        page = self.server.store.get(key) or {}
+        entry = next((e for e in page.get("files", []) if e.get("filename") == filename), None)
+        if metadata:
+            return await self._serve_metadata(request, stage, stored, entry, filename)
+        if stored is not None and self.server.blobs.exists(stored["sha256"]):
+            return serve_blob(self.server, request, stored["sha256"], filename)
+        if entry is None:
+            raise HTTPError(404, "no such file")
+        if self.offline:
+            raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
+        config = self.server.index_config(stage) or {}
+        if config.get("mirror_use_external_urls"):
+            request.setResponseCode(302)
+            request.setHeader(b"Location", entry["url"].encode())
+            return b""
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+            if entry.get("size") is not None:
+                request.setHeader(b"Content-Length", str(entry["size"]).encode())
+            return b""
+        download = self.downloads.get(entry["path"])
+        if download is not None and download.finished:
+            try:
+                await download.committed
+            except DownloadFailed:
+                download = None
+            else:
+                stored = self.server.store.get(keys.file(stage, project, filename))
+                if stored is not None:
+                    return serve_blob(self.server, request, stored["sha256"], filename)
+                download = None
+        if download is None:
+            download = await self._start_download(stage, config, project, entry)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if download.expected_size is not None:
+            request.setHeader(b"Content-Length", str(download.expected_size).encode())
+        return _TailResource(download)
+
+    async def _start_download(
+        self, stage: str, config: dict[str, Any], project: str, entry: dict[str, Any]
+    ) -> Download:
+        from devpid.web.errors import HTTPError
+
+        path = entry["path"]
+        client = self.client(stage, config)
+        try:
+            response = await client.open_file(entry["url"])
+        except FileNotFoundUpstream:
+            raise HTTPError(404, f"the upstream of {stage} no longer has {entry['filename']}")
+        except UpstreamError as e:
+            raise HTTPError(502, e.message) from None
+        existing = self.downloads.get(path)
+        if existing is not None and not existing.finished:
+            response.deliverBody(_Discard())
+            return existing
+        length = response.length if isinstance(response.length, int) else None
+        out, tmp = self.server.blobs.new_temp()
+
+        def on_done(dl: Download) -> Deferred[Any]:
+            return ensureDeferred(self._record_download(stage, project, entry, dl))
+
+        download = Download(
+            url=entry["url"],
+            tmp=tmp,
+            out=out,
+            expected=dict(entry.get("hashes") or {}),
+            expected_size=length if length is not None else entry.get("size"),
+            on_done=on_done,
+        )
+        self.downloads[path] = download
+
+        def forget(result: object) -> object:
+            if self.downloads.get(path) is download:
+                del self.downloads[path]
+            return result
+
+        download.committed.addBoth(forget)
+        download.committed.addErrback(lambda f: f.trap(DownloadFailed))
+        response.deliverBody(BodyToDownload(download))
+        return download
+
+    async def _record_download(
+        self, stage: str, project: str, entry: dict[str, Any], dl: Download
+    ) -> None:
+        assert dl.sha256 is not None
+        sha = dl.sha256
+        filename = entry["filename"]
+
+        def commit() -> str | None:
+            from devpid.model.metadata import MetadataError, read_core_metadata
+
+            self.server.blobs.commit_temp(dl.tmp, sha)
+            if filename.endswith(".whl"):
+                try:
+                    meta = read_core_metadata(self.server.blobs.path(sha), filename)
+                except MetadataError:
+                    return None
+                return self.server.blobs.put_bytes(meta.raw)
+            return None
+
+        metadata_sha = await self.server.in_thread(commit)
+        if self.server.settings.role == "replica":
+            return
+        value = {
+            "filename": filename,
+            "path": entry["path"],
+            "sha256": sha,
+            "size": dl.written,
+            "version": file_version(filename),
+            "upload_time": entry.get("upload-time") or entry.get("upload_time"),
+            "requires_python": entry.get("requires-python") or entry.get("requires_python"),
+            "yanked": entry.get("yanked", False),
+            "metadata_sha256": metadata_sha,
+            "url": entry["url"],
+            "log": [],
+        }
+        with self.server.store.transaction() as tx:
+            tx.set(keys.file(stage, project, filename), value)
+
+    async def _serve_metadata(
+        self,
+        request: Any,
+        stage: str,
+        stored: dict[str, Any] | None,
+        entry: dict[str, Any] | None,
+        filename: str,
+    ) -> Any:
+        from devpid.web.errors import HTTPError
+        from devpid.web.files import serve_blob
+
+        if stored is not None and stored.get("metadata_sha256"):
+            return serve_blob(self.server, request, stored["metadata_sha256"],
+                              filename + ".metadata")
+        if entry is None:
+            raise HTTPError(404, "no such file")
+        meta = entry.get("core_metadata") or entry.get("core-metadata")
+        if isinstance(meta, dict) and meta.get("sha256") and self.server.blobs.exists(
+            meta["sha256"]
+        ):
+            return serve_blob(self.server, request, meta["sha256"], filename + ".metadata")
+        if not meta or self.offline:
+            raise HTTPError(404, "no core metadata for this file")
+        config = self.server.index_config(stage) or {}
+        try:
+            data = await self.client(stage, config).get_bytes(entry["url"] + ".metadata",
+                                                              16 * 1024 * 1024)
+        except (UpstreamError, FileNotFoundUpstream) as e:
+            raise HTTPError(502, getattr(e, "message", str(e))) from None
+        if isinstance(meta, dict) and meta.get("sha256"):
+            if hashlib.sha256(data).hexdigest() != meta["sha256"].lower():
+                raise HTTPError(502, "upstream metadata does not match its published hash")
+            await self.server.in_thread(self.server.blobs.put_bytes, data)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        return data
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for (stage, _url), client in self.clients.items():
+            lst = self.lists.get(stage)
+            out[stage] = {
+                **client.status(),
+                "project_list": {
+                    "names": lst.count if lst else 0,
+                    "fetched_at": lst.fetched_at if lst else None,
+                    "error": lst.error if lst else None,
+                },
+                "downloads_in_progress": sum(
+                    1 for p in self.downloads if p.startswith(stage + "/")
+                ),
+            }
+        return {"mirrors": out, "offline-mode": self.offline}
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+class _TailResource(Resource):
+    isLeaf = True
+
+    def __init__(self, download: Download) -> None:
+        super().__init__()
+        self.download = download
+
+    def render(self, request: Any) -> Any:
+        TailProducer(request, self.download).start()
+        return NOT_DONE_YET
+
+
+class _Discard:
+    """A body protocol that throws the bytes away (a duplicate response we do not need)."""
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        pass
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        pass
+
+
+class MirrorService(service.Service):
+    """Owns the Mirror component's connection pools for the lifetime of the process."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        super().stopService()
+        return ensureDeferred(self.mirror.close())
+
+
+__all__ = ["Mirror", "MirrorService", "deferLater", "DeferredList", "json", "gzip", "time"]
