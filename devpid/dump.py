@@ -1,0 +1,547 @@
+"""Export and import of a whole server directory as a versioned, self-checking dump.
+
+A dump directory (format ``devpid-dump``, version 1) holds:
+
+``devpid-dump.json``
+    ``{"format": "devpid-dump", "version": 1, "exported_at", "source_uuid", "serial",
+    "entries": [[key, value], ...]}``: every store key (layout: ``devpid/store/keys.py``)
+    as read in ONE read transaction, so the dump is the state at exactly ``serial``.
+``blobs/{h[0:2]}/{h[2:4]}/{h}``
+    every blob a ``file/`` or ``doc/`` value references (``sha256``, ``metadata_sha256``).
+``MANIFEST.sha256``
+    ``sha256sum`` lines for every other file, so ``sha256sum -c`` works too.
+
+Export reads a live server's database read-only (WAL gives the snapshot, the daemon never
+waits). Import verifies everything (manifest, blobs, JSON, names, index inheritance) BEFORE
+writing anything, builds the new server directory beside its final place and renames it
+there, so a failed import leaves nothing behind. devpi-server export directories
+(``dataindex.json``) are converted by :mod:`devpid.devpi_import` and imported the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from devpid import auth
+from devpid.model.indexes import IndexConfigError, check_bases
+from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
+from devpid.store import BlobStore, is_initialised, open_store
+
+FORMAT = "devpid-dump"
+VERSION = 1
+JSON_NAME = "devpid-dump.json"
+MANIFEST_NAME = "MANIFEST.sha256"
+BLOBS_DIR = "blobs"
+CHUNK = 1024 * 1024
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# key kind -> number of "/"-separated parts
+_KEY_PARTS = {"user": 2, "index": 3, "project": 4, "release": 5, "file": 5, "doc": 5,
+              "mirror": 4}
+_BLOB_FIELDS = ("sha256", "metadata_sha256")
+
+
+class DumpError(Exception):
+    """Export or import cannot go on; the message names the file or entry at fault."""
+
+
+# -- progress ---------------------------------------------------------------------------------
+class Progress:
+    """A one-line bar on a terminal; elsewhere (logs, CI) a plain line every ~10%/500 items."""
+
+    def __init__(self, verb: str, total: int, unit: str, stream: TextIO | None = None) -> None:
+        self.verb = verb
+        self.total = total
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.step = max(1, min(500, -(-total // 10)))
+        self._last_draw = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw >= 0.1 or self.done >= self.total:
+                self._last_draw = now
+                width = 30
+                filled = width * self.done // self.total if self.total else width
+                bar = "#" * filled + "." * (width - filled)
+                self.stream.write(
+                    f"\r{self.verb} [{bar}] {self.done}/{self.total} {self.unit}"
+                )
+                self.stream.flush()
+        elif self.done % self.step == 0 or self.done == self.total:
+            self.stream.write(f"{self.verb} {self.done}/{self.total} {self.unit}\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def blob_relpath(sha256: str) -> str:
+    """Where a blob lives inside a dump (the same fan-out as the server's ``+blobs``)."""
+    return f"{BLOBS_DIR}/{sha256[0:2]}/{sha256[2:4]}/{sha256}"
+
+
+def referenced_blobs(key: str, value: Any) -> list[str]:
+    """The blob digests a value needs (only stored files and docs own blobs)."""
+    if key.split("/", 1)[0] not in ("file", "doc") or not isinstance(value, dict):
+        return []
+    return [value[f] for f in _BLOB_FIELDS if isinstance(value.get(f), str)]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy a file, returning the sha256 of what was read (one pass over the data)."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- export -----------------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    uuid: str
+    serial: int
+    entries: list[tuple[str, Any]]
+
+
+def read_snapshot(serverdir: Path) -> Snapshot:
+    """All keys of a (possibly live) server at one serial, without blocking its writer."""
+    if not is_initialised(serverdir):
+        raise DumpError(
+            f"{serverdir} is not an initialised devpid server directory "
+            "(no database there); nothing to export"
+        )
+    store, _ = open_store(serverdir, readonly=True)
+    try:
+        # The store has no public "read transaction" yet; one BEGIN ... COMMIT on its
+        # connection makes the serial and every row come from the same WAL snapshot.
+        conn = store._conn
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute("SELECT MAX(serial) FROM changelog").fetchone()
+            serial = -1 if row[0] is None else int(row[0])
+            rows = conn.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
+        finally:
+            conn.execute("COMMIT")
+        uuid = store.uuid
+    finally:
+        store.close()
+    if serial < 0 or not rows:
+        raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
+    return Snapshot(uuid, serial, [(k, json.loads(v)) for k, v in rows])
+
+
+def _write_dump_json(path: Path, snap: Snapshot) -> None:
+    """One entry per line: diffable and greppable, still one JSON document."""
+    head = {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_uuid": snap.uuid,
+        "serial": snap.serial,
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(head, sort_keys=True)[:-1])
+        f.write(', "entries": [\n')
+        for i, (key, value) in enumerate(snap.entries):
+            sep = ",\n" if i else ""
+            f.write(sep + json.dumps([key, value], sort_keys=True, separators=(",", ":")))
+        f.write("\n]}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class ExportResult:
+    target: Path
+    serial: int
+    entries: int
+    blobs: int
+
+
+def export(
+    serverdir: Path,
+    target: Path,
+    *,
+    force: bool = False,
+    hard_links: bool = False,
+    stream: TextIO | None = None,
+) -> ExportResult:
+    """Write a dump of ``serverdir`` to ``target`` (atomically: all of it or nothing)."""
+    out = stream if stream is not None else sys.stderr
+    if target.exists() and not _is_empty_dir(target) and not force:
+        raise DumpError(f"export directory {target} must not exist or be empty (or use --force)")
+    snap = read_snapshot(serverdir)
+    blobs = BlobStore(serverdir / "+blobs")
+    needed: dict[str, str] = {}
+    for key, value in snap.entries:
+        for digest in referenced_blobs(key, value):
+            if not _HEX64.fullmatch(digest):
+                raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
+            if not blobs.exists(digest):
+                raise DumpError(f"{key}: its blob {digest} is missing from {blobs.root}")
+            needed.setdefault(digest, key)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    try:
+        manifest: list[tuple[str, str]] = []
+        progress = Progress("exported", len(needed), "files", out)
+        for digest, key in sorted(needed.items()):
+            rel = blob_relpath(digest)
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src = blobs.path(digest)
+            if hard_links:
+                os.link(src, dst)
+                actual = sha256_file(dst)
+            else:
+                actual = _copy_hashing(src, dst)
+            if actual != digest:
+                raise DumpError(f"{key}: blob {src} is corrupt (its content has sha256 {actual})")
+            manifest.append((digest, rel))
+            progress.advance()
+        progress.finish()
+        _write_dump_json(tmp / JSON_NAME, snap)
+        manifest.append((sha256_file(tmp / JSON_NAME), JSON_NAME))
+        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
+            f.writelines(f"{digest}  {rel}\n" for digest, rel in sorted(manifest, key=_by_path))
+            f.flush()
+            os.fsync(f.fileno())
+        if target.exists():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(target, snap.serial, len(snap.entries), len(needed))
+
+
+def _by_path(item: tuple[str, str]) -> str:
+    return item[1]
+
+
+# -- import: the plan -------------------------------------------------------------------------
+@dataclass
+class ImportPlan:
+    """Verified-to-be state: store entries plus where each referenced blob comes from."""
+
+    source: str
+    entries: list[tuple[str, Any]]
+    blob_files: dict[str, Path] = field(default_factory=dict)
+    blob_bytes: dict[str, bytes] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_manifest(dumpdir: Path) -> dict[str, str]:
+    path = dumpdir / MANIFEST_NAME
+    if not path.is_file():
+        raise DumpError(f"{path}: missing; is {dumpdir} a devpid dump?")
+    listed: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        rel = m.group(2) if m else ""
+        if m is None or rel.startswith("/") or ".." in rel.split("/"):
+            raise DumpError(f"{MANIFEST_NAME} line {lineno}: malformed: {line[:120]!r}")
+        listed[rel] = m.group(1)
+    return listed
+
+
+def load_devpid_dump(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
+    """Read a devpid dump, checking every manifest hash and every referenced blob."""
+    out = stream if stream is not None else sys.stderr
+    listed = _read_manifest(dumpdir)
+    if JSON_NAME not in listed:
+        raise DumpError(f"{MANIFEST_NAME}: does not list {JSON_NAME}")
+    progress = Progress("verified", len(listed), "files", out)
+    for rel, digest in sorted(listed.items()):
+        path = dumpdir / rel
+        if not path.is_file():
+            raise DumpError(f"{rel}: listed in {MANIFEST_NAME} but missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise DumpError(f"{rel}: sha256 mismatch (manifest {digest}, content {actual})")
+        if rel.startswith(BLOBS_DIR + "/") and rel != blob_relpath(actual):
+            raise DumpError(f"{rel}: sha256 mismatch (content {actual})")
+        progress.advance()
+    progress.finish()
+
+    try:
+        doc = json.loads((dumpdir / JSON_NAME).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DumpError(f"{JSON_NAME}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DumpError(f"{JSON_NAME}: not a {FORMAT} document")
+    if doc.get("version") != VERSION:
+        raise DumpError(
+            f"{JSON_NAME}: dump format version {doc.get('version')!r} is not supported "
+            f"(this devpid reads version {VERSION})"
+        )
+    raw_entries = doc.get("entries")
+    if not isinstance(raw_entries, list):
+        raise DumpError(f"{JSON_NAME}: 'entries' must be a list")
+    entries: list[tuple[str, Any]] = []
+    for i, item in enumerate(raw_entries):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise DumpError(f"{JSON_NAME}: entry #{i} is not a [key, value] pair")
+        entries.append((item[0], item[1]))
+
+    plan = ImportPlan(source=f"devpid dump {dumpdir} (serial {doc.get('serial')})",
+                      entries=entries)
+    for key, value in entries:
+        for digest in referenced_blobs(key, value):
+            if not _HEX64.fullmatch(digest):
+                raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
+            rel = blob_relpath(digest)
+            if rel not in listed:
+                raise DumpError(f"{key}: its blob {rel} is not in the dump")
+            plan.blob_files[digest] = dumpdir / rel
+    return plan
+
+
+# -- import: structural verification -----------------------------------------------------------
+def verify_plan(plan: ImportPlan) -> None:
+    """Everything that could make the import fail half-way is checked here, before writing."""
+    seen: set[str] = set()
+    users: set[str] = set()
+    indexes: dict[str, dict[str, Any]] = {}
+    for key, value in plan.entries:
+        if key in seen:
+            raise DumpError(f"{key}: appears twice")
+        seen.add(key)
+        parts = key.split("/")
+        kind = parts[0]
+        if _KEY_PARTS.get(kind) != len(parts) or not all(parts):
+            raise DumpError(f"{key}: not a devpid store key")
+        if not isinstance(value, dict):
+            raise DumpError(f"{key}: value is not a JSON object")
+        for i, part in enumerate(parts[1:3], 1):
+            error = validate_user_or_index_name(part, "user name" if i == 1 else "index name")
+            if error:
+                raise DumpError(f"{key}: {error}")
+        if kind == "user":
+            if not isinstance(value.get("pwhash", ""), str):
+                raise DumpError(f"{key}: 'pwhash' must be a string")
+            users.add(parts[1])
+        elif kind == "index":
+            if value.get("type") not in ("stage", "mirror"):
+                raise DumpError(f"{key}: unknown index type {value.get('type')!r}")
+            indexes[f"{parts[1]}/{parts[2]}"] = value
+        elif kind in ("file", "doc"):
+            for name in ("filename", "path", "sha256"):
+                if not isinstance(value.get(name), str):
+                    raise DumpError(f"{key}: {name!r} missing")
+            if kind == "file":
+                try:
+                    check_safe_filename(parts[4])
+                except InvalidFilename as e:
+                    raise DumpError(f"{key}: {e}") from None
+            for digest in referenced_blobs(key, value):
+                if digest not in plan.blob_files and digest not in plan.blob_bytes:
+                    raise DumpError(f"{key}: its blob {digest} is not in the dump")
+    if "root" not in users:
+        raise DumpError("the dump has no user 'root'")
+    for stage, config in sorted(indexes.items()):
+        owner = stage.split("/")[0]
+        if owner not in users:
+            raise DumpError(f"index {stage}: its owner {owner!r} does not exist")
+        bases = config.get("bases") or []
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise DumpError(f"index {stage}: 'bases' must be a list of index names")
+        try:
+            check_bases(stage, bases, indexes.get)
+        except IndexConfigError as e:
+            raise DumpError(f"index {stage}: {e}") from None
+    for key, _ in plan.entries:
+        parts = key.split("/")
+        if parts[0] not in ("user", "index") and f"{parts[1]}/{parts[2]}" not in indexes:
+            raise DumpError(f"{key}: index {parts[1]}/{parts[2]} does not exist in the dump")
+
+
+def unusable_password_users(plan: ImportPlan) -> list[str]:
+    """Users whose stored hash devpid cannot check (devpi's argon2, or none at all)."""
+    return sorted(
+        key.split("/")[1] for key, value in plan.entries
+        if key.startswith("user/") and not str(value.get("pwhash", "")).startswith("$2")
+    )
+
+
+# -- import: writing --------------------------------------------------------------------------
+def check_target(serverdir: Path) -> None:
+    """Importing only ever creates a server directory; it never merges into one."""
+    if is_initialised(serverdir) or (serverdir.exists() and not _is_empty_dir(serverdir)):
+        raise DumpError(
+            f"{serverdir} already has data; import needs a new (absent or empty) server "
+            "directory"
+        )
+
+
+def _place_blob(blobs: BlobStore, digest: str, plan: ImportPlan, hard_links: bool) -> None:
+    if blobs.exists(digest):
+        return
+    src = plan.blob_files.get(digest)
+    if src is None:
+        blobs.put_bytes(plan.blob_bytes[digest])
+        return
+    if hard_links:
+        target = blobs.path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+            return
+        except OSError:
+            pass  # another file system: fall back to copying
+    f, tmp = blobs.new_temp()
+    with f, open(src, "rb") as fin:
+        shutil.copyfileobj(fin, f, CHUNK)
+    blobs.commit_temp(tmp, digest)
+
+
+def _group_key(key: str) -> str:
+    return "/".join(key.split("/")[1:4])
+
+
+def write_plan(
+    plan: ImportPlan,
+    serverdir: Path,
+    *,
+    hard_links: bool = False,
+    stream: TextIO | None = None,
+) -> int:
+    """Create ``serverdir`` from a verified plan; returns the final serial.
+
+    Serial 0 holds all users and index configs, then each (stage, project) is one serial
+    whose blobs are in place before it commits. Built in a sibling temp directory and
+    renamed into place at the end.
+    """
+    out = stream if stream is not None else sys.stderr
+    check_target(serverdir)
+    serverdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{serverdir.name}.tmp-", dir=serverdir.parent))
+    try:
+        store, blobs = open_store(tmp)
+        try:
+            head = [(k, v) for k, v in plan.entries if k.split("/", 1)[0] in ("user", "index")]
+            with store.transaction() as tx:
+                for key, value in head:
+                    tx.set(key, value)
+            groups: dict[str, list[tuple[str, Any]]] = {}
+            for key, value in plan.entries:
+                if key.split("/", 1)[0] not in ("user", "index"):
+                    groups.setdefault(_group_key(key), []).append((key, value))
+            progress = Progress("imported", len(groups), "projects", out)
+            for _, items in sorted(groups.items()):
+                for key, value in items:
+                    for digest in referenced_blobs(key, value):
+                        _place_blob(blobs, digest, plan, hard_links)
+                with store.transaction() as tx:
+                    for key, value in items:
+                        tx.set(key, value)
+                progress.advance()
+            progress.finish()
+            serial = store.serial
+        finally:
+            store.close()
+        shutil.rmtree(blobs.tmpdir, ignore_errors=True)
+        if serverdir.exists():
+            serverdir.rmdir()  # empty, as check_target made sure
+        os.rename(tmp, serverdir)
+        _fsync_dir(serverdir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return serial
+
+
+def is_devpi_export(path: Path) -> bool:
+    return (path / "dataindex.json").is_file()
+
+
+def load_any(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
+    """A plan from either dump format (devpi-server's is recognised by dataindex.json)."""
+    if not dumpdir.is_dir():
+        raise DumpError(f"{dumpdir}: no such dump directory")
+    if is_devpi_export(dumpdir):
+        from devpid.devpi_import import load_devpi_export
+
+        return load_devpi_export(dumpdir, stream)
+    return load_devpid_dump(dumpdir, stream)
+
+
+def set_root_password(plan: ImportPlan, password: str, rounds: int) -> None:
+    pwhash = auth.hash_password(password, rounds)
+    for i, (key, value) in enumerate(plan.entries):
+        if key == "user/root":
+            plan.entries[i] = (key, dict(value, pwhash=pwhash))
+
+
+def import_dump(
+    dumpdir: Path,
+    serverdir: Path,
+    *,
+    hard_links: bool = False,
+    root_password: str | None = None,
+    bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS,
+    stream: TextIO | None = None,
+) -> tuple[ImportPlan, int]:
+    """Verify a dump completely, then create ``serverdir`` from it."""
+    check_target(serverdir)
+    plan = load_any(dumpdir, stream)
+    verify_plan(plan)
+    if root_password is not None:
+        set_root_password(plan, root_password, bcrypt_rounds)
+    serial = write_plan(plan, serverdir, hard_links=hard_links, stream=stream)
+    return plan, serial
+
+
+def iter_blob_digests(entries: Iterable[tuple[str, Any]]) -> set[str]:
+    """Every blob digest referenced by ``entries`` (used by tests and checks)."""
+    return {d for k, v in entries for d in referenced_blobs(k, v)}
