@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 log = Logger()
 READ_CHUNK = 256 * 1024
@@ -124,10 +124,10 @@ class BodyToDownload(Protocol):
     def __init__(self, download: Download) -> None:
         self.download = download
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.download.data(data)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(ResponseDone):
             self.download.end(None)
         elif reason.check(PotentialDataLoss):
@@ -191,13 +191,13 @@ class TailProducer:
             self.closed = True
             self.file.close()
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         self.paused = True
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         if self.paused:
             self.paused = False
             self._pump()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self._close()

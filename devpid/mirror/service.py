@@ -17,19 +17,16 @@ In ``--offline-mode`` the upstream is never contacted and pages list only cached
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from devpid import __version__
 from devpid.links import Link, UpstreamUnavailable, version_key
@@ -42,7 +39,7 @@ from devpid.mirror.fetcher import (
     UpstreamError,
 )
 from devpid.mirror.parse import UpstreamFile
-from devpid.model.names import normalize_name, parse_dist_filename, InvalidFilename
+from devpid.model.names import InvalidFilename, normalize_name, parse_dist_filename
 from devpid.store import keys
 
 log = Logger()
@@ -95,6 +92,7 @@ class Mirror:
         self.projects: dict[tuple[str, str], ProjectState] = {}
         self.lists: dict[str, ListState] = {}
         self.downloads: dict[str, Download] = {}
+        self.starting: dict[str, Shared] = {}
 
     # -- upstream clients ---------------------------------------------------------------------
     def client(self, stage: str, config: dict[str, Any]) -> UpstreamClient:
@@ -138,17 +136,30 @@ class Mirror:
             return
         if cached is None and state.not_found_until > now:
             return
+        shared = self._shared(state, lambda: self._fetch(stage, config, project))
+        timeout = GRACE if cached is not None else self.server.settings.request_timeout + 1
+        await self._wait_at_most(shared, timeout)
+
+    def _shared(self, state: Any, start: Any) -> Deferred[None]:
+        """The one in-flight fetch for ``state`` (started if none runs)."""
         if state.inflight is None:
-            state.inflight = ensureDeferred(self._fetch(stage, config, project))
+            d = ensureDeferred(start())
+            if d.called:
+                return d
+            state.inflight = d
 
-            def done(_: object) -> None:
+            def done(result: object) -> object:
                 state.inflight = None
+                return result
 
-            state.inflight.addBoth(done)
-        # Wait (shielded: a client going away must not cancel the shared fetch).
+            d.addBoth(done)
+        return state.inflight  # type: ignore[no-any-return]
+
+    async def _wait_at_most(self, shared: Deferred[None], timeout: float) -> None:
+        """Wait for a shared fetch without letting our caller's cancellation reach it."""
+        if shared.called:
+            return
         waiter: Deferred[None] = Deferred()
-        state.inflight.chainDeferred  # (documentation: we never chain, see below)
-        shared = state.inflight
 
         def relay(result: object) -> object:
             if not waiter.called:
@@ -156,11 +167,12 @@ class Mirror:
             return result
 
         shared.addBoth(relay)
-        timeout = GRACE if cached is not None else self.server.settings.request_timeout + 1
-        call = self.reactor.callLater(timeout, lambda: waiter.called or waiter.callback(None))
-        await waiter
-        if call.active():
-            call.cancel()
+        call = self.reactor.callLater(timeout, relay, None)
+        try:
+            await waiter
+        finally:
+            if call.active():
+                call.cancel()
 
     async def _fetch(self, stage: str, config: dict[str, Any], project: str) -> None:
         state = self._state(stage, project)
@@ -286,20 +298,9 @@ class Mirror:
             return
         if state.fetched_at and self._now() - state.fetched_at < expiry:
             return
-        if state.inflight is None:
-            state.inflight = ensureDeferred(self._fetch_list(stage, config))
-
-            def done(_: object) -> None:
-                state.inflight = None
-
-            state.inflight.addBoth(done)
+        shared = self._shared(state, lambda: self._fetch_list(stage, config))
         if wait > 0:
-            waiter: Deferred[None] = Deferred()
-            state.inflight.addBoth(lambda r: (waiter.called or waiter.callback(None), r)[1])
-            call = self.reactor.callLater(wait, lambda: waiter.called or waiter.callback(None))
-            await waiter
-            if call.active():
-                call.cancel()
+            await self._wait_at_most(shared, wait)
 
     async def _fetch_list(self, stage: str, config: dict[str, Any]) -> None:
         state = self._list_state(stage)
@@ -378,7 +379,17 @@ class Mirror:
                     return serve_blob(self.server, request, stored["sha256"], filename)
                 download = None
         if download is None:
-            download = await self._start_download(stage, config, project, entry)
+            path = entry["path"]
+            starting = self.starting.get(path)
+            if starting is None:
+                starting = self.starting[path] = Shared(
+                    ensureDeferred(self._start_download(stage, config, project, entry))
+                )
+            try:
+                download = await starting.wait()
+            finally:
+                if starting.done and self.starting.get(path) is starting:
+                    del self.starting[path]
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"X-Accel-Buffering", b"no")
         if download.expected_size is not None:
@@ -398,10 +409,6 @@ class Mirror:
             raise HTTPError(404, f"the upstream of {stage} no longer has {entry['filename']}")
         except UpstreamError as e:
             raise HTTPError(502, e.message) from None
-        existing = self.downloads.get(path)
-        if existing is not None and not existing.finished:
-            response.deliverBody(_Discard())
-            return existing
         length = response.length if isinstance(response.length, int) else None
         out, tmp = self.server.blobs.new_temp()
 
@@ -525,6 +532,31 @@ class Mirror:
             await client.close()
 
 
+class Shared:
+    """One result for many waiters; a waiter's cancellation never reaches the work."""
+
+    def __init__(self, work: Deferred[Any]) -> None:
+        self.result: Any = None
+        self.done = False
+        self.waiters: list[Deferred[Any]] = []
+        work.addBoth(self._fire)
+
+    def _fire(self, result: Any) -> None:
+        self.done, self.result = True, result
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if not w.called:
+                (w.errback if isinstance(result, Failure) else w.callback)(result)
+
+    def wait(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if self.done:
+            (d.errback if isinstance(self.result, Failure) else d.callback)(self.result)
+        else:
+            self.waiters.append(d)
+        return d
+
+
 class _TailResource(Resource):
     isLeaf = True
 
@@ -537,28 +569,15 @@ class _TailResource(Resource):
         return NOT_DONE_YET
 
 
-class _Discard:
-    """A body protocol that throws the bytes away (a duplicate response we do not need)."""
-
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
-        transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        pass
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
-        pass
-
-
 class MirrorService(service.Service):
     """Owns the Mirror component's connection pools for the lifetime of the process."""
 
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         return ensureDeferred(self.mirror.close())
 
 
-__all__ = ["Mirror", "MirrorService", "deferLater", "DeferredList", "json", "gzip", "time"]
+__all__ = ["Mirror", "MirrorService"]
