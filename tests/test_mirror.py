@@ -325,3 +325,56 @@ def test_refresh_and_status_json_shapes(devpid_server: Devpid, up: FakePyPI, mir
                      allow_redirects=False)
     assert r.status_code == 301 and r.headers["Location"].endswith(f"/+simple/{name}/")
     assert devpid_server.login("root", ROOT_PASSWORD)
+
+
+def test_big_project_list_is_served_compressed(start_devpid, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fake = FakePyPI(tmp_path / "up", extra_project_names=50_000)
+    fake.start()
+    try:
+        fake.publish("listed", "1.0")
+        server: Devpid = start_devpid(upstream_url=fake.url)
+        r = requests.get(server.url + "/root/pypi/+simple/", headers={"Accept": JSON_ACCEPT},
+                         timeout=60)
+        assert r.ok
+        names = [p["name"] for p in r.json()["projects"]]
+        assert len(names) >= 50_001 and "listed" in names
+        etag = r.headers["ETag"]
+        assert r.headers.get("Content-Encoding") == "gzip"  # requests sends Accept-Encoding
+        r2 = requests.get(server.url + "/root/pypi/+simple/",
+                          headers={"Accept": JSON_ACCEPT, "If-None-Match": etag})
+        assert r2.status_code == 304
+        plain = requests.get(server.url + "/root/pypi/+simple/",
+                             headers={"Accept-Encoding": "identity"})
+        assert plain.ok and "Content-Encoding" not in plain.headers
+        assert '<a href="listed/">listed</a>' in plain.text
+        # a project page never depends on the list: a brand-new project installs at once
+        fake.publish("brand-new", "1.0")
+        assert simple_json(server, "root/pypi", "brand-new").ok
+        # the list is fetched once, not per request
+        assert fake.count("/simple/") - sum(
+            1 for _, path, _ in fake.requests if path.startswith("/simple/") and path != "/simple/"
+        ) == 1
+    finally:
+        fake.close()
+
+
+def test_no_project_list_option_and_refresh(devpid_server: Devpid, up: FakePyPI,
+                                            alice: tuple[str, str], unique: str) -> None:
+    user, _ = alice
+    stage = f"{user}/nolist"
+    assert devpid_server.json("PUT", f"/{stage}", auth=alice, json={
+        "type": "mirror", "mirror_url": up.url, "mirror_no_project_list": True,
+        "mirror_cache_expiry": 3600}).ok
+    name = f"nl-{unique}"
+    up.publish(name, "1.0")
+    assert simple_json(devpid_server, stage, name).ok
+    before = up.count("/simple/")
+    listing = requests.get(f"{devpid_server.url}/{stage}/+simple/",
+                           headers={"Accept": JSON_ACCEPT}).json()
+    assert [p["name"] for p in listing["projects"]] == [name]
+    assert up.count("/simple/") == before  # the upstream list was never asked for
+    up.publish(name, "2.0")
+    assert simple_json(devpid_server, stage, name).json()["versions"] == ["1.0"]  # cached
+    r = requests.post(f"{devpid_server.url}/{stage}/+simple/{name}/refresh")
+    assert r.ok and r.json()["versions"] == ["1.0", "2.0"] if "json" in r.headers[
+        "Content-Type"] else "2.0" in r.text

@@ -124,6 +124,12 @@ class Mirror:
     def _state(self, stage: str, project: str) -> ProjectState:
         return self.projects.setdefault((stage, project), ProjectState())
 
+    def forget(self, stage: str, project: str) -> None:
+        """Treat the cached page as expired (an explicit refresh)."""
+        state = self._state(stage, project)
+        state.fetched_at = 0.0
+        state.not_found_until = 0.0
+
     async def ensure(self, stage: str, config: dict[str, Any], project: str) -> None:
         """Make the cached page as fresh as policy wants, without ever hanging a request."""
         if self.offline:
@@ -318,9 +324,12 @@ class Mirror:
         if names is None:
             return
         state.etag = etag
-        normalized = dict.fromkeys(normalize_name(n) for n in names)
-        state.names_text = "\n".join(normalized)
-        state.count = len(normalized)
+
+        def compact() -> tuple[str, int]:
+            normalized = dict.fromkeys(normalize_name(n) for n in names)
+            return "\n".join(normalized), len(normalized)
+
+        state.names_text, state.count = await self.server.in_thread(compact)
         state.version += 1
         state.rendered.clear()
 
