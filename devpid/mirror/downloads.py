@@ -11,7 +11,6 @@ recorded; a failed or mismatching download is discarded and never served as good
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,10 +84,7 @@ class Download:
         self._wake()
         if error is not None:
             log.warn("download of {url} failed: {error}", url=self.url, error=error)
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
+            self.tmp.unlink(missing_ok=True)
             self.committed.errback(Failure(DownloadFailed(error)))
             return
         d = self._on_done(self)

@@ -415,7 +415,9 @@ class Mirror:
         try:
             response = await client.open_file(entry["url"])
         except FileNotFoundUpstream:
-            raise HTTPError(404, f"the upstream of {stage} no longer has {entry['filename']}")
+            raise HTTPError(
+                404, f"the upstream of {stage} no longer has {entry['filename']}"
+            ) from None
         except UpstreamError as e:
             raise HTTPError(502, e.message) from None
         length = response.length if isinstance(response.length, int) else None
