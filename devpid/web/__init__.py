@@ -1,6 +1,6 @@
 """HTTP layer. Importing this package registers every route module on the Klein app."""
 
-# Order matters for the POST hooks of /USER/INDEX: uploads (multipart) before push (JSON).
+# Each module registers its routes (and /USER/INDEX POST hooks: multipart uploads, JSON push).
 from devpid.web import (  # noqa: F401  (routes)
     files,
     indexes,
