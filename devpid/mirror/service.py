@@ -124,6 +124,20 @@ class Mirror:
     def _state(self, stage: str, project: str) -> ProjectState:
         return self.projects.setdefault((stage, project), ProjectState())
 
+    def is_fresh(self, stage: str, config: dict[str, Any], project: str) -> bool:
+        """True if ``ensure`` would do nothing now (the fast path's check)."""
+        if self.offline:
+            return True
+        state = self.projects.get((stage, project))
+        if state is None:
+            return False
+        now = self._now()
+        if state.fetched_at and now - state.fetched_at < float(
+            config.get("mirror_cache_expiry") or 1800
+        ):
+            return True
+        return state.not_found_until > now
+
     def forget(self, stage: str, project: str) -> None:
         """Treat the cached page as expired (an explicit refresh)."""
         state = self._state(stage, project)

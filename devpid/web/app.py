@@ -56,6 +56,7 @@ class Settings:
     max_upload_size: int = DEFAULT_MAX_UPLOAD
     primary_url: str | None = None
     role: str = "standalone"
+    log_format: str = "text"
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -300,6 +301,9 @@ class RootResource(Resource):
         super().__init__()
         self.server = server
         self.klein = server.app.resource()
+        from devpid.web.fastpath import try_cached_page
+
+        self.fast_path = try_cached_page
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
         self.mount = [s.encode() for s in mount.split("/") if s]
 
@@ -337,28 +341,30 @@ class RootResource(Resource):
         if proxy is not None and proxy.wants(request):
             return proxy.render(request)
         # -- end replication hook --
+        fast = self.fast_path(server, request, decoded)
+        if fast is not None:
+            return fast
         return self.klein.render(request)
 
 
-access_log = Logger(namespace="devpid.access")
-
-
 class DevpidSite(twserver.Site):
-    """A Site whose access log is one cheap structured line per request."""
+    """A Site whose access log is one cheap line per request (see devpid.accesslog)."""
+
+    access: Any = None
 
     def log(self, request: Any) -> None:
+        if self.access is None:
+            return
         started = getattr(request, "devpid_started", None)
         duration = (time.monotonic() - started) * 1000 if started else 0.0
-        access_log.info(
-            "{client} {method} {uri} {code} {size} {duration:.1f}ms",
-            client=request.getClientAddress().host
-            if hasattr(request.getClientAddress(), "host")
-            else "-",
-            method=request.method.decode("latin-1"),
-            uri=request.uri.decode("latin-1"),
-            code=request.code,
-            size=request.sentLength,
-            duration=duration,
+        address = request.getClientAddress()
+        self.access.record(
+            getattr(address, "host", "-"),
+            request.method.decode("latin-1"),
+            request.uri.decode("latin-1"),
+            request.code,
+            request.sentLength,
+            duration,
         )
 
 
@@ -368,4 +374,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
     site.displayTracebacks = False
+    from devpid.accesslog import AccessLog
+
+    site.access = AccessLog(server.reactor, server.settings.log_format)
     return site

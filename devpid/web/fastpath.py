@@ -1,0 +1,57 @@
+"""The hot read path: a cached simple page answered without routing or coroutines.
+
+``GET /USER/INDEX/+simple/PROJECT/`` is what pip and uv ask most. When the page cache holds a
+rendering whose validity token still matches (no serial it depends on changed, every mirror
+it drew from is fresh), the root resource answers from here directly; anything else —
+a miss, a stale mirror, a query string, another URL — goes through the full Klein route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devpid.links import project_token
+from devpid.web.app import header
+from devpid.web.negotiate import choose_simple_format
+from devpid.web.simple import _send, page_cache
+
+PREFIX = "../../../../"
+_formats: dict[str | None, str] = {}
+
+
+def _format(accept: str | None) -> str:
+    fmt = _formats.get(accept)
+    if fmt is None:
+        fmt = choose_simple_format(accept, None)
+        if len(_formats) < 256:
+            _formats[accept] = fmt
+    return fmt
+
+
+def try_cached_page(server: Any, request: Any, segments: list[bytes]) -> bytes | None:
+    """The cached page for this request, or None to take the full route."""
+    if (
+        len(segments) != 5
+        or segments[2] != b"+simple"
+        or segments[4] != b""
+        or request.method not in (b"GET", b"HEAD")
+        or b"?" in request.uri
+    ):
+        return None
+    stage = f"{segments[0].decode()}/{segments[1].decode()}"
+    project = segments[3].decode()
+    fmt = _format(header(request, b"accept"))
+    hit = page_cache(server).entries.get((stage, project, fmt, PREFIX))
+    if hit is None:
+        return None
+    token, etag, body, mirrors = hit
+    if project_token(server, stage, project) != token:
+        return None
+    if mirrors:
+        mirror = server.components.get("mirror")
+        if mirror is None:
+            return None
+        for name, config in mirrors:
+            if not mirror.is_fresh(name, config, project):
+                return None
+    return _send(request, fmt, etag, body)
