@@ -400,3 +400,33 @@ def test_late_replica_copies_files_and_installs(cluster: Any, tmp_path: Path) ->
          replica.url + "/u/i/+simple/", "late-pkg==2.0"], env)
     assert any(p.name.startswith("late_pkg") for p in target.iterdir())
 
+
+
+def test_replica_serves_mirror_projects_it_never_saw(
+    start_devpid: Any, secretfile: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A replica asks its primary (which fetches and records upstream pages) and streams
+    uncached mirror files from the upstream itself, verifying the published hash."""
+    from tests.conftest import run, tool
+    from tests.support.fakepypi import FakePyPI
+
+    fake = FakePyPI(tmp_path / "up")
+    fake.start()
+    try:
+        fake.publish("via-replica", "1.0")
+        fake.publish("via-replica", "2.0")
+        primary = start_devpid("--secretfile", str(secretfile), name="primary",
+                               upstream_url=fake.url)
+        replica = start_devpid("--primary-url", primary.url, "--secretfile", str(secretfile),
+                               init=False, name="replica")
+        index = replica.url + "/root/pypi/+simple/"
+        proc = run([tool("pip"), "download", "--no-deps", "-d", str(tmp_path / "d"), "-i",
+                    index, "via-replica"], env)
+        assert "via_replica-2.0" in proc.stdout
+        accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+        on_replica = requests.get(index + "via-replica/", headers=accept).json()
+        on_primary = requests.get(primary.url + "/root/pypi/+simple/via-replica/",
+                                  headers=accept).json()
+        assert on_replica["files"] == on_primary["files"]
+    finally:
+        fake.close()

@@ -195,6 +195,8 @@ class Mirror:
                 call.cancel()
 
     async def _fetch(self, stage: str, config: dict[str, Any], project: str) -> None:
+        if self.server.settings.role == "replica":
+            return await self._fetch_via_primary(stage, project)
         state = self._state(stage, project)
         key = keys.mirror_page(stage, project)
         cached = self.server.store.get(key)
@@ -247,6 +249,37 @@ class Mirror:
             return
         with self.server.store.transaction() as tx:
             tx.set(key, value)
+
+    async def _fetch_via_primary(self, stage: str, project: str) -> None:
+        """On a replica, the primary fetches and records the page; we wait for its serial."""
+        import treq
+
+        state = self._state(stage, project)
+        follower = self.server.components.get("replica")
+        url = f"{self.server.settings.primary_url.rstrip('/')}/{stage}/+simple/{project}/"
+        timeout = self.server.settings.request_timeout + 2
+        try:
+            response = await treq.get(
+                url, headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+                timeout=timeout, reactor=self.reactor,
+            )
+            await treq.content(response)
+        except Exception as e:
+            state.error = f"primary {url} could not be asked: {e}"
+            return
+        if response.code == 404:
+            state.error = None
+            state.fetched_at = self._now()
+            state.not_found_until = self._now() + 60.0
+            return
+        if response.code != 200:
+            state.error = f"primary answered {response.code} for {url}"
+            return
+        serial_header = response.headers.getRawHeaders(b"x-devpi-serial") or [b"-1"]
+        if follower is not None:
+            await follower.wait_for_serial(int(serial_header[0]), timeout)
+        state.error = None
+        state.fetched_at = self._now()
 
     async def project_links(
         self, stage: str, config: dict[str, Any], project: str
@@ -378,6 +411,10 @@ class Mirror:
             return serve_blob(self.server, request, stored["sha256"], filename)
         if entry is None:
             raise HTTPError(404, "no such file")
+        # A replica (or a primary that lost a record) may hold the verified blob already.
+        upstream_sha = (entry.get("hashes") or {}).get("sha256")
+        if upstream_sha and len(upstream_sha) == 64 and self.server.blobs.exists(upstream_sha):
+            return serve_blob(self.server, request, upstream_sha, filename)
         if self.offline:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
         config = self.server.index_config(stage) or {}

@@ -216,8 +216,10 @@ def read_json(request: Any) -> Any:
 
 
 def set_serial(request: Any, serial: int | None) -> None:
+    """Report the serial a write committed (otherwise the serial at response time is sent)."""
     if serial is not None:
         request.setHeader(b"X-Devpi-Serial", str(serial).encode())
+        request.devpid_serial_set = True
 
 
 @app.handle_errors(HTTPError)
@@ -268,10 +270,20 @@ class DevpidRequest(twserver.Request):
 
     body_too_large = False
     max_body = DEFAULT_MAX_UPLOAD
+    devpid_serial_set = False
 
     def process(self) -> None:
         self.devpid_started = time.monotonic()
         super().process()
+
+    def write(self, data: bytes) -> None:
+        # A read that waited (a mirror fetch, a replica catching up) may have seen newer
+        # serials than the one current when it started: report the one it answered at.
+        if not self.startedWriting and not self.devpid_serial_set:
+            store = getattr(self.channel.site, "devpid_store", None) if self.channel else None
+            if store is not None:
+                self.setHeader(b"X-Devpi-Serial", str(store.serial).encode())
+        super().write(data)
 
     def gotLength(self, length: int | None) -> None:
         limit = getattr(self.channel.site, "max_body", self.max_body)
@@ -373,6 +385,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site = DevpidSite(server.resource(), parsePOSTFormSubmission=False)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
+    site.devpid_store = server.store  # type: ignore[attr-defined]
     site.displayTracebacks = False
     from devpid.accesslog import AccessLog
 
