@@ -1,0 +1,77 @@
+"""The generated nginx site in front of a real devpid: pip and twine through nginx, release
+files sent by nginx from the blob store after devpid checked the request."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from devpid.genconfig import GenConfigOptions, render
+from tests.conftest import Devpid, run, tool
+from tests.support.fakepypi import FakePyPI
+from tests.support.pkgbuild import make_wheel
+from tests.test_genconfig import free_port, require_nginx, start_nginx, stop_nginx
+
+
+def access_lines(server: Devpid, needle: str) -> list[str]:
+    time.sleep(0.5)  # access lines are flushed in batches
+    return [line for line in server.log().splitlines()
+            if "[devpid.access#info]" in line and needle in line]
+
+
+def test_pip_and_twine_through_generated_nginx(start_devpid: Any, tmp_path: Path,
+                                               env: dict[str, str]) -> None:
+    require_nginx()
+    fake = FakePyPI(tmp_path / "up")
+    fake.start()
+    nginx = None
+    try:
+        fake.publish("through-nginx", "1.0")
+        server: Devpid = start_devpid(upstream_url=fake.url)
+        port = free_port()
+        files = render(GenConfigOptions(
+            serverdir=server.serverdir, port=server.port, nginx_port=port,
+            server_name="127.0.0.1", outside_url=f"http://127.0.0.1:{port}",
+        ))
+        site = tmp_path / "devpid-nginx.conf"
+        site.write_text(files["devpid-nginx.conf"])
+        nginx = start_nginx(tmp_path / "nginx", site, port)
+        front = f"http://127.0.0.1:{port}"
+        assert requests.put(f"{front}/alice", json={"password": "pw"},
+                            headers={"Accept": "application/json"}).status_code == 201
+        assert requests.put(f"{front}/alice/dev", json={"bases": "root/pypi"}, auth=("alice", "pw"),
+                            headers={"Accept": "application/json"}).ok
+        wheel = make_wheel(tmp_path / "dist", "private-pkg", "1.0", extra_bytes=200_000)
+        run([tool("twine"), "upload", "--repository-url", f"{front}/alice/dev/", "-u", "alice",
+             "-p", "pw", str(wheel)], env)
+        index = f"{front}/alice/dev/+simple/"
+        for spec in ("private-pkg", "through-nginx"):
+            run([tool("pip"), "download", "--no-deps", "-d", str(tmp_path / "dl"), "-i", index,
+                 spec], env)
+        got = (tmp_path / "dl" / wheel.name).read_bytes()
+        assert got == wheel.read_bytes()
+        # the private file went out through X-Accel-Redirect: devpid sent 0 body bytes
+        lines = access_lines(server, f"/{wheel.name}")
+        assert lines, server.log()[-2000:]
+        assert all(re.search(r" 200 0 ", line) for line in lines), lines
+        # absolute URLs name the front end, and the page came through gzip-capable nginx
+        api = requests.get(f"{front}/alice/dev/+api").json()["result"]
+        assert api["simpleindex"] == f"{front}/alice/dev/+simple/"
+        # the mirror file was streamed once, then is served from disk by nginx as well
+        page = requests.get(f"{front}/root/pypi/+simple/through-nginx/",
+                            headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
+        url = f"{front}/root/pypi/+simple/through-nginx/" + page["files"][0]["url"]
+        body = requests.get(url).content
+        assert hashlib.sha256(body).hexdigest() == page["files"][0]["hashes"]["sha256"]
+        filename = page["files"][0]["filename"]
+        assert [p for _, p, _ in fake.requests if p == f"/files/{filename}"] == [
+            f"/files/{filename}"]
+    finally:
+        if nginx is not None:
+            stop_nginx(nginx)
+        fake.close()
