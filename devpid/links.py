@@ -89,7 +89,7 @@ def sro(server: Any, stage: str) -> list[tuple[str, dict[str, Any]]]:
     token = server.components.get("config_serial", -1)
     hit = cache.get(stage)
     if hit is not None and hit[0] == token:
-        return hit[1]  # type: ignore[no-any-return]
+        return hit[1]
     order = [(name, dict(config)) for name, config in resolution_order(stage, server.index_config)]
     cache[stage] = (token, order)
     return order

@@ -173,7 +173,7 @@ class Mirror:
                 return result
 
             d.addBoth(done)
-        return state.inflight  # type: ignore[no-any-return]
+        return state.inflight
 
     async def _wait_at_most(self, shared: Deferred[None], timeout: float) -> None:
         """Wait for a shared fetch without letting our caller's cancellation reach it."""
@@ -259,8 +259,10 @@ class Mirror:
         url = f"{self.server.settings.primary_url.rstrip('/')}/{stage}/+simple/{project}/"
         timeout = self.server.settings.request_timeout + 2
         try:
+            headers: dict[bytes | str, bytes | str] = {
+                "Accept": "application/vnd.pypi.simple.v1+json"}
             response = await treq.get(
-                url, headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+                url, headers=headers,
                 timeout=timeout, reactor=self.reactor,
             )
             await treq.content(response)

@@ -124,7 +124,7 @@ class DevpidServer:
         """
         cached = getattr(request, "devpid_identity", False)
         if cached is not False:
-            return cached  # type: ignore[no-any-return]
+            return cached if isinstance(cached, str) else None
         user = await self._identify(request)
         request.devpid_identity = user
         return user
@@ -222,23 +222,23 @@ def set_serial(request: Any, serial: int | None) -> None:
         request.devpid_serial_set = True
 
 
-@app.handle_errors(HTTPError)
+@app.handle_errors(HTTPError)  # type: ignore[arg-type]
 def _http_error(server: Any, request: Any, failure: Failure) -> bytes:
     return render_error(request, failure.value)
 
 
-@app.handle_errors(NotFound)
+@app.handle_errors(NotFound)  # type: ignore[arg-type]
 def _not_found(server: Any, request: Any, failure: Failure) -> bytes:
     return render_error(request, HTTPError(404, "Not Found"))
 
 
-@app.handle_errors(MethodNotAllowed)
+@app.handle_errors(MethodNotAllowed)  # type: ignore[arg-type]
 def _not_allowed(server: Any, request: Any, failure: Failure) -> bytes:
     method = request.method.decode("ascii", "replace")
     return render_error(request, HTTPError(405, f"method {method} not allowed here"))
 
 
-@app.handle_errors
+@app.handle_errors  # type: ignore[call-overload]
 def _unexpected(server: Any, request: Any, failure: Failure) -> bytes:
     log.failure("unhandled error for {method} {uri}", failure,
                 method=request.method, uri=request.uri)
@@ -280,13 +280,13 @@ class DevpidRequest(twserver.Request):
         # A read that waited (a mirror fetch, a replica catching up) may have seen newer
         # serials than the one current when it started: report the one it answered at.
         if not self.startedWriting and not self.devpid_serial_set:
-            store = getattr(self.channel.site, "devpid_store", None) if self.channel else None
+            store = getattr(getattr(self.channel, "site", None), "devpid_store", None)
             if store is not None:
                 self.setHeader(b"X-Devpi-Serial", str(store.serial).encode())
         super().write(data)
 
     def gotLength(self, length: int | None) -> None:
-        limit = getattr(self.channel.site, "max_body", self.max_body)
+        limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
         if length is not None and length > limit:
             self.body_too_large = True
             self.content = _Discard()  # type: ignore[assignment]
@@ -297,11 +297,12 @@ class DevpidRequest(twserver.Request):
         if self.body_too_large:
             return
         super().handleContentChunk(data)
-        limit = getattr(self.channel.site, "max_body", self.max_body)
-        if self.content.tell() > limit:
+        limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
+        content = self.content
+        if content is not None and content.tell() > limit:
             self.body_too_large = True
-            self.content.close()
-            self.content = _Discard()  # type: ignore[assignment]
+            content.close()
+            self.content = _Discard()
 
 
 class RootResource(Resource):
@@ -311,7 +312,7 @@ class RootResource(Resource):
 
     def __init__(self, server: DevpidServer) -> None:
         super().__init__()
-        self.server = server
+        self.devpid = server
         self.klein = server.app.resource()
         from devpid.web.fastpath import try_cached_page
 
@@ -320,7 +321,7 @@ class RootResource(Resource):
         self.mount = [s.encode() for s in mount.split("/") if s]
 
     def render(self, request: Any) -> Any:
-        server = self.server
+        server = self.devpid
         request.setHeader(b"X-Devpi-Api-Version", b"2")
         request.setHeader(b"X-Devpi-Server-Version", f"devpid {devpid.__version__}".encode())
         uuid = server.store.uuid.encode()
