@@ -215,6 +215,15 @@ def read_json(request: Any) -> Any:
         raise HTTPError(400, "Bad request: could not decode json") from None
 
 
+def query_flag(request: Any, name: bytes) -> bool:
+    """Whether the query string has ``name`` in any form: ``?force``, ``?force=``, ``?force=1``.
+
+    ``request.args`` cannot tell: twisted's parser drops items without ``=``.
+    """
+    query = request.uri.partition(b"?")[2]
+    return any(item.split(b"=", 1)[0] == name for item in query.replace(b";", b"&").split(b"&"))
+
+
 def set_serial(request: Any, serial: int | None) -> None:
     """Report the serial a write committed (otherwise the serial at response time is sent)."""
     if serial is not None:

@@ -13,7 +13,14 @@ from devpid.model.indexes import (
     new_config,
 )
 from devpid.model.names import normalize_name, validate_user_or_index_name
-from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
+from devpid.web.app import (
+    DevpidServer,
+    app,
+    json_response,
+    query_flag,
+    read_json,
+    set_serial,
+)
 from devpid.web.errors import HTTPError, forbidden, not_found
 from devpid.web.users import delete_stage_keys
 
@@ -54,7 +61,7 @@ async def get_index(server: DevpidServer, request: Any, user: str, index: str) -
     stage = f"{user}/{index}"
     config = require_index(server, stage)
     result = dict(config)
-    if b"no_projects" not in request.args:
+    if not query_flag(request, b"no_projects"):
         result["projects"] = stage_projects(server, stage, config)
     return json_response(request, result=result, type="indexconfig")
 
@@ -115,7 +122,7 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
     except IndexConfigError as e:
         raise HTTPError(400, str(e)) from None
     _validate(server, stage, new)
-    if new == config and b"error_on_noop" in request.args:
+    if new == config and query_flag(request, b"error_on_noop"):
         raise HTTPError(400, "The requested modifications resulted in no changes")
     with server.store.transaction() as tx:
         tx.set("index/" + stage, new)
@@ -131,7 +138,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
     config = require_index(server, stage)
     if not can_manage_index(actor, user):
         raise forbidden(f"no permission to delete index {stage}")
-    if not config.get("volatile", True) and b"force" not in request.args:
+    if not config.get("volatile", True) and not query_flag(request, b"force"):
         raise forbidden(f"index {stage} non-volatile, cannot delete")
     dependants = [
         key[len("index/") :]
