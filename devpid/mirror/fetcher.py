@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import treq.client
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -460,7 +461,11 @@ class UpstreamClient:
         if body is None:
             return None, new_etag or etag
         try:
-            names = parse_project_list(body, _header(response, b"Content-Type") or "")
+            # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
+            names = await deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), parse_project_list, body,
+                _header(response, b"Content-Type") or "",
+            )
         except ParseError as e:
             err = UpstreamError(f"upstream {url}: bad response: {e}")
             self.backoff.failed(err.message)
