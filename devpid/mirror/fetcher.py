@@ -462,8 +462,9 @@ class UpstreamClient:
             return None, new_etag or etag
         try:
             # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
+            reactor: Any = self._reactor
             names = await deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), parse_project_list, body,
+                reactor, reactor.getThreadPool(), parse_project_list, body,
                 _header(response, b"Content-Type") or "",
             )
         except ParseError as e:
