@@ -9,7 +9,15 @@ from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, vers
 from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web import indexes as index_routes
-from devpid.web.app import DevpidServer, app, header, json_response, read_json, set_serial
+from devpid.web.app import (
+    DevpidServer,
+    app,
+    header,
+    json_response,
+    query_flag,
+    read_json,
+    set_serial,
+)
 from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
 from devpid.web.negotiate import is_installer, wants_json_api
 from devpid.web.simple import serve_project_page
@@ -118,7 +126,7 @@ async def get_project(
     if not wants_json_api(header(request, b"accept")):
         raise HTTPError(415, "unsupported media type: this view answers Accept: application/json")
     result = await project_versions(server, request, stage, project,
-                                    b"ignore_bases" in request.args)
+                                    query_flag(request, b"ignore_bases"))
     return json_response(request, result=result, type="projectconfig")
 
 
@@ -152,7 +160,7 @@ async def _deletion_allowed(
         raise unauthorized()
     if not can_delete_entry(actor, user, config.get("acl_upload") or []):
         raise forbidden(f"no permission to delete {what} on {stage}")
-    if not config.get("volatile", True) and b"force" not in request.args:
+    if not config.get("volatile", True) and not query_flag(request, b"force"):
         raise forbidden(f"cannot delete {what} on non-volatile index {stage} (use ?force)")
     return stage, config
 

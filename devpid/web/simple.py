@@ -7,6 +7,7 @@ shows are unchanged, so a cached page costs a dict lookup, not a database walk.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
 import json
@@ -35,15 +36,20 @@ from devpid.web.negotiate import (
 )
 
 API_VERSION = "1.1"
+GZIP_ABOVE = 256 * 1024
 CACHE_SIZE = 4096
 
 
 class PageCache:
-    """A bounded LRU of rendered pages: key -> (token, etag, body)."""
+    """A bounded LRU of rendered pages: key -> (token, etag, body, mirrors).
+
+    ``mirrors`` are the mirror stages the page drew from: the page stays valid only while
+    their cached upstream pages are fresh (see fastpath.py).
+    """
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
-        self.entries: OrderedDict[tuple[Any, ...], tuple[Any, str, bytes]] = OrderedDict()
+        self.entries: OrderedDict[tuple[Any, ...], tuple[Any, str, bytes, Any]] = OrderedDict()
 
     def get(self, key: tuple[Any, ...], token: Any) -> tuple[str, bytes] | None:
         hit = self.entries.get(key)
@@ -52,9 +58,9 @@ class PageCache:
         self.entries.move_to_end(key)
         return hit[1], hit[2]
 
-    def put(self, key: tuple[Any, ...], token: Any, body: bytes) -> str:
+    def put(self, key: tuple[Any, ...], token: Any, body: bytes, mirrors: Any = ()) -> str:
         etag = '"' + hashlib.sha256(repr((key, token)).encode()).hexdigest()[:32] + '"'
-        self.entries[key] = (token, etag, body)
+        self.entries[key] = (token, etag, body, mirrors)
         self.entries.move_to_end(key)
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
@@ -65,7 +71,7 @@ def page_cache(server: DevpidServer) -> PageCache:
     cache = server.components.get("page_cache")
     if cache is None:
         cache = server.components["page_cache"] = PageCache()
-    return cache  # type: ignore[no-any-return]
+    return cache
 
 
 # -- renderers ---------------------------------------------------------------------------------
@@ -91,7 +97,7 @@ def _file_json(link: Link, prefix: str) -> dict[str, Any]:
 
 def _versions(links: list[Link]) -> list[str]:
     found = {link.version for link in links if link.version}
-    return sorted(found, key=version_key)  # type: ignore[arg-type]
+    return sorted(found, key=version_key)
 
 
 def render_project_json(name: str, links: list[Link], prefix: str, serial: int) -> bytes:
@@ -171,15 +177,21 @@ def _content_type(fmt: str) -> bytes:
 
 def _format(request: Any) -> str:
     fmt_arg = request.args.get(b"format")
-    return choose_simple_format(
-        header(request, b"accept"), fmt_arg[0].decode("latin-1") if fmt_arg else None
-    )
+    # A literal "+" in the query decodes to a space ("v1+json" typed into a URL); media types
+    # have no spaces, so put it back.
+    value = fmt_arg[0].decode("latin-1").replace(" ", "+") if fmt_arg else None
+    return choose_simple_format(header(request, b"accept"), value)
 
 
 def _send(request: Any, fmt: str, etag: str, body: bytes) -> bytes:
+    if body[:2] == b"\x1f\x8b":  # stored gzip-compressed (only big list pages are)
+        if "gzip" in (header(request, b"accept-encoding") or ""):
+            request.setHeader(b"Content-Encoding", b"gzip")
+        else:
+            body = gzip.decompress(body)
     request.setHeader(b"Content-Type", _content_type(fmt))
     request.setHeader(b"ETag", etag.encode())
-    request.setHeader(b"Vary", b"Accept, User-Agent")
+    request.setHeader(b"Vary", b"Accept, Accept-Encoding, User-Agent")
     request.setHeader(b"Cache-Control", b"max-age=0, must-revalidate")
     inm = header(request, b"if-none-match")
     if inm and etag in [t.strip() for t in inm.split(",")]:
@@ -230,7 +242,8 @@ async def serve_project_page(
         body = render_project_html(stage, project, links, prefix, resolution.blocked_mirrors)
     # Only cache if nothing changed while we awaited (the token still describes the body).
     if project_token(server, stage, project) == token:
-        etag = cache.put(key, token, body)
+        mirrors = tuple((n, c) for n, c in resolution.stages if c.get("type") == "mirror")
+        etag = cache.put(key, token, body, mirrors)
     else:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     return _send(request, fmt, etag, body)
@@ -298,11 +311,15 @@ async def serve_project_list(server: DevpidServer, request: Any, user: str, inde
     if hit is not None:
         return _send(request, fmt, hit[0], hit[1])
     names = await project_names(server, stage)
-    body = (
-        render_list_json(names, server.store.serial)
-        if fmt == SIMPLE_JSON
-        else render_list_html(stage, names)
-    )
+    serial = server.store.serial
+
+    def render() -> bytes:
+        body = render_list_json(names, serial) if fmt == SIMPLE_JSON else render_list_html(
+            stage, names)
+        # Big lists (a PyPI mirror lists ~780k names) are kept compressed only.
+        return gzip.compress(body, 1, mtime=0) if len(body) > GZIP_ABOVE else body
+
+    body = await server.in_thread(render)
     etag = cache.put(key, token, body)
     return _send(request, fmt, etag, body)
 
@@ -334,3 +351,23 @@ async def _index_get_hook(
 index_routes.INDEX_GET_HOOKS.append(_index_get_hook)
 
 __all__ = ["SIMPLE_HTML", "serve_project_list", "serve_project_page"]
+
+
+@app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
+async def refresh_project(
+    server: DevpidServer, request: Any, user: str, index: str, project: str
+) -> bytes:
+    """``devpi refresh``: re-ask every mirror in the resolution order now."""
+    stage = f"{user}/{index}"
+    _require_stage(server, stage)
+    project = normalize_name(project)
+    mirror = server.components.get("mirror")
+    if mirror is not None:
+        for name, config in resolve(server, stage, project).stages:
+            if config.get("type") == "mirror":
+                mirror.forget(name, project)
+                await mirror.ensure(name, config, project)
+    request.setResponseCode(302)
+    request.setHeader(b"Location",
+                      f"{server.outside_url(request)}/{stage}/+simple/{project}/".encode())
+    return b""

@@ -148,28 +148,35 @@ def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
         blobs.discard(tmp)
 
 
-def store_file_blobs(
-    blobs: BlobStore, upload: UploadedFile, filename: str
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Read core metadata from the archive, then commit the blobs. Blocking (thread).
+def read_file_metadata(
+    upload: UploadedFile, filename: str
+) -> tuple[dict[str, Any] | None, bytes | None]:
+    """Core metadata read from the archive itself. Blocking (thread).
 
-    Returns (metadata fields or None, metadata blob sha256 or None).
+    Returns (metadata fields or None, raw METADATA of a wheel for PEP 658 or None).
     """
-    fields: dict[str, Any] | None = None
-    metadata_sha: str | None = None
     kind = parse_dist_filename(filename).kind
-    if kind in ("wheel", "sdist"):
-        try:
-            meta = read_core_metadata(upload.tmp, filename)
-        except MetadataError as e:
-            if kind == "wheel":
-                raise HTTPError(400, f"invalid distribution: {e}") from None
-        else:
-            fields = dict(meta.fields)
-            if kind == "wheel":
-                metadata_sha = blobs.put_bytes(meta.raw)
+    if kind not in ("wheel", "sdist"):
+        return None, None
+    try:
+        meta = read_core_metadata(upload.tmp, filename)
+    except MetadataError as e:
+        if kind == "wheel":
+            raise HTTPError(400, f"invalid distribution: {e}") from None
+        return None, None
+    return dict(meta.fields), (meta.raw if kind == "wheel" else None)
+
+
+def store_file_blobs(
+    blobs: BlobStore, upload: UploadedFile, raw_metadata: bytes | None
+) -> str | None:
+    """Commit the upload (and its PEP 658 metadata) to the blob store, once it was accepted.
+
+    Blocking (thread). Returns the metadata blob's sha256, or None.
+    """
+    metadata_sha = blobs.put_bytes(raw_metadata) if raw_metadata is not None else None
     blobs.commit_temp(upload.tmp, upload.sha256)
-    return fields, metadata_sha
+    return metadata_sha
 
 
 def check_doc_zip(path: Path) -> None:
@@ -304,9 +311,7 @@ async def _file_upload(
             return b""
         raise HTTPError(409, f"{filename} already exists in non-volatile index")
 
-    archive_fields, metadata_sha = await server.in_thread(
-        store_file_blobs, server.blobs, upload, filename
-    )
+    archive_fields, raw_metadata = await server.in_thread(read_file_metadata, upload, filename)
     form_fields = metadata_from_form(parsed.fields)
     if archive_fields is not None:
         archive_name = str(archive_fields.get("name", ""))
@@ -319,6 +324,8 @@ async def _file_upload(
             raise HTTPError(400, f"the file's metadata has version {archive_version!r}")
     metadata = {**form_fields, **(archive_fields or {})}
     metadata.update(name=name, version=version)
+    # Only an accepted file reaches the blob store (a refusal above leaves no orphan blob).
+    metadata_sha = await server.in_thread(store_file_blobs, server.blobs, upload, raw_metadata)
     log_entry: dict[str, Any] = {"what": "upload", "who": actor, "when": log_when(),
                                  "dst": stage}
 
