@@ -72,6 +72,7 @@ class Options(usage.Options):
         ["bcrypt-rounds", None, auth.DEFAULT_BCRYPT_ROUNDS, "bcrypt cost for new passwords", int],
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
+        ["workers", None, 1, "processes serving requests (reads in all, writes in one)", int],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -93,6 +94,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
         if self["primary-url"] and self["init"]:
             raise usage.UsageError("a replica needs no --init: it copies the primary")
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
+            raise usage.UsageError("--workers works with --host/--port on a primary only")
 
 
 class DevpidService(service.MultiService):
@@ -197,6 +202,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     for extra in _extra_services(server):
         extra.setServiceParent(top)
 
+    if options["workers"] > 1:
+        _add_workers(options, server, top, reactor, secretfile)
+        return top
     endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
@@ -204,6 +212,55 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["portfile"]:
         _write_port_when_listening(site_service, Path(options["portfile"]), server)
     return top
+
+
+class _AdoptedSite(service.Service):
+    """Serves a site on an already listening socket (shared with worker processes)."""
+
+    def __init__(self, reactor: Any, fileno: int, family: int, factory: Any) -> None:
+        self.reactor, self.fileno, self.family, self.factory = reactor, fileno, family, factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.port = self.reactor.adoptStreamPort(self.fileno, self.family, self.factory)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening() if self.port is not None else None
+
+
+def _add_workers(options: Options, server: Any, top: Any, reactor: Any, secretfile: Path) -> None:
+    """Main process of ``--workers N``: the shared socket, a private port for writes, workers."""
+    import dataclasses
+
+    from devpid import workers
+    from devpid.web import make_site
+
+    sock = workers.bind_shared_socket(options["host"], options["port"])
+    server.settings.port = sock.getsockname()[1]
+    site = make_site(server)
+    _AdoptedSite(reactor, sock.fileno(), sock.family, site).setServiceParent(top)
+    private = reactor.listenTCP(0, site, interface="127.0.0.1")
+    settings = {k: v for k, v in dataclasses.asdict(server.settings).items()
+                if k not in ("serverdir", "extra")}
+    config = {
+        "serverdir": str(server.settings.serverdir),
+        "secretfile": str(secretfile),
+        "log_format": options["log-format"],
+        "main_url": f"http://127.0.0.1:{private.getHost().port}",
+        "settings": settings,
+    }
+    supervisor = workers.WorkerSupervisor(reactor, sock, options["workers"], config)
+    supervisor.setServiceParent(top)
+    workers.ExternalCommits(server.store).setServiceParent(top)
+    server.status_providers.append(supervisor.status)
+    top._devpid_socket = sock  # keep the socket object (and its fd) alive
+    if options["portfile"]:
+        path = Path(options["portfile"])
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(str(server.settings.port))
+        os.replace(tmp, path)
 
 
 def _extra_services(server: Any) -> list[service.Service]:

@@ -87,6 +87,7 @@ class SQLiteStore:
                 )
         self.uuid: str = self._meta("uuid") or ""
         self.serial: int = self._max_serial()
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     # -- reading ---------------------------------------------------------------------------
     def _meta(self, name: str) -> str | None:
@@ -99,8 +100,32 @@ class SQLiteStore:
 
     def refresh_serial(self) -> int:
         """Pick up commits made by another process (e.g. ``devpid passwd``)."""
-        self.serial = self._max_serial()
+        self.poll_external()
         return self.serial
+
+    def poll_external(self) -> None:
+        """Deliver commits made by other processes (server workers, ``devpid passwd``).
+
+        ``PRAGMA data_version`` changes only when another connection committed, so the
+        common case costs one tiny statement.
+        """
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._catch_up(self._max_serial())
+
+    def _catch_up(self, upto: int) -> None:
+        """Tell listeners about serials (self.serial, upto] that another process committed."""
+        while self.serial < upto:
+            entries = self.changelog_since(self.serial + 1, 1000)
+            if not entries:
+                break
+            for serial, changes in entries:
+                if serial > upto:
+                    return
+                self.serial = serial
+                self._notify(serial, changes)
 
     def get(self, key: str) -> Any | None:
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
@@ -207,13 +232,18 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if current > self.serial:
+            self._catch_up(current)  # another process committed before us
         self.serial = serial
+        self._notify(serial, changes)
+        return serial
+
+    def _notify(self, serial: int, changes: Changes) -> None:
         for listener in list(self._listeners):
             try:
                 listener(serial, changes)
             except Exception:
                 log.failure("commit listener failed for serial {serial}", serial=serial)
-        return serial
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)

@@ -338,6 +338,7 @@ class RootResource(Resource):
         request.setHeader(b"X-Devpi-Uuid", uuid)
         request.setHeader(b"X-Devpi-Primary-Uuid", primary)
         request.setHeader(b"X-Devpi-Master-Uuid", primary)
+        server.store.poll_external()
         request.setHeader(b"X-Devpi-Serial", str(server.store.serial).encode())
         segments = list(request.postpath)
         if self.mount and segments[: len(self.mount)] == self.mount:
