@@ -350,3 +350,27 @@ def test_upload_and_simple_page_agree_on_every_field(site: Site, tmp_path: Path)
     names = [p["name"] for p in get(site.url("+simple/"), Accept=SIMPLE_JSON).json()["projects"]]
     assert name in names
 
+
+
+def test_pypi_style_json_api(devpid_server: Devpid, alice: tuple[str, str], tmp_path: Path,
+                             env: dict[str, str]) -> None:
+    from tests.conftest import run, tool
+    from tests.support.pkgbuild import make_wheel
+
+    user, pw = alice
+    assert devpid_server.json("PUT", f"/{user}/dev", auth=alice, json={}).ok
+    for version in ("1.0", "2.0", "3.0b1"):
+        wheel = make_wheel(tmp_path, "Json_Api", version, summary="json view",
+                           requires_python=">=3.8")
+        run([tool("twine"), "upload", "--repository-url", f"{devpid_server.url}/{user}/dev/",
+             "-u", user, "-p", pw, str(wheel)], env)
+    data = requests.get(f"{devpid_server.url}/{user}/dev/pypi/Json.Api/json").json()
+    assert data["info"]["version"] == "2.0" and data["info"]["summary"] == "json view"
+    assert set(data["releases"]) == {"1.0", "2.0", "3.0b1"}
+    (url,) = data["urls"]
+    assert url["digests"]["sha256"] and url["packagetype"] == "bdist_wheel"
+    assert requests.get(url["url"]).ok
+    one = requests.get(f"{devpid_server.url}/{user}/dev/pypi/json-api/1.0/json").json()
+    assert one["info"]["version"] == "1.0" and one["releases"] == {}
+    missing = requests.get(f"{devpid_server.url}/{user}/dev/pypi/json-api/9.9/json")
+    assert missing.status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from devpid.auth import can_delete_entry, can_upload
@@ -368,3 +369,80 @@ async def _post_json_hook(server: DevpidServer, request: Any, user: str, index: 
 
 
 index_routes.INDEX_POST_HOOKS.append(_post_json_hook)
+
+
+# -- PyPI's JSON API shape (some tools read it) -------------------------------------------------
+def _pypi_file(server: DevpidServer, request: Any, link: Link) -> dict[str, Any]:
+    kind = "bdist_wheel" if link.filename.endswith(".whl") else "sdist"
+    return {
+        "filename": link.filename,
+        "url": f"{server.outside_url(request)}/{link.path}",
+        "digests": dict(link.hashes),
+        "requires_python": link.requires_python,
+        "yanked": bool(link.yanked),
+        "yanked_reason": link.yanked if isinstance(link.yanked, str) else None,
+        "size": link.size,
+        "upload_time_iso_8601": link.upload_time,
+        "packagetype": kind,
+    }
+
+
+@app.route("/<user>/<index>/pypi/<project>/json", methods=["GET"])
+@app.route("/<user>/<index>/pypi/<project>/<version>/json", methods=["GET"])
+async def pypi_json(server: DevpidServer, request: Any, user: str, index: str, project: str,
+                    version: str | None = None) -> bytes:
+    """``/USER/INDEX/pypi/PROJECT/json``: PyPI's JSON API over the index's merged view."""
+    stage = f"{user}/{index}"
+    if server.index_config(stage) is None:
+        raise not_found(f"The stage {stage} could not be found.")
+    normal = normalize_name(project)
+    try:
+        links, known = await collect_links(server, stage, normal)
+    except UpstreamUnavailable as e:
+        raise HTTPError(e.status, e.message) from None
+    if not links and not known:
+        raise not_found(f"no project '{normal}'")
+    releases: dict[str, list[dict[str, Any]]] = {}
+    for link in links:
+        if link.version:
+            releases.setdefault(link.version, []).append(_pypi_file(server, request, link))
+    ordered = sorted(releases, key=version_key)
+    stable = [v for v in ordered if not _is_prerelease(v)]
+    candidates = stable or ordered
+    chosen: str | None = version or (candidates[-1] if candidates else None)
+    if version is not None and version not in releases:
+        raise not_found(f"The version {version} of project {normal} does not exist.")
+    meta: dict[str, Any] = {}
+    for name, _config in resolve(server, stage, normal).stages:
+        stored = server.store.get(keys.release(name, normal, str(chosen)))
+        if stored:
+            meta = stored
+            break
+    info = {
+        "name": meta.get("name", normal),
+        "version": chosen,
+        "summary": meta.get("summary"),
+        "requires_python": meta.get("requires_python"),
+        "requires_dist": meta.get("requires_dist") or None,
+        "license": meta.get("license"),
+        "home_page": meta.get("home_page"),
+        "author": meta.get("author"),
+        "project_urls": meta.get("project_urls") or None,
+        "yanked": all(f["yanked"] for f in releases.get(str(chosen), [])) and bool(releases),
+    }
+    body = {
+        "info": info,
+        "releases": {} if version else {v: releases[v] for v in ordered},
+        "urls": releases.get(str(chosen), []),
+    }
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode()
+
+
+def _is_prerelease(version: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version).is_prerelease
+    except InvalidVersion:
+        return False
