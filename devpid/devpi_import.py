@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from devpid.dump import CHUNK, DumpError, ImportPlan, Progress
+from devpid.dump import DumpError, ImportPlan, Progress
 from devpid.model.indexes import (
     DEFAULT_MIRROR_CACHE_EXPIRY,
     MIRROR_DROPPED,
@@ -32,6 +32,7 @@ from devpid.model.indexes import (
 from devpid.model.metadata import MetadataError, read_core_metadata
 from devpid.model.names import normalize_name, validate_user_or_index_name
 from devpid.store import keys
+from devpid.store.blobs import hash_file
 
 EPOCH = "1970-01-01T00:00:00Z"
 _USER_FIELDS = ("email", "title", "description", "custom_data", "modified")
@@ -57,18 +58,6 @@ def _log_time(log: list[Any]) -> str | None:
             if when:
                 return when
     return None
-
-
-def _hash_file(path: Path) -> tuple[str, str, int]:
-    sha = hashlib.sha256()
-    md5 = hashlib.md5(usedforsecurity=False)
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), md5.hexdigest(), size
 
 
 def _expected_hashes(entrymapping: dict[str, Any]) -> dict[str, str]:
@@ -197,7 +186,7 @@ def load_devpi_export(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan
             path = dumpdir / relpath
             if not path.is_file():
                 raise DumpError(f"{relpath}: missing from the export directory")
-            sha, md5, size = _hash_file(path)
+            sha, md5, size = hash_file(path)
             mapping = entry.get("entrymapping") or {}
             for algo, expected in _expected_hashes(mapping).items():
                 actual = {"sha256": sha, "md5": md5}.get(algo)

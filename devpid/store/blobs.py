@@ -77,16 +77,7 @@ class BlobStore:
         return digest
 
     def hash_file(self, path: Path) -> tuple[str, str, int]:
-        """(sha256, md5, size) of a file. Blocking."""
-        sha = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False)
-        size = 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-        return sha.hexdigest(), md5.hexdigest(), size
+        return hash_file(path)
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash (called at start-up, before serving)."""
@@ -98,3 +89,16 @@ class BlobStore:
             except OSError:
                 pass
         return removed
+
+
+def hash_file(path: Path) -> tuple[str, str, int]:
+    """(sha256, md5, size) of a file. Blocking."""
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), md5.hexdigest(), size
