@@ -283,6 +283,13 @@ class DevpidRequest(twserver.Request):
 
     def process(self) -> None:
         self.devpid_started = time.monotonic()
+        channel = self.channel
+        if channel is not None and not getattr(channel, "devpid_nodelay", False):
+            # Responses are written whole: don't let Nagle hold back their last segment.
+            channel.devpid_nodelay = True  # type: ignore[attr-defined]
+            set_nodelay = getattr(channel.transport, "setTcpNoDelay", None)
+            if set_nodelay is not None:
+                set_nodelay(True)
         super().process()
 
     def write(self, data: bytes) -> None:
@@ -323,9 +330,9 @@ class RootResource(Resource):
         super().__init__()
         self.devpid = server
         self.klein = server.app.resource()
-        from devpid.web.fastpath import try_cached_page
+        from devpid.web.fastpath import try_cached_page, try_stored_file
 
-        self.fast_path = try_cached_page
+        self.fast_paths = (try_cached_page, try_stored_file)
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
         self.mount = [s.encode() for s in mount.split("/") if s]
 
@@ -364,9 +371,10 @@ class RootResource(Resource):
         if proxy is not None and proxy.wants(request):
             return proxy.render(request)
         # -- end replication hook --
-        fast = self.fast_path(server, request, decoded)
-        if fast is not None:
-            return fast
+        for fast_path in self.fast_paths:
+            fast = fast_path(server, request, decoded)
+            if fast is not None:
+                return fast
         return self.klein.render(request)
 
 

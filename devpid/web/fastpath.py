@@ -1,4 +1,4 @@
-"""The hot read path: a cached simple page answered without routing or coroutines.
+"""The hot read paths: cached simple pages and stored files, without routing or coroutines.
 
 ``GET /USER/INDEX/+simple/PROJECT/`` is what pip and uv ask most. When the page cache holds a
 rendering whose validity token still matches (no serial it depends on changed, every mirror
@@ -12,6 +12,7 @@ from typing import Any
 
 from devpid.links import project_token
 from devpid.web.app import header
+from devpid.web.files import serve_blob
 from devpid.web.negotiate import choose_simple_format
 from devpid.web.simple import _send, page_cache
 
@@ -55,3 +56,27 @@ def try_cached_page(server: Any, request: Any, segments: list[bytes]) -> bytes |
             if not mirror.is_fresh(name, config, project):
                 return None
     return _send(request, fmt, etag, body)
+
+
+def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
+    """A stored file (upload or cached mirror file) sent straight from its blob, or None."""
+    if (
+        len(segments) < 5
+        or segments[2] != b"+f"
+        or request.method not in (b"GET", b"HEAD")
+        or b"?" in request.uri
+    ):
+        return None
+    accept = header(request, b"accept")
+    if accept and "application/json" in accept:
+        return None
+    found = server.store.lookup_path(b"/".join(segments).decode())
+    if found is None or not found[0].startswith("file/"):
+        return None
+    value = server.store.get(found[0])
+    if not isinstance(value, dict) or not server.blobs.exists(value["sha256"]):
+        return None
+    result = serve_blob(server, request, value["sha256"], found[1])
+    if isinstance(result, bytes):
+        return result
+    return result.render(request)
