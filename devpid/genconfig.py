@@ -62,6 +62,9 @@ class GenConfigOptions:
     keep_days: int = 7
     max_upload_size: str = "1g"
     bindir: Path = field(default_factory=_default_bindir)
+    nginx_address: str | None = None  # listen on all addresses unless given
+    page_cache_seconds: int = 1
+    cache_dir: Path = Path("/var/cache/nginx/devpid")
 
     def effective_outside_url(self) -> str:
         """The explicit outside URL, else the nginx site's own address."""
@@ -189,7 +192,41 @@ def values(opts: GenConfigOptions) -> dict[str, str]:
         "keep_days": str(keep_days),
         "max_upload_size": opts.max_upload_size,
         "protect_home": _protect_home(Path(serverdir)),
+        "listen": _listen(opts),
+        "cache_dir": _check_path("cache_dir", opts.cache_dir),
+        "page_cache": _page_cache(opts.page_cache_seconds),
     }
+
+
+def _listen(opts: GenConfigOptions) -> str:
+    port = _check_port("nginx_port", opts.nginx_port)
+    if opts.nginx_address is None:
+        return port
+    address = _check_host(opts.nginx_address)
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            address = f"[{address}]"
+    except ValueError:
+        pass
+    return f"{address}:{port}"
+
+
+def _page_cache(seconds: int) -> str:
+    """nginx directives for the simple-page micro-cache (``#`` comments when it is off)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+        raise ValueError(f"page_cache_seconds must be a whole number >= 0, got {seconds!r}")
+    lines = [
+        "proxy_cache devpid_pages;",
+        f"proxy_cache_valid 200 301 302 {seconds}s;",
+        "proxy_cache_lock on;",
+        "proxy_cache_revalidate on;",
+        "# devpid says max-age=0 and Vary to clients; the key above covers what varies.",
+        "proxy_ignore_headers Cache-Control Expires Vary;",
+        "add_header X-Devpid-Page-Cache $upstream_cache_status;",
+    ]
+    if seconds == 0:
+        return "# page cache off (--page-cache-seconds 0): every page request reaches devpid"
+    return "\n        ".join(lines)
 
 
 def fill(template: str, mapping: dict[str, str]) -> str:
@@ -265,6 +302,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"delete dumps older than this many days (default {d.keep_days})")
     parser.add_argument("--max-upload-size", default=d.max_upload_size,
                         help=f"nginx client_max_body_size (default {d.max_upload_size})")
+    parser.add_argument("--nginx-address", default=None,
+                        help="address nginx listens on (default: all addresses)")
+    parser.add_argument("--page-cache-seconds", type=int, default=d.page_cache_seconds,
+                        help="seconds nginx reuses a simple page before asking devpid again "
+                        f"(default {d.page_cache_seconds}; 0 = off)")
+    parser.add_argument("--cache-dir", default=str(d.cache_dir),
+                        help=f"nginx cache directory for pages (default {d.cache_dir})")
     parser.add_argument("--output", default="gen-config",
                         help="directory to write the files to (default ./gen-config)")
 
@@ -295,6 +339,9 @@ def main(args: argparse.Namespace) -> int:
         backup_dir=Path(os.path.abspath(Path(args.backup_dir).expanduser())),
         keep_days=args.keep_days,
         max_upload_size=args.max_upload_size,
+        nginx_address=args.nginx_address,
+        page_cache_seconds=args.page_cache_seconds,
+        cache_dir=Path(os.path.abspath(Path(args.cache_dir).expanduser())),
     )
     try:
         paths = write(opts, Path(args.output))

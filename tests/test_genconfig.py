@@ -237,7 +237,8 @@ def _options(tmp_path: Path, **kw: object) -> GenConfigOptions:
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     defaults: dict[str, object] = dict(serverdir=tmp_path / "srv", bindir=bindir,
-                                       backup_dir=tmp_path / "backups")
+                                       backup_dir=tmp_path / "backups",
+                                       cache_dir=tmp_path / "nginx-cache")
     defaults.update(kw)
     return GenConfigOptions(**defaults)  # type: ignore[arg-type]
 

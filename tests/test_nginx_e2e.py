@@ -37,6 +37,7 @@ def test_pip_and_twine_through_generated_nginx(start_devpid: Any, tmp_path: Path
         files = render(GenConfigOptions(
             serverdir=server.serverdir, port=server.port, nginx_port=port,
             server_name="127.0.0.1", outside_url=f"http://127.0.0.1:{port}",
+            nginx_address="127.0.0.1", cache_dir=tmp_path / "nginx-cache",
         ))
         site = tmp_path / "devpid-nginx.conf"
         site.write_text(files["devpid-nginx.conf"])
@@ -68,6 +69,22 @@ def test_pip_and_twine_through_generated_nginx(start_devpid: Any, tmp_path: Path
         url = f"{front}/root/pypi/+simple/through-nginx/" + page["files"][0]["url"]
         body = requests.get(url).content
         assert hashlib.sha256(body).hexdigest() == page["files"][0]["hashes"]["sha256"]
+        # pages are reused by nginx for a second, then asked again: a new upload shows up
+        accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+        page_url = f"{front}/alice/dev/+simple/private-pkg/"
+        requests.get(page_url, headers=accept)
+        cached = requests.get(page_url, headers=accept)
+        assert cached.headers.get("X-Devpid-Page-Cache") == "HIT"
+        assert cached.headers.get("Content-Encoding") == "gzip"
+        newer = make_wheel(tmp_path / "dist", "private-pkg", "2.0")
+        run([tool("twine"), "upload", "--repository-url", f"{front}/alice/dev/", "-u", "alice",
+             "-p", "pw", str(newer)], env)
+        deadline = time.monotonic() + 5
+        versions: list[str] = []
+        while time.monotonic() < deadline and "2.0" not in versions:
+            versions = requests.get(page_url, headers=accept).json()["versions"]
+            time.sleep(0.2)
+        assert "2.0" in versions
         filename = page["files"][0]["filename"]
         assert [p for _, p, _ in fake.requests if p == f"/files/{filename}"] == [
             f"/files/{filename}"]
