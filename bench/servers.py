@@ -244,10 +244,8 @@ def static_nginx_conf(workdir: Path, port: int, static_dir: Path, files_dir: Pat
 
 
 def devpid_nginx_conf(workdir: Path, serverdir: Path, devpid_port: int, port: int) -> str:
-    """The site devpid's gen-config renders, included in a minimal nginx.conf.
-
-    The only change: ``listen PORT`` becomes ``listen 127.0.0.1:PORT`` (loopback only).
-    """
+    """The site devpid's gen-config renders (loopback only, cache in the workdir), included
+    in a minimal nginx.conf, unchanged."""
     from devpid.genconfig import GenConfigOptions, render
 
     site = render(
@@ -256,13 +254,13 @@ def devpid_nginx_conf(workdir: Path, serverdir: Path, devpid_port: int, port: in
             port=devpid_port,
             host="127.0.0.1",
             nginx_port=port,
+            nginx_address="127.0.0.1",
             server_name="127.0.0.1",
+            cache_dir=workdir / "page-cache",
         )
     )["devpid-nginx.conf"]
-    listen = f"listen {port};"
-    if listen not in site:
-        raise RuntimeError("generated nginx site has no plain listen directive")
-    site = site.replace(listen, f"listen 127.0.0.1:{port};")
+    if f"listen 127.0.0.1:{port};" not in site:
+        raise RuntimeError("generated nginx site does not listen on loopback only")
     (workdir).mkdir(parents=True, exist_ok=True)
     (workdir / "devpid-site.conf").write_text(site)
     body = "    include /etc/nginx/mime.types;\n" if Path("/etc/nginx/mime.types").exists() else ""
