@@ -387,9 +387,20 @@ def _parse_html_page(
 # -- the project list ---------------------------------------------------------------------------
 
 
+_JSON_NAME_RE = re.compile(rb'"name"\s*:\s*"([^"]*)"')
+
+
 def parse_project_list(body: bytes, content_type: str) -> list[str]:
     """Project names of a root simple page, as given; fast enough for ~800k projects."""
     if _is_json(body, content_type):
+        start = body.find(b'"projects"')
+        if start != -1 and b"\\" not in body:
+            # The common PEP 691 list: one flat {"name": ...} object per project. A regex
+            # yields just the names (json.loads would build ~780k dicts on the way).
+            tail = body[start:]
+            found = _JSON_NAME_RE.findall(tail)
+            if len(found) == tail.count(b"{") and found:
+                return [m.decode("utf-8", "replace") for m in found]
         data = _load_json(body)
         projects = data.get("projects")
         if not isinstance(projects, list):

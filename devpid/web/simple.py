@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import html
 import json
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -148,24 +149,27 @@ def render_project_html(
     return "".join(out).encode()
 
 
-def render_list_json(names: list[str], serial: int) -> bytes:
-    return json.dumps(
-        {
-            "meta": {"api-version": API_VERSION, "_last-serial": serial},
-            "projects": [{"name": n} for n in names],
-        },
-        separators=(",", ":"),
-    ).encode()
+def render_list_json(names: str, serial: int) -> bytes:
+    """``names``: normalised names, one per line (no escaping needed: [a-z0-9-] only)."""
+    head = json.dumps({"api-version": API_VERSION, "_last-serial": serial},
+                      separators=(",", ":"))
+    if not names:
+        return f'{{"meta":{head},"projects":[]}}'.encode()
+    body = names.replace("\n", '"},{"name":"')
+    return f'{{"meta":{head},"projects":[{{"name":"{body}"}}]}}'.encode()
 
 
-def render_list_html(stage: str, names: list[str]) -> bytes:
+def render_list_html(stage: str, names: str) -> bytes:
     title = html.escape(f"{stage}: simple list (including inherited indices)")
-    body = "".join(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>\n' for n in names)
+    body = _ANCHOR_LINE.sub(r'<a href="\1/">\1</a><br>', names) + "\n" if names else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta name="pypi:repository-version" '
         f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>\n'
         f"{body}</body></html>\n"
     ).encode()
+
+
+_ANCHOR_LINE = re.compile(r"(?m)^(.+)$")
 
 
 # -- views -------------------------------------------------------------------------------------
@@ -277,20 +281,34 @@ async def simple_project_noslash(
     return await serve_project_page(server, request, user, index, project, "../../../")
 
 
-async def project_names(server: DevpidServer, stage: str) -> list[str]:
-    """Names over the resolution order (own projects first), each once."""
-    seen: dict[str, None] = {}
+async def project_names_parts(server: DevpidServer, stage: str) -> list[str | list[str]]:
+    """Per stage of the resolution order: its names (private: a list; mirror: one text with a
+    name per line, which can hold a PyPI-sized list without an object per name)."""
+    parts: list[str | list[str]] = []
     mirror = server.components.get("mirror")
     for name, config in sro(server, stage):
         if config.get("type") == "mirror":
-            if mirror is None:
-                continue
-            names = await mirror.project_names(name, config)
+            if mirror is not None:
+                parts.append(await mirror.project_names_text(name, config))
         else:
-            names = index_routes.stage_projects(server, name, config)
-        for n in names:
-            seen.setdefault(n, None)
-    return list(seen)
+            parts.append(index_routes.stage_projects(server, name, config))
+    return parts
+
+
+def join_names(parts: list[str | list[str]]) -> str:
+    """One name per line, each once, private stages first. Blocking for big lists (thread)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, list):
+            new = [n for n in part if n not in seen]
+            seen.update(new)
+            out.append("\n".join(new))
+        elif part:
+            if seen:  # drop mirror names a private stage listed already
+                part = "\n".join(n for n in part.split("\n") if n not in seen)
+            out.append(part)
+    return "\n".join(p for p in out if p)
 
 
 async def serve_project_list(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
@@ -310,12 +328,13 @@ async def serve_project_list(server: DevpidServer, request: Any, user: str, inde
     hit = cache.get(key, token)
     if hit is not None:
         return _send(request, fmt, hit[0], hit[1])
-    names = await project_names(server, stage)
+    parts = await project_names_parts(server, stage)
     serial = server.store.serial
 
     def render() -> bytes:
-        body = render_list_json(names, serial) if fmt == SIMPLE_JSON else render_list_html(
-            stage, names)
+        text = join_names(parts)
+        body = render_list_json(text, serial) if fmt == SIMPLE_JSON else render_list_html(
+            stage, text)
         # Big lists (a PyPI mirror lists ~780k names) are kept compressed only.
         return gzip.compress(body, 1, mtime=0) if len(body) > GZIP_ABOVE else body
 
