@@ -771,6 +771,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="markdown summary (default bench/RESULTS.md; '-' for none)",
     )
     p.add_argument("--no-devpi", action="store_true", help="skip devpi-server")
+    p.add_argument("--devpid-workers", type=int, default=1,
+                   help="devpid's --workers (default 1: one process, like the others)")
     p.add_argument("--skip-big", action="store_true", help="skip the 780k-name root list")
     p.add_argument(
         "--big-extra",
@@ -802,6 +804,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.devpid_workers > 1:
+        Devpid.extra_args = ["--workers", str(args.devpid_workers)]
     t_start = time.monotonic()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from bench.loadgen import Response, http_get
 
@@ -417,6 +417,8 @@ class IndexServer:
 
 
 class Devpid(IndexServer):
+    # Extra twistd options for every devpid started (run.py's --devpid-workers).
+    extra_args: ClassVar[list[str]] = []
     def init_argv(self) -> list[str]:
         return [
             str(TOOLS / "devpid"),
@@ -441,6 +443,7 @@ class Devpid(IndexServer):
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self.extra_args,
         ]
 
 

@@ -191,8 +191,7 @@ def worker_main(config: dict[str, Any]) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     serverdir = Path(config["serverdir"])
     store, blobs = open_store(serverdir)
-    settings = Settings(**config["settings"])
-    settings.serverdir = serverdir
+    settings = Settings(serverdir=serverdir, **config["settings"])
     from twisted.python.threadpool import ThreadPool
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")

@@ -52,8 +52,14 @@ def test_writes_are_visible_in_every_process_at_once(start_devpid: Any, tmp_path
     serials = {int(requests.get(server.url + "/+api").headers["X-Devpi-Serial"])
                for _ in range(12)}
     assert len(serials) == 1
-    status = server.json("GET", "/+status").json()["result"]
+    status = {}
+    for _ in range(10):  # the main process answers with the workers' status
+        status = server.json("GET", "/+status").json()["result"]
+        if "workers" in status:
+            break
     assert status["workers"]["running"] == 3
+    assert status["workers"]["restarts"] == 0
+    assert "exited" not in server.log()
 
 
 def test_a_dead_worker_is_restarted(start_devpid: Any) -> None:

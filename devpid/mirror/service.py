@@ -45,7 +45,7 @@ from devpid.store import keys
 
 log = Logger()
 
-GRACE = 0.25  # seconds a request with a stale cached page waits for a fresh one
+GRACE = 0.04  # seconds a request with a stale cached page waits for a fresh one
 _NORMALIZE_RUNS = re.compile(r"[-_.]+")
 _SAFE_NAMES = re.compile(r"[a-z0-9\n-]*")
 _SAFE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
