@@ -12,6 +12,7 @@ from typing import Any
 
 from devpid.links import project_token
 from devpid.web.app import header
+from devpid.web.errors import HTTPError
 from devpid.web.files import serve_blob
 from devpid.web.negotiate import choose_simple_format
 from devpid.web.simple import _send, page_cache
@@ -74,9 +75,12 @@ def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
     if found is None or not found[0].startswith("file/"):
         return None
     value = server.store.get(found[0])
-    if not isinstance(value, dict) or not server.blobs.exists(value["sha256"]):
+    if not isinstance(value, dict):
         return None
-    result = serve_blob(server, request, value["sha256"], found[1])
+    try:
+        result = serve_blob(server, request, value["sha256"], found[1])
+    except HTTPError:
+        return None  # e.g. the blob is missing: the full route explains it
     if isinstance(result, bytes):
         return result
     return result.render(request)

@@ -48,6 +48,16 @@ def serve_blob(
     server: DevpidServer, request: Any, sha256: str, filename: str, *, mtime: float | None = None
 ) -> Any:
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
+    etag = f'"{sha256[:32]}"'.encode()
+    accel = header(request, b"x-devpid-accel")
+    if accel and accel.startswith("/") and "\n" not in accel:
+        # nginx sends the file (and its Last-Modified): no need to touch the disk here.
+        _file_headers(request, filename, etag)
+        if _not_modified(request, etag):
+            return b""
+        request.setHeader(b"X-Accel-Redirect", (accel + server.blobs.relpath(sha256)).encode())
+        request.setHeader(b"Content-Length", b"0")
+        return b""
     path = server.blobs.path(sha256)
     try:
         stat = path.stat()
@@ -56,26 +66,30 @@ def serve_blob(
         if fetch is not None:
             return fetch(request, sha256, filename)
         raise not_found("no such file") from None
-    etag = f'"{sha256[:32]}"'.encode()
-    request.setHeader(b"Content-Type", content_type_for(filename).encode())
-    request.setHeader(b"ETag", etag)
-    request.setHeader(b"Cache-Control", IMMUTABLE)
+    _file_headers(request, filename, etag)
     request.setHeader(b"Last-Modified", _http_date(mtime or stat.st_mtime))
     request.setHeader(b"Accept-Ranges", b"bytes")
-    inm = header(request, b"if-none-match")
-    if inm and etag.decode() in [t.strip() for t in inm.split(",")]:
-        request.setResponseCode(304)
-        return b""
-    accel = header(request, b"x-devpid-accel")
-    if accel and accel.startswith("/") and "\n" not in accel:
-        request.setHeader(b"X-Accel-Redirect", (accel + server.blobs.relpath(sha256)).encode())
-        request.setHeader(b"Content-Length", b"0")
+    if _not_modified(request, etag):
         return b""
     size = stat.st_size
     if request.method == b"HEAD":
         request.setHeader(b"Content-Length", str(size).encode())
         return b""
     return _ProducerResource(path, size)
+
+
+def _file_headers(request: Any, filename: str, etag: bytes) -> None:
+    request.setHeader(b"Content-Type", content_type_for(filename).encode())
+    request.setHeader(b"ETag", etag)
+    request.setHeader(b"Cache-Control", IMMUTABLE)
+
+
+def _not_modified(request: Any, etag: bytes) -> bool:
+    inm = header(request, b"if-none-match")
+    if inm and etag.decode() in [t.strip() for t in inm.split(",")]:
+        request.setResponseCode(304)
+        return True
+    return False
 
 
 @implementer(IPushProducer)
