@@ -64,6 +64,9 @@ class UploadedFile:
 class ParsedUpload:
     fields: dict[str, list[str]] = field(default_factory=dict)
     file: UploadedFile | None = None
+    # Core metadata read in the same worker-thread trip as the parse (see parse_and_read);
+    # an HTTPError from reading it is kept and raised where the checks want it.
+    metadata: tuple[dict[str, Any] | None, bytes | None] | HTTPError | None = None
 
     def get(self, name: str) -> str | None:
         values = self.fields.get(name)
@@ -149,6 +152,20 @@ def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
         blobs.discard(tmp)
 
 
+def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedUpload:
+    """Parse the body and, for a file upload, read its core metadata: one thread trip."""
+    parsed = parse_upload_body(stream, boundary, blobs)
+    if parsed.file is not None and parsed.get(":action") == "file_upload":
+        try:
+            check_safe_filename(parsed.file.filename)
+            parsed.metadata = read_file_metadata(parsed.file, parsed.file.filename)
+        except HTTPError as e:
+            parsed.metadata = e
+        except (InvalidFilename, ValueError):
+            parsed.metadata = None  # the ordinary checks report it
+    return parsed
+
+
 def read_file_metadata(
     upload: UploadedFile, filename: str
 ) -> tuple[dict[str, Any] | None, bytes | None]:
@@ -227,7 +244,7 @@ async def handle_post(server: DevpidServer, request: Any, user: str, index: str)
     if not boundary:
         raise HTTPError(400, "multipart body without boundary")
     parsed: ParsedUpload = await server.in_thread(
-        parse_upload_body, request.content, boundary, server.blobs
+        parse_and_read, request.content, boundary, server.blobs
     )
     try:
         action = parsed.get(":action")
@@ -318,7 +335,12 @@ async def _file_upload(
             return b""
         raise HTTPError(409, f"{filename} already exists in non-volatile index")
 
-    archive_fields, raw_metadata = await server.in_thread(read_file_metadata, upload, filename)
+    read = parsed.metadata
+    if isinstance(read, HTTPError):
+        raise read
+    if read is None:
+        read = await server.in_thread(read_file_metadata, upload, filename)
+    archive_fields, raw_metadata = read
     form_fields = metadata_from_form(parsed.fields)
     if archive_fields is not None:
         archive_name = str(archive_fields.get("name", ""))
