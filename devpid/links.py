@@ -9,7 +9,7 @@ private names never leak upstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -41,7 +41,6 @@ class Link:
     core_metadata: dict[str, str] | bool = False
     size: int | None = None
     upload_time: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def version_key(version: str | None) -> tuple[int, Any]:

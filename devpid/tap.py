@@ -243,7 +243,7 @@ def _add_workers(options: Options, server: Any, top: Any, reactor: Any, secretfi
     _AdoptedSite(reactor, sock.fileno(), sock.family, site).setServiceParent(top)
     private = reactor.listenTCP(0, site, interface="127.0.0.1")
     settings = {k: v for k, v in dataclasses.asdict(server.settings).items()
-                if k not in ("serverdir", "extra")}
+                if k != "serverdir"}
     config = {
         "serverdir": str(server.settings.serverdir),
         "secretfile": str(secretfile),

@@ -14,7 +14,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -58,7 +58,6 @@ class Settings:
     role: str = "standalone"
     log_format: str = "text"
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DevpidServer:

@@ -62,9 +62,6 @@ def serve_blob(
     try:
         stat = path.stat()
     except FileNotFoundError:
-        fetch = server.components.get("blob_fetcher")
-        if fetch is not None:
-            return fetch(request, sha256, filename)
         raise not_found("no such file") from None
     _file_headers(request, filename, etag)
     request.setHeader(b"Last-Modified", _http_date(mtime or stat.st_mtime))
