@@ -250,10 +250,11 @@ async def handle_post(server: DevpidServer, request: Any, user: str, index: str)
         action = parsed.get(":action")
         if action is None:
             raise HTTPError(400, ":action field not found")
-        if action == "file_upload":
-            return await _file_upload(server, request, stage, config, actor, parsed)
-        if action == "doc_upload":
-            return await _doc_upload(server, request, stage, config, actor, parsed)
+        if action in ("file_upload", "doc_upload"):
+            if parsed.file is None:
+                raise HTTPError(400, "content file field not found")
+            ctx = Upload(server, request, stage, config, actor, parsed, parsed.file)
+            return await (_file_upload if action == "file_upload" else _doc_upload)(ctx)
         if action in ("submit", "register"):
             return _register(server, request, stage, parsed)
         raise HTTPError(400, f"action {action!r} not supported")
@@ -292,17 +293,22 @@ def _ensure_project(tx: Any, stage: str, project: str, name: str) -> None:
         tx.set(keys.project(stage, project), {"name": name, "created": utc_timestamp()})
 
 
-async def _file_upload(
-    server: DevpidServer,
-    request: Any,
-    stage: str,
-    config: dict[str, Any],
-    actor: str | None,
-    parsed: ParsedUpload,
-) -> bytes:
-    upload = parsed.file
-    if upload is None:
-        raise HTTPError(400, "content file field not found")
+@dataclass
+class Upload:
+    """One accepted-for-checking upload: who sends what to which index."""
+
+    server: DevpidServer
+    request: Any
+    stage: str
+    config: dict[str, Any]
+    actor: str | None
+    parsed: ParsedUpload
+    file: UploadedFile
+
+
+async def _file_upload(ctx: Upload) -> bytes:
+    server, request, stage, config, actor, parsed, upload = (
+        ctx.server, ctx.request, ctx.stage, ctx.config, ctx.actor, ctx.parsed, ctx.file)
     name, version = _name_version(parsed)
     filename = upload.filename
     try:
@@ -392,17 +398,9 @@ async def _file_upload(
     return b""
 
 
-async def _doc_upload(
-    server: DevpidServer,
-    request: Any,
-    stage: str,
-    config: dict[str, Any],
-    actor: str | None,
-    parsed: ParsedUpload,
-) -> bytes:
-    upload = parsed.file
-    if upload is None:
-        raise HTTPError(400, "content file field not found")
+async def _doc_upload(ctx: Upload) -> bytes:
+    server, request, stage, config, actor, parsed, upload = (
+        ctx.server, ctx.request, ctx.stage, ctx.config, ctx.actor, ctx.parsed, ctx.file)
     name = parsed.get("name")
     if not name or validate_project_name(name):
         raise HTTPError(400, "doc upload needs a valid name field")
