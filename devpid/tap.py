@@ -192,6 +192,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         role="replica" if replica else "standalone",
         bcrypt_rounds=options["bcrypt-rounds"],
         log_format=options["log-format"],
+        workers=options["workers"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)

@@ -57,6 +57,7 @@ class Settings:
     primary_url: str | None = None
     role: str = "standalone"
     log_format: str = "text"
+    workers: int = 1
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
 
 
@@ -332,6 +333,7 @@ class RootResource(Resource):
         from devpid.web.fastpath import try_cached_page, try_stored_file
 
         self.fast_paths = (try_cached_page, try_stored_file)
+        self.shared_store = server.settings.workers > 1
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
         self.mount = [s.encode() for s in mount.split("/") if s]
 
@@ -344,7 +346,8 @@ class RootResource(Resource):
         request.setHeader(b"X-Devpi-Uuid", uuid)
         request.setHeader(b"X-Devpi-Primary-Uuid", primary)
         request.setHeader(b"X-Devpi-Master-Uuid", primary)
-        server.store.poll_external()
+        if self.shared_store:  # other processes write this database too (--workers)
+            server.store.poll_external()
         request.setHeader(b"X-Devpi-Serial", str(server.store.serial).encode())
         segments = list(request.postpath)
         if self.mount and segments[: len(self.mount)] == self.mount:
