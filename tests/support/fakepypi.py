@@ -183,6 +183,9 @@ def _read_metadata(path: Path, filename: str) -> bytes | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of connections (uv asks for 15
+    # pages at once) overflows it and the dropped SYNs are retried a second later.
+    request_queue_size = 128
     fake: FakePyPI
     gen: _Generation
 
