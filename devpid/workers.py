@@ -199,6 +199,8 @@ def worker_main(config: dict[str, Any]) -> None:
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)
     link: Any = MainLink(server, config["main_url"])  # quacks like a ReplicaFollower
     server.components["write_proxy"] = WriteProxy(server, link)
+    server.status_providers.append(
+        lambda: {"workers": {"count": config["settings"]["workers"], "this": config["index"]}})
     top = service.MultiService()
     ThreadPoolService(pool).setServiceParent(top)
     ExternalCommits(store).setServiceParent(top)
