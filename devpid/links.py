@@ -186,10 +186,9 @@ def project_token(server: Any, stage: str, project: str) -> tuple[Any, ...]:
 def track_commits(server: Any) -> None:
     """Keep per-(stage, project) and config serials current (page cache validity)."""
     serials: dict[tuple[str, str], int] = server.components.setdefault("project_serials", {})
-    server.components.setdefault("config_serial", server.store.serial)
-    # Before any commit this process sees, treat every project as changed at the current serial.
-    base = server.store.serial
-    server.components["base_serial"] = base
+    # Pages cached in this process start empty, so "nothing changed yet" (-1 per project and
+    # the serial at start for configs) is a valid starting token.
+    server.components["config_serial"] = server.store.serial
 
     def listener(serial: int, changes: dict[str, Any]) -> None:
         for key in changes:
@@ -201,5 +200,3 @@ def track_commits(server: Any) -> None:
                 serials[(f"{parts[1]}/{parts[2]}", parts[3])] = serial
 
     server.store.add_commit_listener(listener)
-    # Unknown projects default to -1; make that distinct from anything cached before start.
-    server.components["config_serial"] = base

@@ -249,8 +249,6 @@ class Mirror:
         }
         if cached is not None and {**cached, "etag": None} == {**value, "etag": None}:
             return  # same links: no new serial
-        if self.server.settings.role == "replica":
-            return
         with self.server.store.transaction() as tx:
             tx.set(key, value)
 
