@@ -198,6 +198,7 @@ def values(opts: GenConfigOptions) -> dict[str, str]:
         "listen": _listen(opts),
         "cache_dir": _check_path("cache_dir", opts.cache_dir),
         "page_cache": _page_cache(opts.page_cache_seconds),
+        "file_check_cache": _file_check_cache(opts.page_cache_seconds),
         "workers": _check_workers(opts.workers),
     }
 
@@ -219,6 +220,21 @@ def _listen(opts: GenConfigOptions) -> str:
     except ValueError:
         pass
     return f"{address}:{port}"
+
+
+def _file_check_cache(seconds: int) -> str:
+    """nginx directives that let nginx reuse devpid's "send this blob" answers for files."""
+    if seconds == 0:
+        return "# page cache off (--page-cache-seconds 0): every file request asks devpid"
+    return "\n        ".join(
+        [
+            "proxy_cache devpid_pages;",
+            'proxy_cache_key "file|$request_uri|$http_accept|$http_authorization'
+            '|$http_x_devpi_auth";',
+            f"proxy_cache_valid 200 {seconds}s;",
+            "proxy_cache_lock on;",
+        ]
+    )
 
 
 def _page_cache(seconds: int) -> str:

@@ -13,6 +13,7 @@ import configparser
 import gzip
 import hashlib
 import http.client
+import json
 import os
 import re
 import shlex
@@ -192,8 +193,29 @@ def _make_handler(backend: Backend) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             headers[":path"] = self.path
             backend.seen.append(headers)
+            if self.headers.get("X-Devpid-Check"):
+                # nginx's file check: name the blob for /u/i/+f/..., nothing for the rest.
+                self.send_response(200)
+                if self.path.startswith("/u/i/+f/") and "missing" not in self.path:
+                    h = backend.blob_hash
+                    self.send_header("X-Devpid-Blob", f"/{h[0:2]}/{h[2:4]}/{h}")
+                    self.send_header("X-Devpid-Type", FILE_TYPE)
+                    self.send_header("ETag", f'"{h[:32]}"')
+                else:
+                    self.send_header("X-Accel-Expires", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             accel = self.headers.get("X-Devpid-Accel")
-            if self.path.startswith("/x/+f/") and accel:
+            if "/+f/" in self.path and "missing" in self.path:
+                body = b'{"message": "no such file"}'
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if "/+f/" in self.path and accel:
                 h = backend.blob_hash
                 self.send_response(200)
                 self.send_header("X-Accel-Redirect", f"{accel}{h[0:2]}/{h[2:4]}/{h}")
@@ -495,3 +517,52 @@ def test_nginx_in_front_of_backend(tmp_path: Path, backend: Backend) -> None:
     finally:
         stop_nginx(running)
     assert running.proc.returncode is not None
+
+
+def test_nginx_sends_checked_files_itself(tmp_path: Path, backend: Backend) -> None:
+    """/USER/INDEX/+f/...: one cheap check answer from devpid, reused for the page-cache
+    seconds, then nginx sends the blob like a static file; the rest goes to devpid whole."""
+    require_nginx()
+    serverdir = tmp_path / "srv"
+    h = backend.blob_hash
+    blob = serverdir / "+blobs" / h[0:2] / h[2:4] / h
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"release file")
+    nginx_port = free_port()
+    opts = _options(tmp_path, serverdir=serverdir, port=backend.port, nginx_port=nginx_port,
+                    page_cache_seconds=60)
+    write(opts, tmp_path / "out")
+    running = start_nginx(tmp_path / "nginx", tmp_path / "out" / "devpid-nginx.conf",
+                          nginx_port)
+    url = f"/u/i/+f/{h[:3]}/{h[3:16]}/pkg-1.0.tar.gz"
+    try:
+        for _ in range(3):  # a client cannot pose as nginx's check
+            status, headers, body = _get(nginx_port, url, {"X-Devpid-Check": "1"})
+            assert (status, body) == (200, b"release file"), running.error_log()
+            assert headers["content-type"] == FILE_TYPE
+            assert headers["etag"] == f'"{h[:32]}"'
+            assert headers["cache-control"] == "max-age=365000000, immutable, public"
+            assert "x-devpid-blob" not in headers and "x-accel-redirect" not in headers
+        asked = [s for s in backend.seen if s[":path"] == url]
+        assert len(asked) == 1, asked  # one check, reused; never the full request
+        assert asked[0]["x-devpid-check"] == "1"
+        assert "x-devpid-accel" not in asked[0]
+
+        status, headers, body = _get(nginx_port, url, {"Range": "bytes=8-"})
+        assert (status, body) == (206, b"file")
+        assert headers["content-range"] == "bytes 8-11/12"
+
+        # A conditional request is devpid's to answer (its ETag, its 304): the full route.
+        status, _, body = _get(nginx_port, url, {"If-None-Match": f'"{h[:32]}"'})
+        assert (status, body) == (200, b"release file")
+        assert backend.headers_for(url)["x-devpid-accel"] == "/+devpid-blobs/"
+
+        # No blob named: devpid's own answer (here its JSON 404), and that "no" is not reused.
+        missing = "/u/i/+f/abc/def/missing-1.0.tar.gz"
+        for _ in range(2):
+            status, headers, body = _get(nginx_port, missing)
+            assert status == 404 and json.loads(body) == {"message": "no such file"}
+        checks = [s for s in backend.seen if s[":path"] == missing and s.get("x-devpid-check")]
+        assert len(checks) == 2
+    finally:
+        stop_nginx(running)

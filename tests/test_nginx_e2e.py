@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 
@@ -85,6 +86,20 @@ def test_pip_and_twine_through_generated_nginx(start_devpid: Any, tmp_path: Path
             versions = requests.get(page_url, headers=accept).json()["versions"]
             time.sleep(0.2)
         assert "2.0" in versions
+        # nginx sends a checked file from disk for a second at most: a deleted one is gone
+        # (devpid's JSON answer) within the page-cache second.
+        files = requests.get(page_url, headers=accept).json()["files"]
+        file_url = urljoin(page_url, next(f["url"] for f in files if f["filename"] == wheel.name))
+        assert requests.get(file_url).content == wheel.read_bytes()
+        assert requests.get(file_url + ".metadata").content.startswith(b"Metadata-Version")
+        deleted = requests.delete(f"{front}/alice/dev/private-pkg/1.0", auth=("alice", "pw"),
+                                  headers={"Accept": "application/json"})
+        assert deleted.ok, deleted.text
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and requests.get(file_url).status_code == 200:
+            time.sleep(0.1)
+        gone = requests.get(file_url)
+        assert gone.status_code in (404, 410) and gone.json()["message"], gone.text
         filename = page["files"][0]["filename"]
         assert [p for _, p, _ in fake.requests if p == f"/files/{filename}"] == [
             f"/files/{filename}"]

@@ -330,9 +330,9 @@ class RootResource(Resource):
         super().__init__()
         self.devpid = server
         self.klein = server.app.resource()
-        from devpid.web.fastpath import try_cached_page, try_stored_file
+        from devpid.web.fastpath import try_cached_page, try_file_check, try_stored_file
 
-        self.fast_paths = (try_cached_page, try_stored_file)
+        self.fast_paths = (try_file_check, try_cached_page, try_stored_file)
         self.shared_store = server.settings.workers > 1
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
         self.mount = [s.encode() for s in mount.split("/") if s]

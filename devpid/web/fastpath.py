@@ -13,7 +13,7 @@ from typing import Any
 from devpid.links import project_token
 from devpid.web.app import header
 from devpid.web.errors import HTTPError
-from devpid.web.files import serve_blob
+from devpid.web.files import blob_etag, content_type_for, serve_blob
 from devpid.web.negotiate import choose_simple_format
 from devpid.web.simple import _send, page_cache
 
@@ -59,8 +59,12 @@ def try_cached_page(server: Any, request: Any, segments: list[bytes]) -> bytes |
     return _send(request, fmt, etag, body)
 
 
-def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
-    """A stored file (upload or cached mirror file) sent straight from its blob, or None."""
+def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str, str] | None:
+    """(sha256, file name) of the stored file a plain ``+f`` GET asks for, or None.
+
+    None means "not simple": a query string, a JSON request, an unknown or deleted path, a
+    mirror file not cached yet, a file without core metadata. The full route answers those.
+    """
     if (
         len(segments) < 5
         or segments[2] != b"+f"
@@ -71,16 +75,57 @@ def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
     accept = header(request, b"accept")
     if accept and "application/json" in accept:
         return None
-    found = server.store.lookup_path(b"/".join(segments).decode())
+    path = b"/".join(segments).decode()
+    metadata = False
+    found = server.store.lookup_path(path)
+    if found is None and path.endswith(".metadata"):
+        found = server.store.lookup_path(path[: -len(".metadata")])
+        metadata = True
     if found is None or not found[0].startswith("file/"):
         return None
     value = server.store.get(found[0])
     if not isinstance(value, dict):
         return None
+    sha = value.get("metadata_sha256") if metadata else value.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        return None
+    return sha, found[1] + ".metadata" if metadata else found[1]
+
+
+def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
+    """A stored file (upload or cached mirror file) sent straight from its blob, or None."""
+    blob = _stored_blob(server, request, segments)
+    if blob is None:
+        return None
     try:
-        result = serve_blob(server, request, value["sha256"], found[1])
+        result = serve_blob(server, request, *blob)
     except HTTPError:
         return None  # e.g. the blob is missing: the full route explains it
     if isinstance(result, bytes):
         return result
     return result.render(request)
+
+
+def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | None:
+    """nginx's question (``auth_request``, see nginx/devpid-nginx.conf.in): may it send this
+    ``+f`` file from the blob store itself, and which blob is it?
+
+    The answer is always an empty 200 (nginx's auth_request turns anything else into its own
+    error page). With ``X-Devpid-Blob`` (the blob's path below ``+blobs``), its type and ETag,
+    nginx sends the file and may reuse the answer for its page-cache seconds; without it, the
+    answer is not to be reused and nginx passes the request on to devpid's full route, which
+    gives the real answer (404, 410, JSON, a mirror download, ...). Every read is allowed
+    today; a per-index read permission would be checked here.
+    """
+    if not request.requestHeaders.hasHeader(b"x-devpid-check"):
+        return None
+    request.setHeader(b"Content-Length", b"0")
+    blob = _stored_blob(server, request, segments)
+    if blob is None:
+        request.setHeader(b"X-Accel-Expires", b"0")
+        return b""
+    sha, filename = blob
+    request.setHeader(b"X-Devpid-Blob", ("/" + server.blobs.relpath(sha)).encode())
+    request.setHeader(b"X-Devpid-Type", content_type_for(filename).encode())
+    request.setHeader(b"ETag", blob_etag(sha))
+    return b""

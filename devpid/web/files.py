@@ -44,11 +44,16 @@ def _http_date(timestamp: float) -> bytes:
     return formatdate(timestamp, usegmt=True).encode()
 
 
+def blob_etag(sha256: str) -> bytes:
+    """A stored file's ETag: its content hash (the same from devpid and from nginx)."""
+    return f'"{sha256[:32]}"'.encode()
+
+
 def serve_blob(
     server: DevpidServer, request: Any, sha256: str, filename: str, *, mtime: float | None = None
 ) -> Any:
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
-    etag = f'"{sha256[:32]}"'.encode()
+    etag = blob_etag(sha256)
     accel = header(request, b"x-devpid-accel")
     if accel and accel.startswith("/") and "\n" not in accel:
         # nginx sends the file (and its Last-Modified): no need to touch the disk here.
