@@ -18,6 +18,7 @@ from devpid.web.negotiate import choose_simple_format
 from devpid.web.simple import _send, page_cache
 
 PREFIX = "../../../../"
+MAX_KNOWN_PATHS = 50_000
 _formats: dict[str | None, str] = {}
 
 
@@ -76,6 +77,10 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     if accept and "application/json" in accept:
         return None
     path = b"/".join(segments).decode()
+    known = _stored_paths(server)
+    hit = known.get(path)
+    if hit is not None:
+        return hit
     metadata = False
     found = server.store.lookup_path(path)
     if found is None and path.endswith(".metadata"):
@@ -89,7 +94,26 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     sha = value.get("metadata_sha256") if metadata else value.get("sha256")
     if not isinstance(sha, str) or len(sha) != 64:
         return None
-    return sha, found[1] + ".metadata" if metadata else found[1]
+    hit = (sha, found[1] + ".metadata" if metadata else found[1])
+    if len(known) >= MAX_KNOWN_PATHS:
+        known.clear()
+    known[path] = hit
+    return hit
+
+
+def _stored_paths(server: Any) -> dict[str, tuple[str, str]]:
+    """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
+    (an upload, a delete, a mirror file cached), in this process or another (--workers)."""
+    known: dict[str, tuple[str, str]] | None = server.components.get("stored_paths")
+    if known is None:
+        known = server.components["stored_paths"] = {}
+
+        def listener(serial: int, changes: dict[str, Any]) -> None:
+            if any(key.startswith("file/") for key in changes):
+                known.clear()
+
+        server.store.add_commit_listener(listener)
+    return known
 
 
 def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:

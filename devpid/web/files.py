@@ -27,6 +27,8 @@ from devpid.web.errors import HTTPError, not_found
 from devpid.web.negotiate import wants_json_api
 
 IMMUTABLE = b"max-age=365000000, immutable, public"
+# Files up to this size are read whole and sent with the headers (no producer, no sendfile).
+SMALL_FILE = 64 * 1024
 
 
 def content_type_for(filename: str) -> str:
@@ -63,13 +65,27 @@ def serve_blob(
         request.setHeader(b"X-Accel-Redirect", (accel + server.blobs.relpath(sha256)).encode())
         request.setHeader(b"Content-Length", b"0")
         return b""
+    small = None if mtime else small_blobs.get(sha256)
+    if small is not None:  # blobs never change: no need to look at the disk again
+        data, last_modified = small
+        _file_headers(request, filename, etag)
+        request.setHeader(b"Last-Modified", last_modified)
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        if _not_modified(request, etag):
+            return b""
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Length", str(len(data)).encode())
+            return b""
+        if not request.requestHeaders.hasHeader(b"range"):
+            return data
     path = server.blobs.path(sha256)
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise not_found("no such file") from None
+    last_modified = _http_date(mtime or stat.st_mtime)
     _file_headers(request, filename, etag)
-    request.setHeader(b"Last-Modified", _http_date(mtime or stat.st_mtime))
+    request.setHeader(b"Last-Modified", last_modified)
     request.setHeader(b"Accept-Ranges", b"bytes")
     if _not_modified(request, etag):
         return b""
@@ -77,7 +93,46 @@ def serve_blob(
     if request.method == b"HEAD":
         request.setHeader(b"Content-Length", str(size).encode())
         return b""
+    if size <= SMALL_FILE and not request.requestHeaders.hasHeader(b"range"):
+        # Metadata files and small wheels: one read, sent with the headers, no producer.
+        try:
+            with open(path, "rb") as f:
+                data = f.read(SMALL_FILE + 1)
+        except FileNotFoundError:
+            raise not_found("no such file") from None
+        if len(data) == size:
+            if not mtime:
+                small_blobs.put(sha256, data, last_modified)
+            return data
     return _ProducerResource(path, size)
+
+
+class SmallBlobCache:
+    """The bytes of recently sent small blobs (PEP 658 metadata, small wheels), by sha256.
+
+    A blob's content is its name, so an entry can never be stale; whether a URL still leads
+    to it is decided before (a deleted file never reaches this). Bounded in total bytes.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.entries: dict[str, tuple[bytes, bytes]] = {}
+
+    def get(self, sha256: str) -> tuple[bytes, bytes] | None:
+        return self.entries.get(sha256)
+
+    def put(self, sha256: str, data: bytes, last_modified: bytes) -> None:
+        if sha256 in self.entries or len(data) > self.max_bytes:
+            return
+        while self.entries and self.size + len(data) > self.max_bytes:
+            oldest = next(iter(self.entries))
+            self.size -= len(self.entries.pop(oldest)[0])
+        self.entries[sha256] = (data, last_modified)
+        self.size += len(data)
+
+
+small_blobs = SmallBlobCache()
 
 
 def _file_headers(request: Any, filename: str, etag: bytes) -> None:
@@ -100,11 +155,13 @@ class FileSender:
 
     twisted.web's static producers are pull producers, which HTTP/1.1 drives through a
     Cooperator on timers; this one writes until the transport says "pause" and resumes when
-    its buffer drains. On a plain TCP connection whose Twisted buffer is empty, the body goes
-    out with ``os.sendfile`` (no copy through Python); when the socket is full the next chunk
-    is written the ordinary way, so Twisted's buffer pauses us until the socket drains.
+    its buffer drains. The first chunk goes out with the headers the ordinary way; after that,
+    on a plain TCP connection, the body goes out with ``os.sendfile`` (no copy through
+    Python). When the socket is full it asks the transport to call it back once the socket is
+    writable again, instead of queueing bytes in Twisted's buffer.
     """
 
+    FIRST_CHUNK = 16 * 1024
     CHUNK = 256 * 1024
     SENDFILE_MAX = 4 * 1024 * 1024
 
@@ -121,26 +178,23 @@ class FileSender:
         self.request.registerProducer(self, True)
         self._send()
 
-    def _sendfile(self) -> bool:
-        """Send directly from the file if nothing is queued in Twisted; True if bytes went."""
-        channel = self.request.channel
-        transport = getattr(channel, "transport", None)
+    def _transport(self) -> tcp.Connection | None:
+        """The TCP connection, when sendfile can be used on it now (nothing queued)."""
+        transport = getattr(self.request.channel, "transport", None)
         if (
             not isinstance(transport, tcp.Connection)
             or transport.dataBuffer
             or transport._tempDataBuffer
             or not self.request.startedWriting
         ):
-            return False
-        try:
-            sent = os.sendfile(transport.fileno(), self.file.fileno(), self.offset,
-                               min(self.remaining, self.SENDFILE_MAX))
-        except OSError:  # EAGAIN (socket full) and anything unusual: use the plain path
-            return False
-        self.offset += sent
-        self.remaining -= sent
-        self.request.sentLength += sent
-        return sent > 0
+            return None
+        return transport
+
+    def _wait_writable(self, transport: tcp.Connection) -> None:
+        """Be resumed by the transport (via the HTTP channel) once its socket can take more."""
+        self.paused = True
+        transport.producerPaused = True
+        transport.startWriting()
 
     def _send(self) -> None:
         if self.sending:
@@ -151,15 +205,48 @@ class FileSender:
                 if self.remaining <= 0:
                     self._finish()
                     return
-                if self._sendfile():
-                    continue
-                data = os.pread(self.file.fileno(), min(self.CHUNK, self.remaining), self.offset)
+                transport = self._transport()
+                if transport is not None:
+                    want = min(self.remaining, self.SENDFILE_MAX)
+                    try:
+                        sent = os.sendfile(transport.fileno(), self.file.fileno(), self.offset,
+                                           want)
+                    except BlockingIOError:
+                        self._wait_writable(transport)
+                        return
+                    except OSError:  # anything unusual: the plain path below
+                        sent = -1
+                    if sent > 0:
+                        self.offset += sent
+                        self.remaining -= sent
+                        self.request.sentLength += sent
+                        if sent < want and self.remaining > 0:  # the socket is full
+                            self._wait_writable(transport)
+                            return
+                        continue
+                    if sent == 0:  # the file shrank under us: end the response short
+                        self._finish()
+                        return
+                first = not self.request.startedWriting
+                size = min(self.FIRST_CHUNK if first else self.CHUNK, self.remaining)
+                data = os.pread(self.file.fileno(), size, self.offset)
                 if not data:  # the file shrank under us: end the response short
                     self._finish()
                     return
                 self.offset += len(data)
                 self.remaining -= len(data)
                 self.request.write(data)
+                transport = getattr(self.request.channel, "transport", None)
+                if (
+                    first
+                    and self.remaining > 0
+                    and isinstance(transport, tcp.Connection)
+                    and (transport.dataBuffer or transport._tempDataBuffer)
+                ):
+                    # Headers and first chunk are queued: send the rest by sendfile once
+                    # they are out, rather than queueing more behind them.
+                    self._wait_writable(transport)
+                    return
         finally:
             self.sending = False
 
