@@ -334,13 +334,15 @@ class RootResource(Resource):
 
         self.fast_paths = (try_file_check, try_cached_page, try_stored_file)
         self.shared_store = server.settings.workers > 1
+        self.server_version = f"devpid {devpid.__version__}".encode()
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
         self.mount = [s.encode() for s in mount.split("/") if s]
 
-    def render(self, request: Any) -> Any:
+    def prepare(self, request: Any, segments: list[bytes]) -> list[bytes] | HTTPError:
+        """devpi's global headers, then the path: mount point stripped, segments decoded."""
         server = self.devpid
         request.setHeader(b"X-Devpi-Api-Version", b"2")
-        request.setHeader(b"X-Devpi-Server-Version", f"devpid {devpid.__version__}".encode())
+        request.setHeader(b"X-Devpi-Server-Version", self.server_version)
         uuid = server.store.uuid.encode()
         primary = (server.components.get("primary_uuid") or server.store.uuid).encode()
         request.setHeader(b"X-Devpi-Uuid", uuid)
@@ -349,7 +351,6 @@ class RootResource(Resource):
         if self.shared_store:  # other processes write this database too (--workers)
             server.store.poll_external()
         request.setHeader(b"X-Devpi-Serial", str(server.store.serial).encode())
-        segments = list(request.postpath)
         if self.mount and segments[: len(self.mount)] == self.mount:
             segments = segments[len(self.mount) :]
         decoded: list[bytes] = []
@@ -357,10 +358,17 @@ class RootResource(Resource):
             try:
                 text = unquote(seg.decode("utf-8"), errors="strict")
             except UnicodeDecodeError:
-                return render_error(request, HTTPError(400, "URL is not valid UTF-8"))
+                return HTTPError(400, "URL is not valid UTF-8")
             if "/" in text or "\x00" in text:
-                return render_error(request, HTTPError(400, "invalid character in URL path"))
+                return HTTPError(400, "invalid character in URL path")
             decoded.append(text.encode("utf-8"))
+        return decoded
+
+    def render(self, request: Any) -> Any:
+        server = self.devpid
+        decoded = self.prepare(request, list(request.postpath))
+        if isinstance(decoded, HTTPError):
+            return render_error(request, decoded)
         request.postpath = decoded
         if request.body_too_large if hasattr(request, "body_too_large") else False:
             limit = server.settings.max_upload_size
@@ -403,7 +411,15 @@ class DevpidSite(twserver.Site):
 
 def make_site(server: DevpidServer) -> twserver.Site:
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
-    site = DevpidSite(server.resource(), parsePOSTFormSubmission=False)
+    from devpid.web.fastchannel import FastHTTPChannel, make_fast_answer
+
+    root = server.resource()
+    site = DevpidSite(root, parsePOSTFormSubmission=False)
+    site.protocol = FastHTTPChannel  # type: ignore[assignment]
+    if isinstance(root, RootResource):
+        site.devpid_fast = make_fast_answer(  # type: ignore[attr-defined]
+            server, root.fast_paths, root.prepare
+        )
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
     site.devpid_store = server.store  # type: ignore[attr-defined]

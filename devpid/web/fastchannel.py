@@ -1,0 +1,278 @@
+"""The front door for the requests installers make most, without twisted.web's Request.
+
+twisted.web spends most of a cached page's ~300 µs on generic work: splitting lines, building
+a Request and its Headers, and a reactor round trip (two ``epoll_ctl`` calls) per answer. On
+an idle keep-alive connection, a read that holds exactly one complete ``GET``/``HEAD``
+without a body is parsed here in one pass and offered to devpid's fast paths (cached simple
+pages, stored files, nginx's file check; see :mod:`devpid.web.fastpath`). An answer they
+give is written with one ``send`` (files continue with sendfile); anything they decline, and
+every other kind of request (bodies, pipelining, HTTP/1.0, ``Connection: close``, odd
+framing), goes to twisted.web untouched, so the two can never disagree on what was sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http import datetimeToString, unquote
+from twisted.web.server import NOT_DONE_YET, version
+
+from devpid.web.errors import HTTPError
+
+# A fast path: (server, request, decoded path segments) -> None (decline), bytes (the body),
+# or NOT_DONE_YET (it streams and calls request.finish()).
+FastPath = Callable[[Any, Any, list[bytes]], Any]
+# Headers whose presence sends a request to twisted.web: a body or a change of protocol.
+_SLOW_HEADERS = (b"transfer-encoding", b"expect", b"upgrade")
+_NO_BODY_CODES = (204, 304)
+_date: list[Any] = [0, b""]
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if _date[0] != now:
+        _date[0], _date[1] = now, datetimeToString(now)
+    value: bytes = _date[1]
+    return value
+
+
+class _RequestHeaders:
+    """The read side of twisted's Headers, over a dict built in one pass."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: dict[bytes, list[bytes]]) -> None:
+        self.raw = raw
+
+    def getRawHeaders(self, name: bytes, default: Any = None) -> Any:
+        return self.raw.get(name.lower(), default)
+
+    def hasHeader(self, name: bytes) -> bool:
+        return name.lower() in self.raw
+
+
+class FastRequest:
+    """Just as much of twisted.web's Request as devpid's fast paths and FileSender use."""
+
+    clientproto = b"HTTP/1.1"
+
+    def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
+                 headers: dict[bytes, list[bytes]]) -> None:
+        self.channel = channel
+        self.method = method
+        self.uri = uri
+        self.requestHeaders = _RequestHeaders(headers)
+        self.code = 200
+        self.out: dict[bytes, bytes] = {}
+        self.startedWriting = False
+        self.finished = False
+        self.sentLength = 0
+        self.devpid_started = time.monotonic()
+        self.devpid_serial_set = True
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.out[name] = value
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def getClientAddress(self) -> Any:
+        transport: Any = self.channel.transport
+        return transport.getPeer()
+
+    def head(self, content_length: int | None) -> bytes:
+        """Status line and headers (with Content-Length when given)."""
+        reason = http.RESPONSES.get(self.code, b"Unknown Status")
+        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
+                 % (self.code, reason, version, _http_date())]
+        out = self.out
+        if content_length is not None and b"Content-Length" not in out:
+            out[b"Content-Length"] = b"%d" % content_length
+        for name, value in out.items():
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- what a producer (FileSender) needs -----------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.method == b"HEAD":
+            data = b""
+        self.sentLength += len(data)
+        if not self.startedWriting:
+            self.startedWriting = True
+            data = self.head(None) + data
+        self.channel.send_now(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.channel.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.channel.unregisterProducer()
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.channel.fast_finished(self)
+
+
+def parse_request(data: bytes) -> tuple[bytes, bytes, dict[bytes, list[bytes]]] | None:
+    """(method, uri, headers) of one complete, body-less GET/HEAD, or None (not for us)."""
+    lines = data[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in (b"GET", b"HEAD"):
+        return None
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
+            return None  # folded, malformed or unusual: twisted.web decides
+        headers.setdefault(name.lower(), []).append(value.strip())
+    for slow in _SLOW_HEADERS:
+        if slow in headers:
+            return None
+    length = headers.get(b"content-length")
+    if length is not None and length != [b"0"]:
+        return None
+    connection = headers.get(b"connection")
+    if connection is not None and any(b"close" in v.lower() for v in connection):
+        return None
+    return parts[0], parts[1], headers
+
+
+class FastHTTPChannel(http.HTTPChannel):
+    """HTTPChannel that answers devpid's hot GETs itself (see the module docstring)."""
+
+    site: Any
+    _fast_request: FastRequest | None = None
+    _fast_pending: list[bytes] | None = None
+
+    def _idle(self) -> bool:
+        return bool(
+            not self.requests
+            and not self._handlingRequest
+            and not self._dataBuffer
+            and not self._buffer  # LineReceiver's partial line
+            and self.line_mode == 1
+            and self.persistent
+            and self._fast_request is None
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._fast_request is not None:  # a fast file is still streaming: wait for it
+            assert self._fast_pending is not None
+            self._fast_pending.append(data)
+            transport: Any = self.transport
+            transport.pauseProducing()
+            return
+        if (
+            (data[:4] == b"GET " or data[:5] == b"HEAD ")
+            and data[-4:] == b"\r\n\r\n"
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and self._idle()
+        ):
+            parsed = parse_request(data)
+            if parsed is not None:
+                answer = getattr(self.site, "devpid_fast", None)
+                if answer is not None:
+                    request = FastRequest(self, *parsed)
+                    self.resetTimeout()
+                    if answer(request):
+                        return
+        super().dataReceived(data)
+
+    def send_now(self, data: bytes) -> None:
+        """Write ``data``: straight to the socket when nothing is queued, else queued."""
+        transport: Any = self.transport
+        if (
+            isinstance(transport, tcp.Connection)
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and transport.connected
+            and not transport.disconnecting
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:  # EAGAIN or worse: the transport finds out and copes
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def fast_started(self, request: FastRequest) -> None:
+        """A fast answer streams on (a file): hold later requests until it is done."""
+        self._fast_request = request
+        self._fast_pending = []
+
+    def fast_finished(self, request: FastRequest) -> None:
+        log_request(self.site, request)
+        if self._fast_request is not request:
+            return
+        self._fast_request = None
+        pending, self._fast_pending = self._fast_pending or [], None
+        transport: Any = self.transport
+        transport.resumeProducing()
+        if pending:
+            self.dataReceived(b"".join(pending))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._fast_request is not None:
+            self._fast_request = None
+            producer, self._requestProducer = self._requestProducer, None
+            if producer is not None:
+                producer.stopProducing()
+        super().connectionLost(reason)
+
+
+def log_request(site: Any, request: Any) -> None:
+    log = getattr(site, "log", None)
+    if log is not None:
+        log(request)
+
+
+def make_fast_answer(server: Any, fast_paths: tuple[FastPath, ...],
+                     prepare: Callable[[Any, list[bytes]], list[bytes] | HTTPError]
+                     ) -> Callable[[FastRequest], bool]:
+    """The site's ``devpid_fast``: True when one of ``fast_paths`` answered ``request``."""
+    from devpid.web.files import _ProducerResource
+
+    def answer(request: FastRequest) -> bool:
+        path = request.uri
+        if b"?" in path or b"#" in path or not path.startswith(b"/"):
+            return False
+        decoded = prepare(request, [unquote(s) for s in path[1:].split(b"/")])
+        if isinstance(decoded, HTTPError):
+            return False
+        channel = request.channel
+        for fast_path in fast_paths:
+            result = fast_path(server, request, decoded)
+            if result is None:
+                continue
+            if isinstance(result, _ProducerResource):
+                result = result.render(request)
+            if result == NOT_DONE_YET:
+                if not request.finished:  # (a file sent at once has finished already)
+                    channel.fast_started(request)
+                return True
+            if not isinstance(result, bytes):
+                return False  # pragma: no cover (fast paths give bytes or a producer)
+            if request.code in _NO_BODY_CODES:
+                data = request.head(None)
+            else:
+                data = request.head(len(result))
+                if request.method != b"HEAD":
+                    data += result
+                    request.sentLength = len(result)
+            channel.send_now(data)
+            request.finished = True
+            log_request(channel.site, request)
+            return True
+        return False
+
+    return answer

@@ -1,0 +1,204 @@
+"""The fast front door (devpid/web/fastchannel.py) against a real daemon over raw sockets:
+its answers match twisted.web's, and anything unusual on the wire still gets a right answer
+in the right order."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+import requests
+
+from tests.conftest import Devpid
+from tests.support.pkgbuild import make_wheel
+from tests.test_private_index import make_index, simple_json, upload_ok
+
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+
+def read_response(sock: socket.socket, buf: bytearray, *, head: bool = False) -> Response:
+    """One HTTP/1.1 response off ``sock`` (Content-Length or chunked), leftovers in buf."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {bytes(buf)[:300]!r}"
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+
+    def need(n: int) -> bytes:
+        while len(buf) < n:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "connection closed mid-body"
+            buf.extend(chunk)
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    if head or status in (204, 304):
+        return Response(status, headers, b"")
+    if "content-length" in headers:
+        return Response(status, headers, need(int(headers["content-length"])))
+    assert headers.get("transfer-encoding") == "chunked", headers
+    body = b""
+    while True:
+        while b"\r\n" not in buf:
+            buf += sock.recv(65536)
+        line_end = buf.index(b"\r\n")
+        size = int(bytes(buf[:line_end]), 16)
+        del buf[: line_end + 2]
+        body += need(size + 2)[:-2]
+        if size == 0:
+            return Response(status, headers, body)
+
+
+def get(path: str, host: str, *, extra: str = "", version: str = "HTTP/1.1",
+        method: str = "GET") -> bytes:
+    return (f"{method} {path} {version}\r\nHost: {host}\r\nAccept: {SIMPLE_JSON}\r\n"
+            f"{extra}\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def published(devpid_server: Devpid, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An index with a small and a 6 MB wheel (more than a socket buffer holds), and their
+    page and file paths."""
+    from tests.test_private_index import make_user
+
+    tmp = tmp_path_factory.mktemp("fastchannel")
+    auth = make_user(devpid_server)
+    stage = make_index(devpid_server, auth, "fast")
+    small = make_wheel(tmp, "fast-pkg", "1.0")
+    big = make_wheel(tmp, "fast-pkg", "2.0", extra_bytes=6_000_000)
+    for wheel, version in ((small, "1.0"), (big, "2.0")):
+        upload_ok(devpid_server, auth, stage, wheel, "fast-pkg", version)
+    page = f"/{stage}/+simple/fast-pkg/"
+    files = {f["filename"]: urlsplit(urljoin(devpid_server.url + page, f["url"])).path
+             for f in simple_json(devpid_server, stage, "fast-pkg")["files"]}
+    return {"page": page, "small": (files[small.name], small.read_bytes()),
+            "big": (files[big.name], big.read_bytes()), "auth": auth, "stage": stage}
+
+
+def connect(server: Devpid, *, small_window: bool = False) -> socket.socket:
+    """A client socket; with ``small_window`` the server cannot send a big file at once,
+    so the file streams on while later requests arrive."""
+    sock = socket.socket()
+    if small_window:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def test_fast_answers_match_twisted_web(devpid_server: Devpid, published: dict[str, Any]) -> None:
+    host = f"127.0.0.1:{devpid_server.port}"
+    with connect(devpid_server) as sock:
+        buf = bytearray()
+        sock.sendall(get(published["page"], host))  # warm the page cache
+        read_response(sock, buf)
+        sock.sendall(get(published["page"], host))
+        fast = read_response(sock, buf)
+    with connect(devpid_server) as sock:  # HTTP/1.0 always takes twisted.web's way
+        buf = bytearray()
+        sock.sendall(get(published["page"], host, version="HTTP/1.0"))
+        slow = read_response(sock, buf)
+    assert fast.status == slow.status == 200
+    assert fast.body == slow.body and fast.headers["content-length"] == str(len(fast.body))
+    for name in ("content-type", "etag", "vary", "cache-control", "x-devpi-serial",
+                 "x-devpi-uuid", "x-devpi-api-version", "x-devpi-server-version"):
+        assert fast.headers[name] == slow.headers[name], name
+    assert "date" in fast.headers and "server" in fast.headers
+
+
+def test_head_conditional_and_range(devpid_server: Devpid, published: dict[str, Any]) -> None:
+    host = f"127.0.0.1:{devpid_server.port}"
+    path, data = published["small"]
+    with connect(devpid_server) as sock:
+        buf = bytearray()
+        sock.sendall(get(path, host, method="HEAD"))
+        head = read_response(sock, buf, head=True)
+        assert head.status == 200 and head.headers["content-length"] == str(len(data))
+        sock.sendall(get(path, host))
+        full = read_response(sock, buf)
+        assert full.body == data
+        sock.sendall(get(path, host, extra=f"If-None-Match: {full.headers['etag']}\r\n"))
+        assert read_response(sock, buf).status == 304
+        sock.sendall(get(path, host, extra="Range: bytes=2-9\r\n"))
+        part = read_response(sock, buf)
+        assert (part.status, part.body) == (206, data[2:10])
+        sock.sendall(get(published["page"], host, method="HEAD"))
+        page_head = read_response(sock, buf, head=True)
+        assert int(page_head.headers["content-length"]) > 0
+        sock.sendall(get(published["page"], host))  # the connection is still in step
+        assert read_response(sock, buf).status == 200
+        assert buf == b""
+
+
+def test_pipelined_and_split_requests_keep_their_order(devpid_server: Devpid,
+                                                       published: dict[str, Any]) -> None:
+    host = f"127.0.0.1:{devpid_server.port}"
+    big_path, big = published["big"]
+    small_path, small = published["small"]
+    with connect(devpid_server, small_window=True) as sock:
+        buf = bytearray()
+        # three requests in one write: twisted.web's pipelining, answered in order
+        sock.sendall(get(small_path, host) + get(big_path, host) + get(published["page"], host))
+        assert read_response(sock, buf).body == small
+        assert read_response(sock, buf).body == big
+        assert read_response(sock, buf).headers["content-type"] == SIMPLE_JSON
+        # a big file streams (the client reads nothing yet) while the next request arrives
+        sock.sendall(get(big_path, host))
+        time.sleep(0.2)
+        sock.sendall(get(small_path, host))
+        assert hashlib.sha256(read_response(sock, buf).body).digest() == \
+            hashlib.sha256(big).digest()
+        assert read_response(sock, buf).body == small
+        # a request split across two segments
+        request = get(small_path, host)
+        sock.sendall(request[:20])
+        time.sleep(0.05)
+        sock.sendall(request[20:])
+        assert read_response(sock, buf).body == small
+        assert buf == b""
+
+
+def test_close_and_disconnects(devpid_server: Devpid, published: dict[str, Any]) -> None:
+    host = f"127.0.0.1:{devpid_server.port}"
+    small_path, small = published["small"]
+    big_path, big = published["big"]
+    with connect(devpid_server) as sock:
+        buf = bytearray()
+        sock.sendall(get(small_path, host, extra="Connection: close\r\n"))
+        assert read_response(sock, buf).body == small
+        assert sock.recv(10) == b""  # and the server closed it
+    for _ in range(5):  # clients that leave in the middle of a big file
+        with connect(devpid_server, small_window=True) as sock:
+            sock.sendall(get(big_path, host))
+            sock.recv(1000)
+    assert requests.get(devpid_server.url + big_path, timeout=30).content == big
+
+
+def test_fast_requests_are_logged(devpid_server: Devpid, published: dict[str, Any],
+                                  tmp_path: Path) -> None:
+    small_path, _ = published["small"]
+    marker = f"{small_path}"
+    requests.get(devpid_server.url + small_path, timeout=30)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in devpid_server.log().splitlines()
+                 if "[devpid.access#info]" in line and marker in line and " 200 " in line]
+        if lines:
+            break
+        time.sleep(0.2)
+    assert lines, devpid_server.log()[-1500:]
