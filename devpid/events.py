@@ -4,8 +4,10 @@ Each hook has its own cursor (the last serial it finished), persisted atomically
 ``SERVERDIR/.event-serial``, so a slow or failing hook never delays another hook or any request.
 A hook that raises is retried with exponential backoff up to ``MAX_ATTEMPTS`` times for that
 serial, then the serial is logged and skipped for that hook (one poisoned serial must not stop
-a hook forever). Delivery is at-least-once across crashes: a kill between a hook finishing
-and the cursor being written repeats that one serial after the restart.
+a hook forever). Cursors are written at most every ``SAVE_DELAY`` seconds (and on stop), not
+once per serial and hook: an fsync per upload on the reactor thread cost more than the upload.
+Delivery is at-least-once across crashes: a kill repeats the serials finished since the last
+write (at most ``SAVE_DELAY`` seconds' worth) after the restart.
 
 Hooks are objects with ``async def on_serial(self, serial, changes)``, found through the
 ``devpid.hooks`` entry point group (each entry point names a factory called with the server,
@@ -37,6 +39,7 @@ MAX_ATTEMPTS = 5
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 HOOK_TIMEOUT = 120.0  # a hook call taking longer counts as a failure
+SAVE_DELAY = 0.5  # seconds between cursor writes while hooks make progress
 ENTRY_POINT_GROUP = "devpid.hooks"
 
 
@@ -60,6 +63,7 @@ class EventService(service.Service):
         self.runners = {name: _HookRunner(self, name, hook) for name, hook in hooks.items()}
         self.saves = 0
         self._wake_call: Any = None
+        self._save_call: Any = None
         store.add_commit_listener(self._committed)
 
     # -- persisted cursors ----------------------------------------------------------------
@@ -89,6 +93,18 @@ class EventService(service.Service):
             os.fsync(f.fileno())
         os.replace(tmp, self.statefile)
         self.saves += 1
+
+    def save_soon(self) -> None:
+        """Write the cursors within ``SAVE_DELAY`` seconds (one write for many serials)."""
+        if self._save_call is None or not self._save_call.active():
+            self._save_call = self.clock.callLater(SAVE_DELAY, self._save_due)
+
+    def _save_due(self) -> None:
+        try:
+            self.save()
+        except Exception:
+            log.failure("could not write {file}; retrying", file=self.statefile)
+            self.save_soon()
 
     @property
     def event_serial(self) -> int:
@@ -120,6 +136,12 @@ class EventService(service.Service):
         super().stopService()
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+            try:
+                self.save()
+            except Exception:
+                log.failure("could not write {file} on stop", file=self.statefile)
         return defer.gatherResults([r.stop() for r in self.runners.values()]).addCallback(
             lambda _: None
         )
@@ -183,7 +205,7 @@ class _HookRunner:
                 changes = store.changelog(serial)
                 await self._deliver(serial, changes if changes is not None else {})
                 self.done = serial
-                self.events.save()
+                self.events.save_soon()
                 backoff = BACKOFF_START
             except CancelledError:
                 if not self._running:

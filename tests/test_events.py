@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from devpid.events import MAX_ATTEMPTS, EventService, WebhookHook
+from devpid.events import MAX_ATTEMPTS, SAVE_DELAY, EventService, WebhookHook
 from devpid.store import open_store
 from devpid.store.sqlite import SQLiteStore
 from tests.conftest import Devpid, client_env, run, tool
@@ -86,6 +86,7 @@ def test_hook_failing_every_third_serial_still_reaches_the_head(
     assert all(flaky.attempts[s] == MAX_ATTEMPTS for s in (3, 6, 9))
     assert svc.runners["flaky"].skipped == [3, 6, 9]
     assert good.seen == list(range(1, 11))  # still exactly once each
+    clock.advance(SAVE_DELAY)  # cursors are written at most every SAVE_DELAY seconds
     state = json.loads((tmp_path / ".event-serial").read_text())
     assert state == {"serial": 10, "hooks": {"flaky": 10, "good": 10}}
     svc.stopService()
