@@ -358,8 +358,10 @@ def uv_install(ctx: Ctx, simple_url: str) -> tuple[float | None, str]:
 
 
 def measure_installers(ctx: Ctx, server: str, simple_url: str, tool: str) -> None:
+    """One cold run, then ``--warm-runs`` warm ones (each a sample: a warm run is mostly the
+    client's own start-up, so single samples are noisy)."""
     fn = pip_download if tool == "pip" else uv_install
-    for phase in ("cold", "warm"):
+    for phase in ("cold", *["warm"] * ctx.args.warm_runs):
         secs, err = fn(ctx, simple_url)
         if secs is None:
             ctx.res.note(f"{tool}_{phase}", server, err)
@@ -536,11 +538,12 @@ def behind_nginx(ctx: Ctx, srv: IndexServer, rnd: int, urls: dict[str, str]) -> 
                 raise RuntimeError("X-Accel-Redirect reached the client")
             measure_files(ctx, name, via)
         with guarded(ctx, "pip_warm", name):
-            secs, err = pip_download(ctx, f"{ng.base}/root/pypi/+simple/")
-            if secs is None:
-                ctx.res.note("pip_warm", name, err)
-            else:
-                ctx.res.add("pip_warm", name, secs)
+            for _ in range(ctx.args.warm_runs):
+                secs, err = pip_download(ctx, f"{ng.base}/root/pypi/+simple/")
+                if secs is None:
+                    ctx.res.note("pip_warm", name, err)
+                else:
+                    ctx.res.add("pip_warm", name, secs)
     finally:
         ng.stop()
 
@@ -770,6 +773,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=BENCH / "RESULTS.md",
         help="markdown summary (default bench/RESULTS.md; '-' for none)",
     )
+    p.add_argument("--warm-runs", type=int, default=3,
+                   help="warm pip/uv runs per server and round, each one sample (default 3)")
     p.add_argument("--no-devpi", action="store_true", help="skip devpi-server")
     p.add_argument("--devpid-workers", type=int, default=1,
                    help="devpid's --workers (default 1: one process, like the others)")
