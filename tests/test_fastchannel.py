@@ -171,6 +171,13 @@ def test_pipelined_and_split_requests_keep_their_order(devpid_server: Devpid,
         sock.sendall(request[20:])
         assert read_response(sock, buf).body == small
         assert buf == b""
+    with connect(devpid_server) as sock:  # headers beyond twisted.web's limit: refused
+        sock.sendall(get(small_path, host, extra="X-Big: " + "a" * 20000 + "\r\n"))
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200"), answer
 
 
 def test_close_and_disconnects(devpid_server: Devpid, published: dict[str, Any]) -> None:

@@ -171,7 +171,8 @@ class FastHTTPChannel(http.HTTPChannel):
             transport.pauseProducing()
             return
         if (
-            (data[:4] == b"GET " or data[:5] == b"HEAD ")
+            len(data) <= self.totalHeadersSize
+            and (data[:4] == b"GET " or data[:5] == b"HEAD ")
             and data[-4:] == b"\r\n\r\n"
             and data.find(b"\r\n\r\n") == len(data) - 4
             and self._idle()
