@@ -210,12 +210,16 @@ class FastHTTPChannel(http.HTTPChannel):
         """A fast answer streams on (a file): hold later requests until it is done."""
         self._fast_request = request
         self._fast_pending = []
+        # Like twisted.web while it handles a request: no idle timeout mid-response.
+        self._savedTimeOut = self.setTimeout(None)
 
     def fast_finished(self, request: FastRequest) -> None:
         log_request(self.site, request)
         if self._fast_request is not request:
             return
         self._fast_request = None
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
         pending, self._fast_pending = self._fast_pending or [], None
         transport: Any = self.transport
         transport.resumeProducing()
