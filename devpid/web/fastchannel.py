@@ -12,6 +12,7 @@ framing), goes to twisted.web untouched, so the two can never disagree on what w
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,28 @@ class FastRequest:
         return b"".join(parts)
 
     # -- what a producer (FileSender) needs -----------------------------------------------
+    def send_head(self) -> bool:
+        """Put status line and headers into an empty socket now, corked (``MSG_MORE``) so
+        they leave in one segment with the body's start; False if that cannot be done."""
+        transport: Any = self.channel.transport
+        if (
+            self.startedWriting
+            or self.method == b"HEAD"
+            or not isinstance(transport, tcp.Connection)
+            or transport.dataBuffer
+            or transport._tempDataBuffer
+        ):
+            return False
+        head = self.head(None)
+        try:
+            sent = transport.socket.send(head, socket.MSG_MORE)
+        except OSError:
+            return False
+        self.startedWriting = True
+        if sent < len(head):
+            transport.write(head[sent:])
+        return True
+
     def write(self, data: bytes) -> None:
         if self.method == b"HEAD":
             data = b""

@@ -13,7 +13,6 @@ import os
 import posixpath
 import zipfile
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import tcp
@@ -78,33 +77,36 @@ def serve_blob(
             return b""
         if not request.requestHeaders.hasHeader(b"range"):
             return data
-    path = server.blobs.path(sha256)
     try:
-        stat = path.stat()
+        # One open, then fstat: what is sent is what was measured, even if renamed meanwhile.
+        f: Any = open(server.blobs.path(sha256), "rb")  # noqa: SIM115 (closed below or by the producer)
     except FileNotFoundError:
         raise not_found("no such file") from None
-    last_modified = _http_date(mtime or stat.st_mtime)
-    _file_headers(request, filename, etag)
-    request.setHeader(b"Last-Modified", last_modified)
-    request.setHeader(b"Accept-Ranges", b"bytes")
-    if _not_modified(request, etag):
-        return b""
-    size = stat.st_size
-    if request.method == b"HEAD":
-        request.setHeader(b"Content-Length", str(size).encode())
-        return b""
-    if size <= SMALL_FILE and not request.requestHeaders.hasHeader(b"range"):
-        # Metadata files and small wheels: one read, sent with the headers, no producer.
-        try:
-            with open(path, "rb") as f:
-                data = f.read(SMALL_FILE + 1)
-        except FileNotFoundError:
-            raise not_found("no such file") from None
-        if len(data) == size:
-            if not mtime:
-                small_blobs.put(sha256, data, last_modified)
-            return data
-    return _ProducerResource(path, size)
+    try:
+        stat = os.fstat(f.fileno())
+        last_modified = _http_date(mtime or stat.st_mtime)
+        _file_headers(request, filename, etag)
+        request.setHeader(b"Last-Modified", last_modified)
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        size = stat.st_size
+        if _not_modified(request, etag):
+            return b""
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Length", str(size).encode())
+            return b""
+        if size <= SMALL_FILE and not request.requestHeaders.hasHeader(b"range"):
+            # Metadata files and small wheels: one read, sent with the headers, no producer.
+            data = f.read(SMALL_FILE + 1)
+            if len(data) == size:
+                if not mtime:
+                    small_blobs.put(sha256, data, last_modified)
+                return data
+            f.seek(0)
+        resource, f = _ProducerResource(f, size), None
+        return resource
+    finally:
+        if f is not None:
+            f.close()
 
 
 class SmallBlobCache:
@@ -228,6 +230,9 @@ class FileSender:
                         self._finish()
                         return
                 first = not self.request.startedWriting
+                send_head = getattr(self.request, "send_head", None) if first else None
+                if send_head is not None and send_head():
+                    continue  # headers are in the socket, corked: the body follows by sendfile
                 size = min(self.FIRST_CHUNK if first else self.CHUNK, self.remaining)
                 data = os.pread(self.file.fileno(), size, self.offset)
                 if not data:  # the file shrank under us: end the response short
@@ -274,14 +279,14 @@ class _ProducerResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, f: Any, size: int) -> None:
         super().__init__()
-        self.path = path
+        self.file = f  # open; the producer closes it
         self.size = size
 
     def render(self, request: Any) -> Any:
         size = self.size
-        f = open(self.path, "rb")  # noqa: SIM115 (closed by the producer)
+        f = self.file
         rng = _parse_range(header(request, b"range"), size)
         if rng is None:
             request.setHeader(b"Content-Length", str(size).encode())
