@@ -463,19 +463,24 @@ def test_nginx_config_test(tmp_path: Path) -> None:
     assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr, result.stderr
 
 
-def test_nginx_in_front_of_backend(tmp_path: Path, backend: Backend) -> None:
+def _nginx_with_blob(tmp_path: Path, backend: Backend, **opts: object) -> tuple[RunningNginx, int]:
+    """nginx with the generated site in front of the stand-in backend, its blob on disk."""
     require_nginx()
-    serverdir = tmp_path / "srv"
     h = backend.blob_hash
-    blob = serverdir / "+blobs" / h[0:2] / h[2:4] / h
+    blob = tmp_path / "srv" / "+blobs" / h[0:2] / h[2:4] / h
     blob.parent.mkdir(parents=True)
     blob.write_bytes(b"release file")
-
     nginx_port = free_port()
-    opts = _options(tmp_path, serverdir=serverdir, port=backend.port, nginx_port=nginx_port)
-    write(opts, tmp_path / "out")
+    write(_options(tmp_path, serverdir=tmp_path / "srv", port=backend.port,
+                   nginx_port=nginx_port, **opts), tmp_path / "out")
     running = start_nginx(tmp_path / "nginx", tmp_path / "out" / "devpid-nginx.conf",
                           nginx_port)
+    return running, nginx_port
+
+
+def test_nginx_in_front_of_backend(tmp_path: Path, backend: Backend) -> None:
+    running, nginx_port = _nginx_with_blob(tmp_path, backend)
+    h = backend.blob_hash
     try:
         # A release file: body from disk, devpid's headers kept; a client's own
         # X-Devpid-Accel is replaced by nginx's.
@@ -522,18 +527,8 @@ def test_nginx_in_front_of_backend(tmp_path: Path, backend: Backend) -> None:
 def test_nginx_sends_checked_files_itself(tmp_path: Path, backend: Backend) -> None:
     """/USER/INDEX/+f/...: one cheap check answer from devpid, reused for the page-cache
     seconds, then nginx sends the blob like a static file; the rest goes to devpid whole."""
-    require_nginx()
-    serverdir = tmp_path / "srv"
+    running, nginx_port = _nginx_with_blob(tmp_path, backend, page_cache_seconds=60)
     h = backend.blob_hash
-    blob = serverdir / "+blobs" / h[0:2] / h[2:4] / h
-    blob.parent.mkdir(parents=True)
-    blob.write_bytes(b"release file")
-    nginx_port = free_port()
-    opts = _options(tmp_path, serverdir=serverdir, port=backend.port, nginx_port=nginx_port,
-                    page_cache_seconds=60)
-    write(opts, tmp_path / "out")
-    running = start_nginx(tmp_path / "nginx", tmp_path / "out" / "devpid-nginx.conf",
-                          nginx_port)
     url = f"/u/i/+f/{h[:3]}/{h[3:16]}/pkg-1.0.tar.gz"
     try:
         for _ in range(3):  # a client cannot pose as nginx's check
