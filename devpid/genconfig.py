@@ -66,7 +66,9 @@ class GenConfigOptions:
     page_cache_seconds: int = 1
     # Reactor processes sharing the socket: measured ~1.8x the cached-page rate with 2 on a
     # 2-core machine (README "Speed"); one per core, at most 4.
-    workers: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)))
+    # One process: measured on two cores, a second one lifts cached pages by ~35% but not
+    # files or uploads, and doubles memory (bench/RESULTS-workers2.md). --workers N opts in.
+    workers: int = 1
     cache_dir: Path = Path("/var/cache/nginx/devpid")
 
     def effective_outside_url(self) -> str:
@@ -336,8 +338,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=str(d.cache_dir),
                         help=f"nginx cache directory for pages (default {d.cache_dir})")
     parser.add_argument("--workers", type=int, default=d.workers,
-                        help=f"devpid processes sharing the port (default {d.workers}: "
-                        "one per core, at most 4)")
+                        help=f"devpid processes sharing the port (default {d.workers}; more "
+                        "help only page-heavy loads, see README)")
     parser.add_argument("--output", default="gen-config",
                         help="directory to write the files to (default ./gen-config)")
 
