@@ -103,13 +103,14 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
 
 def _stored_paths(server: Any) -> dict[str, tuple[str, str]]:
     """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
-    (an upload, a delete, a mirror file cached), in this process or another (--workers)."""
+    (an upload, a delete, a mirror file cached) or an index config, in this process or another
+    (--workers)."""
     known: dict[str, tuple[str, str]] | None = server.components.get("stored_paths")
     if known is None:
         known = server.components["stored_paths"] = {}
 
         def listener(serial: int, changes: dict[str, Any]) -> None:
-            if any(key.startswith("file/") for key in changes):
+            if any(key.startswith(("file/", "index/")) for key in changes):
                 known.clear()
 
         server.store.add_commit_listener(listener)

@@ -157,8 +157,9 @@ class FileSender:
 
     twisted.web's static producers are pull producers, which HTTP/1.1 drives through a
     Cooperator on timers; this one writes until the transport says "pause" and resumes when
-    its buffer drains. The first chunk goes out with the headers the ordinary way; after that,
-    on a plain TCP connection, the body goes out with ``os.sendfile`` (no copy through
+    its buffer drains. The headers go first: corked in the socket (``send_head``, the fast
+    front door's requests) or with a first chunk the ordinary way (twisted.web's); after
+    that, on a plain TCP connection, the body goes out with ``os.sendfile`` (no copy through
     Python). When the socket is full it asks the transport to call it back once the socket is
     writable again, instead of queueing bytes in Twisted's buffer.
     """
