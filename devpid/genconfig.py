@@ -64,8 +64,6 @@ class GenConfigOptions:
     bindir: Path = field(default_factory=_default_bindir)
     nginx_address: str | None = None  # listen on all addresses unless given
     page_cache_seconds: int = 1
-    # Reactor processes sharing the socket: measured ~1.8x the cached-page rate with 2 on a
-    # 2-core machine (README "Speed"); one per core, at most 4.
     # One process: measured on two cores, a second one lifts cached pages by ~35% but not
     # files or uploads, and doubles memory (bench/RESULTS-workers2.md). --workers N opts in.
     workers: int = 1
