@@ -131,6 +131,26 @@ def test_hooks_resume_after_restart_and_new_hooks_start_at_the_head(
     svc2.stopService()
 
 
+def test_cursors_are_written_once_per_save_delay_not_per_serial(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """100 serials through two hooks: a handful of state-file writes, not 200 fsyncs."""
+    clock = Clock()
+    svc = EventService(store, tmp_path, clock, {"a": Recorder(), "b": Recorder()})
+    svc.startService()
+    commit(store, 100)
+    drive(clock, lambda: svc.event_serial == store.serial)
+    assert svc.saves == 1  # the start-up write only: nothing yet until SAVE_DELAY passes
+    clock.advance(SAVE_DELAY)
+    assert svc.saves == 2
+    state = json.loads((tmp_path / ".event-serial").read_text())
+    assert state == {"serial": 100, "hooks": {"a": 100, "b": 100}}
+    commit(store, 1)
+    clock.advance(0)
+    svc.stopService()  # stopping writes what is pending at once
+    assert json.loads((tmp_path / ".event-serial").read_text())["serial"] == 101
+
+
 def test_event_loop_survives_errors_outside_the_hook(store: SQLiteStore, tmp_path: Path) -> None:
     """An injected failure writing the state file is logged and retried; the loop lives on."""
     clock = Clock()

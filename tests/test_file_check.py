@@ -62,3 +62,17 @@ def test_file_check_names_the_blob_or_nothing(devpid_server: Devpid, alice: tupl
     assert "X-Devpid-Blob" not in _check(url).headers
     gone = requests.get(url, timeout=30)
     assert gone.status_code in (404, 410) and gone.json()["message"]
+
+
+def test_small_blob_cache_stays_within_its_bound() -> None:
+    from devpid.web.files import SmallBlobCache
+
+    cache = SmallBlobCache(max_bytes=1000)
+    for i in range(50):
+        cache.put(f"{i:064x}", bytes(300), b"date")
+        assert cache.size <= 1000
+        assert cache.size == sum(len(data) for data, _ in cache.entries.values())
+    assert cache.get(f"{49:064x}") == (bytes(300), b"date")  # the newest stay
+    assert cache.get(f"{0:064x}") is None  # the oldest went
+    cache.put("f" * 64, bytes(2000), b"date")  # bigger than the whole cache: not kept
+    assert cache.get("f" * 64) is None
