@@ -101,18 +101,28 @@ def connect(server: Devpid, *, small_window: bool = False) -> socket.socket:
     return sock
 
 
+def fast_count(server: Devpid) -> int:
+    """Answers the fast front door gave (``/+status``; the session daemon is one process)."""
+    count: int = requests.get(f"{server.url}/+status", headers={"Accept": "application/json"},
+                              timeout=30).json()["result"]["fast-requests"]
+    return count
+
+
 def test_fast_answers_match_twisted_web(devpid_server: Devpid, published: dict[str, Any]) -> None:
     host = f"127.0.0.1:{devpid_server.port}"
     with connect(devpid_server) as sock:
         buf = bytearray()
         sock.sendall(get(published["page"], host))  # warm the page cache
         read_response(sock, buf)
+        before = fast_count(devpid_server)
         sock.sendall(get(published["page"], host))
         fast = read_response(sock, buf)
+        assert fast_count(devpid_server) == before + 1  # this one took the fast way
     with connect(devpid_server) as sock:  # HTTP/1.0 always takes twisted.web's way
         buf = bytearray()
         sock.sendall(get(published["page"], host, version="HTTP/1.0"))
         slow = read_response(sock, buf)
+    assert fast_count(devpid_server) == before + 1
     assert fast.status == slow.status == 200
     assert fast.body == slow.body and fast.headers["content-length"] == str(len(fast.body))
     for name in ("content-type", "etag", "vary", "cache-control", "x-devpi-serial",
@@ -196,16 +206,44 @@ def test_close_and_disconnects(devpid_server: Devpid, published: dict[str, Any])
     assert requests.get(devpid_server.url + big_path, timeout=30).content == big
 
 
-def test_fast_requests_are_logged(devpid_server: Devpid, published: dict[str, Any],
-                                  tmp_path: Path) -> None:
+def test_fast_requests_are_logged(devpid_server: Devpid, published: dict[str, Any]) -> None:
     small_path, _ = published["small"]
-    marker = f"{small_path}"
+    before = fast_count(devpid_server)
+    requests.get(devpid_server.url + small_path + "?x=1", timeout=30)  # the slow way
     requests.get(devpid_server.url + small_path, timeout=30)
+    assert fast_count(devpid_server) == before + 1
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    lines: list[str] = []
+    while time.monotonic() < deadline and len(lines) < 2:
         lines = [line for line in devpid_server.log().splitlines()
-                 if "[devpid.access#info]" in line and marker in line and " 200 " in line]
-        if lines:
-            break
+                 if "[devpid.access#info]" in line and small_path in line and " 200 " in line]
         time.sleep(0.2)
-    assert lines, devpid_server.log()[-1500:]
+    assert len(lines) >= 2, devpid_server.log()[-1500:]
+
+
+def test_a_storage_fault_is_a_json_error_not_a_dropped_connection(
+        devpid_server: Devpid, tmp_path: Path) -> None:
+    """A blob that cannot be read (here: a directory where the file should be) makes the
+    fast path fail; the request falls back to the full route and gets its JSON 500, and the
+    file is served again once the blob is back."""
+    from tests.test_private_index import make_user
+
+    auth = make_user(devpid_server)
+    stage = make_index(devpid_server, auth, "fault")
+    wheel = make_wheel(tmp_path, "fault-pkg", "1.0", extra_bytes=100_000)
+    upload_ok(devpid_server, auth, stage, wheel, "fault-pkg", "1.0")
+    entry = simple_json(devpid_server, stage, "fault-pkg")["files"][0]
+    url = urljoin(f"{devpid_server.url}/{stage}/+simple/fault-pkg/", entry["url"])
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    blob = devpid_server.serverdir / "+blobs" / sha[0:2] / sha[2:4] / sha
+    saved = tmp_path / "saved-blob"
+    blob.rename(saved)
+    blob.mkdir()
+    try:
+        broken = requests.get(url, timeout=30)
+        assert broken.status_code == 500, broken.text
+        assert broken.json()["message"]
+    finally:
+        blob.rmdir()
+        saved.rename(blob)
+    assert requests.get(url, timeout=30).content == wheel.read_bytes()

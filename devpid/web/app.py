@@ -382,7 +382,15 @@ class RootResource(Resource):
             return proxy.render(request)
         # -- end replication hook --
         for fast_path in self.fast_paths:
-            fast = fast_path(server, request, decoded)
+            try:
+                fast = fast_path(server, request, decoded)
+            except Exception:
+                if request.startedWriting:
+                    raise
+                # e.g. an unreadable blob: the full route explains it (a JSON error)
+                log.failure("fast path failed for {uri}", uri=request.uri)
+                request.unregisterProducer()
+                break
             if fast is not None:
                 return fast
         return self.klein.render(request)
@@ -411,15 +419,15 @@ class DevpidSite(twserver.Site):
 
 def make_site(server: DevpidServer) -> twserver.Site:
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
-    from devpid.web.fastchannel import FastHTTPChannel, make_fast_answer
+    from devpid.web.fastchannel import FastAnswer, FastHTTPChannel
 
     root = server.resource()
     site = DevpidSite(root, parsePOSTFormSubmission=False)
     site.protocol = FastHTTPChannel  # type: ignore[assignment]
     if isinstance(root, RootResource):
-        site.devpid_fast = make_fast_answer(  # type: ignore[attr-defined]
-            server, root.fast_paths, root.prepare
-        )
+        fast = FastAnswer(server, root.fast_paths, root.prepare)
+        site.devpid_fast = fast  # type: ignore[attr-defined]
+        server.status_providers.append(fast.status)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
     site.devpid_store = server.store  # type: ignore[attr-defined]

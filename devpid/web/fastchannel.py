@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import datetimeToString, unquote
@@ -32,6 +33,7 @@ FastPath = Callable[[Any, Any, list[bytes]], Any]
 # Headers whose presence sends a request to twisted.web: a body or a change of protocol.
 _SLOW_HEADERS = (b"transfer-encoding", b"expect", b"upgrade")
 _NO_BODY_CODES = (204, 304)
+log = Logger()
 _date: list[Any] = [0, b""]
 
 
@@ -203,12 +205,25 @@ class FastHTTPChannel(http.HTTPChannel):
             parsed = parse_request(data)
             if parsed is not None:
                 answer = getattr(self.site, "devpid_fast", None)
-                if answer is not None:
-                    request = FastRequest(self, *parsed)
-                    self.resetTimeout()
-                    if answer(request):
-                        return
+                if answer is not None and self._answer(answer, FastRequest(self, *parsed)):
+                    return
         super().dataReceived(data)
+
+    def _answer(self, answer: Callable[[FastRequest], bool], request: FastRequest) -> bool:
+        """Let the fast paths answer; an error before anything was sent falls back to
+        twisted.web (whose route answers with a JSON error), never a dropped connection."""
+        self.resetTimeout()
+        try:
+            return answer(request)
+        except Exception:
+            log.failure("fast path failed for {method} {uri}", method=request.method,
+                        uri=request.uri)
+            if not request.startedWriting and not request.finished and self._fast_request is None:
+                self.unregisterProducer()  # (a producer that failed before its first byte)
+                return False
+            transport: Any = self.transport
+            transport.abortConnection()  # half an answer went out: the client must not trust it
+            return True
 
     def send_now(self, data: bytes) -> None:
         """Write ``data``: straight to the socket when nothing is queued, else queued."""
@@ -264,32 +279,39 @@ def log_request(site: Any, request: Any) -> None:
         log(request)
 
 
-def make_fast_answer(server: Any, fast_paths: tuple[FastPath, ...],
-                     prepare: Callable[[Any, list[bytes]], list[bytes] | HTTPError]
-                     ) -> Callable[[FastRequest], bool]:
-    """The site's ``devpid_fast``: True when one of ``fast_paths`` answered ``request``."""
-    from devpid.web.files import _ProducerResource
+class FastAnswer:
+    """The site's ``devpid_fast``: True when one of ``fast_paths`` answered ``request``.
 
-    def answer(request: FastRequest) -> bool:
+    ``count`` (answers given) is reported in ``/+status`` as ``fast-requests``, per process.
+    """
+
+    def __init__(self, server: Any, fast_paths: tuple[FastPath, ...],
+                 prepare: Callable[[Any, list[bytes]], list[bytes] | HTTPError]) -> None:
+        self.server = server
+        self.fast_paths = fast_paths
+        self.prepare = prepare
+        self.count = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"fast-requests": self.count}
+
+    def __call__(self, request: FastRequest) -> bool:
         path = request.uri
         if b"?" in path or b"#" in path or not path.startswith(b"/"):
             return False
-        decoded = prepare(request, [unquote(s) for s in path[1:].split(b"/")])
+        decoded = self.prepare(request, [unquote(s) for s in path[1:].split(b"/")])
         if isinstance(decoded, HTTPError):
             return False
         channel = request.channel
-        for fast_path in fast_paths:
-            result = fast_path(server, request, decoded)
+        for fast_path in self.fast_paths:
+            result = fast_path(self.server, request, decoded)
             if result is None:
                 continue
-            if isinstance(result, _ProducerResource):
-                result = result.render(request)
+            self.count += 1
             if result == NOT_DONE_YET:
                 if not request.finished:  # (a file sent at once has finished already)
                     channel.fast_started(request)
                 return True
-            if not isinstance(result, bytes):
-                return False  # pragma: no cover (fast paths give bytes or a producer)
             if request.code in _NO_BODY_CODES:
                 data = request.head(None)
             else:
@@ -302,5 +324,3 @@ def make_fast_answer(server: Any, fast_paths: tuple[FastPath, ...],
             log_request(channel.site, request)
             return True
         return False
-
-    return answer
