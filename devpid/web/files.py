@@ -65,36 +65,31 @@ def serve_blob(
         request.setHeader(b"Content-Length", b"0")
         return b""
     small = None if mtime else small_blobs.get(sha256)
-    if small is not None:  # blobs never change: no need to look at the disk again
-        data, last_modified = small
+    # One open, then fstat: what is sent is what was measured, even if renamed meanwhile.
+    # A small blob seen before needs no disk at all (blobs never change).
+    f: Any = None if small is not None else _open_blob(server, sha256)
+    try:
+        if small is not None:
+            data, last_modified = small
+            size = len(data)
+        else:
+            stat = os.fstat(f.fileno())
+            data, size = None, stat.st_size
+            last_modified = _http_date(mtime or stat.st_mtime)
         _file_headers(request, filename, etag)
         request.setHeader(b"Last-Modified", last_modified)
         request.setHeader(b"Accept-Ranges", b"bytes")
-        if _not_modified(request, etag):
-            return b""
-        if request.method == b"HEAD":
-            request.setHeader(b"Content-Length", str(len(data)).encode())
-            return b""
-        if not request.requestHeaders.hasHeader(b"range"):
-            return data
-    try:
-        # One open, then fstat: what is sent is what was measured, even if renamed meanwhile.
-        f: Any = open(server.blobs.path(sha256), "rb")  # noqa: SIM115 (closed below or by the producer)
-    except FileNotFoundError:
-        raise not_found("no such file") from None
-    try:
-        stat = os.fstat(f.fileno())
-        last_modified = _http_date(mtime or stat.st_mtime)
-        _file_headers(request, filename, etag)
-        request.setHeader(b"Last-Modified", last_modified)
-        request.setHeader(b"Accept-Ranges", b"bytes")
-        size = stat.st_size
         if _not_modified(request, etag):
             return b""
         if request.method == b"HEAD":
             request.setHeader(b"Content-Length", str(size).encode())
             return b""
-        if size <= SMALL_FILE and not request.requestHeaders.hasHeader(b"range"):
+        ranged = request.requestHeaders.hasHeader(b"range")
+        if data is not None and not ranged:
+            return data
+        if f is None:  # a range of a cached small blob
+            f = _open_blob(server, sha256)
+        if size <= SMALL_FILE and not ranged:
             # Metadata files and small wheels: one read, sent with the headers, no producer.
             data = f.read(SMALL_FILE + 1)
             if len(data) == size:
@@ -107,6 +102,13 @@ def serve_blob(
     finally:
         if f is not None:
             f.close()
+
+
+def _open_blob(server: DevpidServer, sha256: str) -> Any:
+    try:
+        return open(server.blobs.path(sha256), "rb")  # the caller closes it
+    except FileNotFoundError:
+        raise not_found("no such file") from None
 
 
 class SmallBlobCache:
