@@ -64,6 +64,7 @@ class EventService(service.Service):
         self.saves = 0
         self._wake_call: Any = None
         self._save_call: Any = None
+        self._save_delay = SAVE_DELAY
         store.add_commit_listener(self._committed)
 
     # -- persisted cursors ----------------------------------------------------------------
@@ -97,14 +98,18 @@ class EventService(service.Service):
     def save_soon(self) -> None:
         """Write the cursors within ``SAVE_DELAY`` seconds (one write for many serials)."""
         if self._save_call is None or not self._save_call.active():
-            self._save_call = self.clock.callLater(SAVE_DELAY, self._save_due)
+            self._save_call = self.clock.callLater(self._save_delay, self._save_due)
 
     def _save_due(self) -> None:
         try:
             self.save()
         except Exception:
-            log.failure("could not write {file}; retrying", file=self.statefile)
+            self._save_delay = min(self._save_delay * 2, BACKOFF_MAX)  # a broken disk: log less
+            log.failure("could not write {file}; retrying in {delay} s", file=self.statefile,
+                        delay=self._save_delay)
             self.save_soon()
+        else:
+            self._save_delay = SAVE_DELAY
 
     @property
     def event_serial(self) -> int:
