@@ -222,9 +222,15 @@ def _listen(opts: GenConfigOptions) -> str:
     return f"{address}:{port}"
 
 
+def _check_cache_seconds(seconds: int) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+        raise ValueError(f"page_cache_seconds must be a whole number >= 0, got {seconds!r}")
+    return seconds
+
+
 def _file_check_cache(seconds: int) -> str:
     """nginx directives that let nginx reuse devpid's "send this blob" answers for files."""
-    if seconds == 0:
+    if _check_cache_seconds(seconds) == 0:
         return "# page cache off (--page-cache-seconds 0): every file request asks devpid"
     return "\n        ".join(
         [
@@ -239,8 +245,7 @@ def _file_check_cache(seconds: int) -> str:
 
 def _page_cache(seconds: int) -> str:
     """nginx directives for the simple-page micro-cache (``#`` comments when it is off)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
-        raise ValueError(f"page_cache_seconds must be a whole number >= 0, got {seconds!r}")
+    _check_cache_seconds(seconds)
     lines = [
         "proxy_cache devpid_pages;",
         f"proxy_cache_valid 200 301 302 {seconds}s;",
