@@ -50,7 +50,7 @@ def test_file_check_names_the_blob_or_nothing(devpid_server: Devpid, alice: tupl
         _check(url + "?x=1"),
         _check(urljoin(url, "other-1.0-py3-none-any.whl")),
         _check(f"{devpid_server.url}/nobody/nothing/+f/abc/def/x-1.0.tar.gz"),
-        _check(f"{devpid_server.url}/{stage}/+f/../../etc/passwd"),
+        _check(f"{devpid_server.url}/{stage}/+f/%2E%2E/%2E%2E/etc/passwd"),  # not normalised
     ):
         assert "X-Devpid-Blob" not in no_blob.headers
         assert no_blob.headers["X-Accel-Expires"] == "0"
