@@ -633,6 +633,35 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_times(stat: str | None = None) -> dict[str, int]:
+    """The machine's CPU time counters (jiffies) from the aggregate line of /proc/stat."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return {}
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    for line in stat.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            return dict(zip(names, values, strict=False))
+    return {}
+
+
+def steal_percent(before: dict[str, int], after: dict[str, int]) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two snapshots.
+
+    On a shared VM this swings from 0 to over 30% within minutes, and every server in the
+    run slows down with it; a run with much steal is a noisy run, whatever its medians say.
+    """
+    if not before or not after or "steal" not in after:
+        return None
+    total = sum(after.values()) - sum(before.values())
+    if total <= 0:
+        return None
+    return round(100.0 * (after["steal"] - before.get("steal", 0)) / total, 1)
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -670,6 +699,22 @@ def versions(devpi_version: str | None) -> dict[str, str | None]:
     return out
 
 
+STEAL_NOISY_PCT = 5.0
+
+
+def steal_lines(pct: float | None) -> list[str]:
+    """What the results page says about CPU steal during the run (nothing if unknown)."""
+    if pct is None:
+        return []
+    line = f"CPU steal during the run: {pct}% of all CPU time."
+    if pct >= STEAL_NOISY_PCT:
+        line += (
+            f" That is {STEAL_NOISY_PCT:.0f}% or more: other guests on this host took CPU"
+            " from the run, so treat its numbers as noisy and run it again later."
+        )
+    return [line, ""]
+
+
 def write_results_md(path: Path, meta: dict[str, Any], rows: list[list[str]], res: Results) -> None:
     m = meta["machine"]
     text = [
@@ -683,6 +728,7 @@ def write_results_md(path: Path, meta: dict[str, Any], rows: list[list[str]], re
         f"whole run {meta['elapsed_s']:.0f} s)  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         "",
+        *steal_lines(meta.get("cpu_steal_pct")),
         "Medians of the rounds, (min-max) when there was more than one. Ratios are of "
         "medians; for times and memory lower is better, so a ratio below 1 favours devpid. "
         "All traffic on 127.0.0.1; servers and load generator share the machine's CPUs.",
@@ -812,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.devpid_workers > 1:
         Devpid.extra_args = ["--workers", str(args.devpid_workers)]
     t_start = time.monotonic()
+    cpu_start = cpu_times()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     cache = BENCH / ".cache"
@@ -881,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "loadgen": "wrk" if use_wrk else "python-asyncio",
         "elapsed_s": time.monotonic() - t_start,
+        "cpu_steal_pct": steal_percent(cpu_start, cpu_times()),
     }
     summary = {
         m.key: {
@@ -910,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, per in res.notes.items():
         for s, v in per.items():
             print(f"note: {LABELS.get(s, s)} / {key}: {v}")
+    for line in steal_lines(meta["cpu_steal_pct"])[:1]:
+        log(line)
     log(
         f"done in {meta['elapsed_s']:.0f} s; JSON: {args.json}"
         + ("" if str(args.md) == "-" else f"; markdown: {args.md}")
