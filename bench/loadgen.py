@@ -147,6 +147,7 @@ class LoadResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     error: str = ""
+    steal_pct: float | None = None  # CPU steal while it ran (set by bench/run.py)
 
     @property
     def ok(self) -> bool:
@@ -176,6 +177,7 @@ class LoadResult:
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "error": self.error,
+            "steal_pct": self.steal_pct,
         }
 
 

@@ -259,7 +259,10 @@ def guarded(ctx: Ctx, key: str, server: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- measures
 def wrk(ctx: Ctx, url: str, headers: dict[str, str], conns: int) -> LoadResult:
-    return loadgen.load(url, headers, conns=conns, duration=ctx.args.duration, use_wrk=ctx.use_wrk)
+    before = cpu_times()
+    lr = loadgen.load(url, headers, conns=conns, duration=ctx.args.duration, use_wrk=ctx.use_wrk)
+    lr.steal_pct = steal_percent(before, cpu_times())
+    return lr
 
 
 def measure_pages(ctx: Ctx, server: str, page_url: str) -> None:
@@ -702,8 +705,12 @@ def versions(devpi_version: str | None) -> dict[str, str | None]:
 STEAL_NOISY_PCT = 5.0
 
 
-def steal_lines(pct: float | None) -> list[str]:
-    """What the results page says about CPU steal during the run (nothing if unknown)."""
+def steal_lines(pct: float | None, raw: list[dict[str, Any]] | None = None) -> list[str]:
+    """What the results page says about CPU steal during the run (nothing if unknown).
+
+    With the raw samples it also names the load measurements that ran under high steal,
+    since a burst of a few seconds can spoil one number and leave the run's total low.
+    """
     if pct is None:
         return []
     line = f"CPU steal during the run: {pct}% of all CPU time."
@@ -711,6 +718,18 @@ def steal_lines(pct: float | None) -> list[str]:
         line += (
             f" That is {STEAL_NOISY_PCT:.0f}% or more: other guests on this host took CPU"
             " from the run, so treat its numbers as noisy and run it again later."
+        )
+    hit = [
+        (r["load"]["steal_pct"], f"{LABELS.get(r['server'], r['server'])} {r['measure']}")
+        for r in raw or []
+        if isinstance(r.get("load"), dict)
+        and (r["load"].get("steal_pct") or 0) >= STEAL_NOISY_PCT
+    ]
+    if hit:
+        worst = ", ".join(f"{name} ({p}%)" for p, name in sorted(hit, reverse=True)[:5])
+        line += (
+            f" Load samples with {STEAL_NOISY_PCT:.0f}% steal or more: {len(hit)};"
+            f" worst: {worst}."
         )
     return [line, ""]
 
@@ -728,7 +747,7 @@ def write_results_md(path: Path, meta: dict[str, Any], rows: list[list[str]], re
         f"whole run {meta['elapsed_s']:.0f} s)  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         "",
-        *steal_lines(meta.get("cpu_steal_pct")),
+        *steal_lines(meta.get("cpu_steal_pct"), res.raw),
         "Medians of the rounds, (min-max) when there was more than one. Ratios are of "
         "medians; for times and memory lower is better, so a ratio below 1 favours devpid. "
         "All traffic on 127.0.0.1; servers and load generator share the machine's CPUs.",
@@ -958,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, per in res.notes.items():
         for s, v in per.items():
             print(f"note: {LABELS.get(s, s)} / {key}: {v}")
-    for line in steal_lines(meta["cpu_steal_pct"])[:1]:
+    for line in steal_lines(meta["cpu_steal_pct"], res.raw)[:1]:
         log(line)
     log(
         f"done in {meta['elapsed_s']:.0f} s; JSON: {args.json}"

@@ -34,3 +34,16 @@ def test_results_page_warns_only_when_steal_is_high() -> None:
 def test_this_machine_counters_read() -> None:
     now = cpu_times()
     assert now == {} or {"user", "system", "idle"} <= now.keys()
+
+
+def test_results_page_names_the_load_samples_hit_by_steal() -> None:
+    raw = [
+        {"measure": "file_5MB_c1", "server": "devpid", "value": 1.0, "load": {"steal_pct": 31.0}},
+        {"measure": "page_html_rps", "server": "nginx", "value": 1.0, "load": {"steal_pct": 0.2}},
+        {"measure": "page_json_rps", "server": "devpid", "value": 1.0, "load": {}},
+        {"measure": "startup", "server": "devpid", "value": 0.7},
+    ]
+    line = steal_lines(1.5, raw)[0]
+    assert "noisy" not in line  # the run as a whole was calm...
+    assert "steal or more: 1; worst: devpid file_5MB_c1 (31.0%)" in line  # ...one sample was not
+    assert "steal or more" not in steal_lines(1.5, raw[1:])[0]
