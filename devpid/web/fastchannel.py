@@ -37,6 +37,18 @@ log = Logger()
 _date: list[Any] = [0, b""]
 
 
+def tcp_unqueued(transport: Any) -> tcp.Connection | None:
+    """The TCP connection when nothing waits in Twisted's buffer for it, else None: only then
+    may bytes go to its socket directly (send, sendfile) without overtaking queued ones."""
+    if (
+        isinstance(transport, tcp.Connection)
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
+        return transport
+    return None
+
+
 def _http_date() -> bytes:
     now = int(time.time())
     if _date[0] != now:
@@ -106,14 +118,8 @@ class FastRequest:
     def send_head(self) -> bool:
         """Put status line and headers into an empty socket now, corked (``MSG_MORE``) so
         they leave in one segment with the body's start; False if that cannot be done."""
-        transport: Any = self.channel.transport
-        if (
-            self.startedWriting
-            or self.method == b"HEAD"
-            or not isinstance(transport, tcp.Connection)
-            or transport.dataBuffer
-            or transport._tempDataBuffer
-        ):
+        transport = tcp_unqueued(self.channel.transport)
+        if self.startedWriting or self.method == b"HEAD" or transport is None:
             return False
         head = self.head(None)
         try:
@@ -228,15 +234,10 @@ class FastHTTPChannel(http.HTTPChannel):
     def send_now(self, data: bytes) -> None:
         """Write ``data``: straight to the socket when nothing is queued, else queued."""
         transport: Any = self.transport
-        if (
-            isinstance(transport, tcp.Connection)
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-            and transport.connected
-            and not transport.disconnecting
-        ):
+        direct = tcp_unqueued(transport)
+        if direct is not None and direct.connected and not direct.disconnecting:
             try:
-                sent = transport.socket.send(data)
+                sent = direct.socket.send(data)
             except OSError:  # EAGAIN or worse: the transport finds out and copes
                 sent = 0
             if sent == len(data):
@@ -274,9 +275,10 @@ class FastHTTPChannel(http.HTTPChannel):
 
 
 def log_request(site: Any, request: Any) -> None:
-    log = getattr(site, "log", None)
-    if log is not None:
-        log(request)
+    """The access-log line twisted.web would write for ``request``."""
+    site_log = getattr(site, "log", None)
+    if site_log is not None:
+        site_log(request)
 
 
 class FastAnswer:

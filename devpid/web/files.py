@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from devpid.web.app import DevpidServer, app, header, json_response
 from devpid.web.errors import HTTPError, not_found
+from devpid.web.fastchannel import tcp_unqueued
 from devpid.web.negotiate import wants_json_api
 
 IMMUTABLE = b"max-age=365000000, immutable, public"
@@ -184,16 +185,11 @@ class FileSender:
         self._send()
 
     def _transport(self) -> tcp.Connection | None:
-        """The TCP connection, when sendfile can be used on it now (nothing queued)."""
-        transport = getattr(self.request.channel, "transport", None)
-        if (
-            not isinstance(transport, tcp.Connection)
-            or transport.dataBuffer
-            or transport._tempDataBuffer
-            or not self.request.startedWriting
-        ):
+        """The TCP connection, when sendfile can be used on it now (headers out, nothing
+        queued)."""
+        if not self.request.startedWriting:
             return None
-        return transport
+        return tcp_unqueued(getattr(self.request.channel, "transport", None))
 
     def _wait_writable(self, transport: tcp.Connection) -> None:
         """Be resumed by the transport (via the HTTP channel) once its socket can take more."""
@@ -249,7 +245,7 @@ class FileSender:
                     first
                     and self.remaining > 0
                     and isinstance(transport, tcp.Connection)
-                    and (transport.dataBuffer or transport._tempDataBuffer)
+                    and tcp_unqueued(transport) is None
                 ):
                     # Headers and first chunk are queued: send the rest by sendfile once
                     # they are out, rather than queueing more behind them.
