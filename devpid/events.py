@@ -141,15 +141,18 @@ class EventService(service.Service):
         super().stopService()
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
-        if self._save_call is not None and self._save_call.active():
-            self._save_call.cancel()
-            try:
-                self.save()
-            except Exception:
-                log.failure("could not write {file} on stop", file=self.statefile)
-        return defer.gatherResults([r.stop() for r in self.runners.values()]).addCallback(
-            lambda _: None
-        )
+        stopped = defer.gatherResults([r.stop() for r in self.runners.values()])
+        return stopped.addCallback(lambda _: self._save_pending())
+
+    def _save_pending(self) -> None:
+        """On stop, once no runner can advance any more: write what a timer was still to."""
+        if self._save_call is None or not self._save_call.active():
+            return
+        self._save_call.cancel()
+        try:
+            self.save()
+        except Exception:
+            log.failure("could not write {file} on stop", file=self.statefile)
 
     def _committed(self, serial: int, changes: Changes) -> None:
         # Never run hooks (or write the state file) inside the committing request's call.
