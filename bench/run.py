@@ -869,6 +869,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.lat_n = a.lat_n or (20 if a.quick else 50)
     a.max_minutes = a.max_minutes or (15.0 if a.quick else 45.0)
+    for name in ("rounds", "warm_runs", "devpid_workers"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be 1 or more")
     return a
 
 
