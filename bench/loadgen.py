@@ -148,6 +148,8 @@ class LoadResult:
     p99_ms: float | None = None
     error: str = ""
     steal_pct: float | None = None  # CPU steal while it ran (set by bench/run.py)
+    server_cpu_pct: float | None = None  # the server's CPU, % of one core (bench/run.py)
+    server_sys_pct: float | None = None  # the kernel's part of it
 
     @property
     def ok(self) -> bool:
@@ -178,6 +180,8 @@ class LoadResult:
             "p99_ms": self.p99_ms,
             "error": self.error,
             "steal_pct": self.steal_pct,
+            "server_cpu_pct": self.server_cpu_pct,
+            "server_sys_pct": self.server_sys_pct,
         }
 
 

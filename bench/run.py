@@ -48,6 +48,7 @@ from bench.servers import (  # noqa: E402
     devpid_nginx_conf,
     ensure_devpi_venv,
     free_port,
+    process_cpu_seconds,
     run_cmd,
     static_nginx_conf,
 )
@@ -258,14 +259,32 @@ def guarded(ctx: Ctx, key: str, server: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- measures
-def wrk(ctx: Ctx, url: str, headers: dict[str, str], conns: int) -> LoadResult:
-    before = cpu_times()
+def wrk(
+    ctx: Ctx, url: str, headers: dict[str, str], conns: int, pids: list[int]
+) -> LoadResult:
+    """One load sample, with the machine's steal and the server's CPU (``pids``) during it."""
+    before, cpu_before, t0 = cpu_times(), process_cpu_seconds(pids), time.monotonic()
     lr = loadgen.load(url, headers, conns=conns, duration=ctx.args.duration, use_wrk=ctx.use_wrk)
     lr.steal_pct = steal_percent(before, cpu_times())
+    lr.server_cpu_pct, lr.server_sys_pct = cpu_share(
+        cpu_before, process_cpu_seconds(pids), time.monotonic() - t0
+    )
     return lr
 
 
-def measure_pages(ctx: Ctx, server: str, page_url: str) -> None:
+def cpu_share(
+    before: tuple[float, float], after: tuple[float, float], seconds: float
+) -> tuple[float | None, float | None]:
+    """(total, system) CPU between two process_cpu_seconds readings, in % of one core."""
+    if seconds <= 0 or after[0] < before[0]:
+        return None, None
+    return (
+        round(100.0 * (after[0] - before[0]) / seconds, 1),
+        round(100.0 * (after[1] - before[1]) / seconds, 1),
+    )
+
+
+def measure_pages(ctx: Ctx, server: str, page_url: str, pids: list[int]) -> None:
     for fmt, headers in (("html", HTML), ("json", JSON)):
         key = f"page_{fmt}_rps"
         r = http_get(page_url, headers)
@@ -274,7 +293,7 @@ def measure_pages(ctx: Ctx, server: str, page_url: str) -> None:
         if r.status != 200 or want not in ctype:
             ctx.res.note(key, server, f"{page_url}: {r.status} {ctype!r} {r.error}")
             continue
-        lr = wrk(ctx, page_url, headers, 32)
+        lr = wrk(ctx, page_url, headers, 32, pids)
         if not lr.ok:
             ctx.res.note(key, server, f"load errors: {lr.as_dict()}")
         if lr.requests:
@@ -282,7 +301,7 @@ def measure_pages(ctx: Ctx, server: str, page_url: str) -> None:
             ctx.res.add(f"page_{fmt}_p99", server, lr.p99_ms)
 
 
-def measure_files(ctx: Ctx, server: str, urls: dict[str, str]) -> None:
+def measure_files(ctx: Ctx, server: str, urls: dict[str, str], pids: list[int]) -> None:
     for size, url in urls.items():
         expect = ctx.up["sized"][FILES[size]]
         r = http_get(url, {"Accept": "*/*"}, timeout=120)
@@ -295,7 +314,7 @@ def measure_files(ctx: Ctx, server: str, urls: dict[str, str]) -> None:
             continue
         for conns in (1, 32):
             key = f"file_{size}_c{conns}"
-            lr = wrk(ctx, url, {"Accept": "*/*"}, conns)
+            lr = wrk(ctx, url, {"Accept": "*/*"}, conns, pids)
             if not lr.ok:
                 ctx.res.note(key, server, f"load errors: {lr.as_dict()}")
             if lr.requests and lr.bytes_per_request >= expect["size"]:
@@ -426,9 +445,9 @@ def round_nginx(ctx: Ctx, rnd: int) -> None:
         with guarded(ctx, "uv_warm", "nginx"):
             measure_installers(ctx, "nginx", simple, "uv")
         with guarded(ctx, "page_html_rps", "nginx"):
-            measure_pages(ctx, "nginx", f"{simple}{PAGE_PROJECT}/")
+            measure_pages(ctx, "nginx", f"{simple}{PAGE_PROJECT}/", pids_of(ng))
         with guarded(ctx, "file_5MB_c1", "nginx"):
-            measure_files(ctx, "nginx", file_urls(simple, FILES))
+            measure_files(ctx, "nginx", file_urls(simple, FILES), pids_of(ng))
         with guarded(ctx, "many_median", "nginx"):
             lat = sequential_latency(f"{simple}{ctx.up['many']}/", HTML, n=ctx.args.lat_n)
             if lat.ok and lat.median_ms is not None:
@@ -437,6 +456,11 @@ def round_nginx(ctx: Ctx, rnd: int) -> None:
             ctx.res.add("rss_after", "nginx", _mem(ng.proc.pid)["rss"])
     finally:
         ng.stop()
+
+
+def pids_of(*servers: Nginx | IndexServer) -> list[int]:
+    """The running servers' process ids (their children are counted with them)."""
+    return [s.proc.pid for s in servers if s.proc is not None]
 
 
 def _mem(pid: int) -> dict[str, float]:
@@ -465,12 +489,12 @@ def round_index_server(ctx: Ctx, kind: str, rnd: int) -> None:
                 ctx.res.note("cold_50MB", name, f"{r.status} {len(r.body)} bytes {r.error}")
         if ctx.phase_ok("pages", name):
             with guarded(ctx, "page_html_rps", name):
-                measure_pages(ctx, name, f"{simple}{PAGE_PROJECT}/")
+                measure_pages(ctx, name, f"{simple}{PAGE_PROJECT}/", pids_of(srv))
         urls: dict[str, str] = {}
         if ctx.phase_ok("files", name):
             with guarded(ctx, "file_5MB_c1", name):
                 urls = file_urls(simple, FILES)
-                measure_files(ctx, name, urls)
+                measure_files(ctx, name, urls, pids_of(srv))
         if kind == "devpid" and ctx.phase_ok("behind nginx", name):
             behind_nginx(ctx, srv, rnd, urls)
         if ctx.phase_ok("inheritance", name):
@@ -533,13 +557,15 @@ def behind_nginx(ctx: Ctx, srv: IndexServer, rnd: int, urls: dict[str, str]) -> 
     try:
         ng.start()
         with guarded(ctx, "page_html_rps", name):
-            measure_pages(ctx, name, f"{ng.base}/root/pypi/+simple/{PAGE_PROJECT}/")
+            measure_pages(
+                ctx, name, f"{ng.base}/root/pypi/+simple/{PAGE_PROJECT}/", pids_of(ng, srv)
+            )
         with guarded(ctx, "file_5MB_c1", name):
             via = {k: ng.base + urllib.parse.urlsplit(u).path for k, u in urls.items()}
             r = http_get(next(iter(via.values())), {"Accept": "*/*"}, timeout=60)
             if "x-accel-redirect" in r.headers:
                 raise RuntimeError("X-Accel-Redirect reached the client")
-            measure_files(ctx, name, via)
+            measure_files(ctx, name, via, pids_of(ng, srv))
         with guarded(ctx, "pip_warm", name):
             for _ in range(ctx.args.warm_runs):
                 secs, err = pip_download(ctx, f"{ng.base}/root/pypi/+simple/")
@@ -734,6 +760,47 @@ def steal_lines(pct: float | None, raw: list[dict[str, Any]] | None = None) -> l
     return [line, ""]
 
 
+def cpu_table(raw: list[dict[str, Any]]) -> list[str]:
+    """The servers' CPU during each load measurement, medians over the rounds.
+
+    It shows where a number's ceiling is: one connection is served by one process, so a
+    server at ~100% of a core, nearly all of it system time (the kernel's loopback send path),
+    cannot be made faster by its own code, whatever the other server reaches.
+    """
+    cells: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in raw:
+        load = r.get("load")
+        if not isinstance(load, dict) or load.get("server_cpu_pct") is None:
+            continue
+        pair = (float(load["server_cpu_pct"]), float(load.get("server_sys_pct") or 0.0))
+        cells.setdefault(r["measure"], {}).setdefault(r["server"], []).append(pair)
+    if not cells:
+        return []
+    head = ["measure", *(LABELS[s] for s in SERVERS)]
+    rows = [head, ["---"] * len(head)]
+    for m in MEASURES:
+        per = cells.get(m.key)
+        if not per:
+            continue
+        row = [m.title]
+        for s in SERVERS:
+            vals = per.get(s)
+            if not vals:
+                row.append("-")
+                continue
+            total = statistics.median(v[0] for v in vals)
+            system = statistics.median(v[1] for v in vals)
+            row.append(f"{total:.0f}% (system {system:.0f}%)")
+        rows.append(row)
+    return [
+        "Server CPU during the load measurements (median, % of one core; processes and their"
+        " children, devpid behind nginx counts both):",
+        "",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+
+
 def write_results_md(path: Path, meta: dict[str, Any], rows: list[list[str]], res: Results) -> None:
     m = meta["machine"]
     text = [
@@ -754,6 +821,7 @@ def write_results_md(path: Path, meta: dict[str, Any], rows: list[list[str]], re
         "",
         markdown(rows),
         "",
+        *cpu_table(res.raw),
     ]
     notes = [
         f"- {LABELS.get(s, s)} / {k}: {v}" for k, per in res.notes.items() for s, v in per.items()

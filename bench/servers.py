@@ -138,6 +138,31 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def process_cpu_seconds(pids: list[int], proc: str = "/proc") -> tuple[float, float]:
+    """(user + system, system) CPU seconds used so far by ``pids`` and their children.
+
+    Read around a load sample, it says how busy the server was: a server near 100% of one
+    core, most of it system time, is held back by the kernel's send path, not by its own code.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = system = 0
+    seen: set[int] = set()
+    for pid in pids:
+        for p in [pid, *_children(pid)]:
+            if p in seen:
+                continue
+            seen.add(p)
+            try:
+                with open(f"{proc}/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                user, sys_ = int(fields[11]), int(fields[12])
+            except (OSError, ValueError, IndexError):
+                continue
+            total += user + sys_
+            system += sys_
+    return total / tick, system / tick
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak) in MB of ``pid`` plus its children, from /proc/PID/status."""
     total = {"rss": 0.0, "hwm": 0.0}
