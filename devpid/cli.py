@@ -1,7 +1,8 @@
 """The ``devpid`` command: offline administration of a server directory.
 
 ``devpid init`` creates one, ``devpid passwd`` sets a password, ``devpid export`` and
-``devpid import`` move data, ``devpid gen-config`` writes systemd/nginx/cron files. The server
+``devpid import`` move data, ``devpid gc`` deletes files nothing needs any more,
+``devpid gen-config`` writes systemd/nginx/cron files. The server
 itself runs under twistd: ``twistd -n devpid --serverdir DIR``.
 """
 
@@ -123,6 +124,7 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("export", "devpid.dump_cli_export"),
     ("import", "devpid.dump_cli_import"),
     ("gen-config", "devpid.genconfig"),
+    ("gc", "devpid.blobgc_cli"),
 ]
 
 

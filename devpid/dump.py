@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from devpid import auth
 from devpid.model.indexes import IndexConfigError, check_bases
 from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
-from devpid.store import BlobStore, is_initialised, open_store
+from devpid.store import BlobStore, is_initialised, keys, open_store
 
 FORMAT = "devpid-dump"
 VERSION = 1
@@ -49,7 +49,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # key kind -> number of "/"-separated parts
 _KEY_PARTS = {"user": 2, "index": 3, "project": 4, "release": 5, "file": 5, "doc": 5,
               "mirror": 4}
-_BLOB_FIELDS = ("sha256", "metadata_sha256")
 
 
 class DumpError(Exception):
@@ -101,9 +100,7 @@ def blob_relpath(sha256: str) -> str:
 
 def referenced_blobs(key: str, value: Any) -> list[str]:
     """The blob digests a value needs (only stored files and docs own blobs)."""
-    if key.split("/", 1)[0] not in ("file", "doc") or not isinstance(value, dict):
-        return []
-    return [value[f] for f in _BLOB_FIELDS if isinstance(value.get(f), str)]
+    return keys.record_blobs(key, value)
 
 
 def sha256_file(path: Path) -> str:
@@ -155,22 +152,15 @@ def read_snapshot(serverdir: Path) -> Snapshot:
         )
     store, _ = open_store(serverdir, readonly=True)
     try:
-        # The store has no public "read transaction" yet; one BEGIN ... COMMIT on its
-        # connection makes the serial and every row come from the same WAL snapshot.
-        conn = store._conn
-        conn.execute("BEGIN")
-        try:
-            row = conn.execute("SELECT MAX(serial) FROM changelog").fetchone()
-            serial = -1 if row[0] is None else int(row[0])
-            rows = conn.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
-        finally:
-            conn.execute("COMMIT")
+        # The serial and every row come from the same WAL snapshot.
+        with store.read_snapshot() as serial:
+            entries = list(store.snapshot())
         uuid = store.uuid
     finally:
         store.close()
-    if serial < 0 or not rows:
+    if serial < 0 or not entries:
         raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
-    return Snapshot(uuid, serial, [(k, json.loads(v)) for k, v in rows])
+    return Snapshot(uuid, serial, entries)
 
 
 def _write_dump_json(path: Path, snap: Snapshot) -> None:

@@ -41,6 +41,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.static import File
 
+from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.web.app import DevpidServer, app, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
@@ -262,13 +263,11 @@ def get_blob(server: DevpidServer, request: Any, sha256: str) -> Any:
 
 def _referenced(server: DevpidServer, sha256: str) -> bool:
     """Whether any current file/doc record needs the blob (a scan: only after a miss)."""
-    for prefix in ("file/", "doc/"):
-        for _key, value in server.store.items(prefix):
-            if isinstance(value, dict) and sha256 in (
-                value.get("sha256"), value.get("metadata_sha256")
-            ):
-                return True
-    return False
+    return any(
+        sha256 in keys.record_blobs(key, value)
+        for prefix in ("file/", "doc/")
+        for key, value in server.store.items(prefix)
+    )
 
 
 # -- replica side ---------------------------------------------------------------------------
@@ -585,7 +584,7 @@ class ReplicaFollower(service.Service):
     async def fetch_blob(self, sha256: str) -> None:
         """Copy one blob from the primary, verifying its hash before it gets its name."""
         blobs = self.server.blobs
-        if blobs.exists(sha256):
+        if blobs.reuse(sha256):  # refreshed, so a gc sweep cannot take it before the apply
             return
         path = f"/+blob/{sha256}"
         response = await self.http.get(
@@ -649,11 +648,8 @@ def blobs_of(changes: Changes) -> list[str]:
     """The blobs a changelog entry references (file and doc records, core metadata)."""
     out: list[str] = []
     for key, value in changes.items():
-        if not key.startswith(("file/", "doc/")) or not isinstance(value, dict):
-            continue
-        for field in ("sha256", "metadata_sha256"):
-            digest = value.get(field)
-            if isinstance(digest, str) and _HEX64.fullmatch(digest) and digest not in out:
+        for digest in keys.record_blobs(key, value):
+            if _HEX64.fullmatch(digest) and digest not in out:
                 out.append(digest)
     return out
 

@@ -10,8 +10,8 @@ from twisted.application import service
 def build(server: Any, *, worker: bool = False) -> list[service.Service]:
     """Services to run beside the HTTP site, in start order.
 
-    A ``worker`` process (see workers.py) serves reads only: no event hooks (they run once,
-    in the main process) and no replica follower.
+    A ``worker`` process (see workers.py) serves reads only: no event hooks and no blob gc
+    (they run once, in the main process) and no replica follower.
     """
     services: list[service.Service] = []
     from devpid.mirror.service import Mirror, MirrorService
@@ -25,5 +25,8 @@ def build(server: Any, *, worker: bool = False) -> list[service.Service]:
 
     services.extend(replica.build(server))
     if not worker:
+        from devpid import blobgc
+
         services.extend(events.build(server))
+        services.extend(blobgc.build(server))
     return services

@@ -73,6 +73,10 @@ class Options(usage.Options):
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
         ["workers", None, 1, "processes serving requests (reads in all, writes in one)", int],
+        ["gc-interval", None, 86400.0,
+         "seconds between sweeps that delete unreferenced files (0 = never)", float],
+        ["gc-grace", None, 3600.0,
+         "seconds an unreferenced file is kept before a sweep may delete it", float],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -94,6 +98,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
         if self["primary-url"] and self["init"]:
             raise usage.UsageError("a replica needs no --init: it copies the primary")
+        for key in ("gc-interval", "gc-grace"):
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative")
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
@@ -193,6 +200,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         bcrypt_rounds=options["bcrypt-rounds"],
         log_format=options["log-format"],
         workers=options["workers"],
+        gc_interval=options["gc-interval"],
+        gc_grace=options["gc-grace"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bench.run import cpu_share, cpu_table
 from bench.servers import process_cpu_seconds
@@ -17,7 +20,9 @@ def _stat(pid: int, ppid: int, utime: int, stime: int) -> str:
     return f"{pid} (name with ) and spaces) " + " ".join(fields) + "\n"
 
 
-def test_cpu_of_a_process_and_its_children(tmp_path: Path, monkeypatch) -> None:
+def test_cpu_of_a_process_and_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tick = os.sysconf("SC_CLK_TCK")
     for pid, ppid, ut, st in ((10, 1, 2 * tick, tick), (11, 10, tick, tick), (12, 1, 9, 9)):
         (tmp_path / str(pid)).mkdir()
@@ -43,7 +48,7 @@ def test_share_in_percent_of_one_core() -> None:
 
 
 def test_results_page_table_of_server_cpu() -> None:
-    raw = [
+    raw: list[dict[str, Any]] = [
         {
             "measure": "file_5MB_c1",
             "server": "nginx",

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
 
 
@@ -30,7 +30,7 @@ class BlobStore:
     @staticmethod
     def relpath(sha256: str) -> str:
         """The path below ``root`` (also what nginx's X-Accel-Redirect location appends)."""
-        if not _HEX64.fullmatch(sha256):
+        if not HEX64.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return f"{sha256[0:2]}/{sha256[2:4]}/{sha256}"
 
@@ -39,6 +39,18 @@ class BlobStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def reuse(self, sha256: str) -> bool:
+        """Whether the blob is stored, refreshing its time if so. Blocking (one utime).
+
+        For a writer about to reference an existing blob instead of writing it again: the
+        fresh time keeps ``devpid gc`` from sweeping it before that reference is committed.
+        """
+        try:
+            os.utime(self.path(sha256))
+        except FileNotFoundError:
+            return False
+        return True
 
     def new_temp(self) -> tuple[BinaryIO, Path]:
         """An open temp file in the blob area (same filesystem, so rename is atomic)."""
@@ -68,7 +80,7 @@ class BlobStore:
     def put_bytes(self, data: bytes) -> str:
         """Store small content (metadata files, docs); returns its sha256. Blocking."""
         digest = hashlib.sha256(data).hexdigest()
-        if self.exists(digest):
+        if self.reuse(digest):
             return digest
         f, tmp = self.new_temp()
         with f:

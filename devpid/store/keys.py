@@ -73,6 +73,35 @@ def split(key: str) -> list[str]:
     return key.split("/")
 
 
+BLOB_FIELDS = ("sha256", "metadata_sha256")
+
+
+def record_blobs(key: str, value: Any) -> list[str]:
+    """The blob digests a stored file or doc record owns (what export and replication copy).
+
+    Values are returned as stored; callers that need a valid digest check it.
+    """
+    if key.split("/", 1)[0] not in ("file", "doc") or not isinstance(value, dict):
+        return []
+    return [value[f] for f in BLOB_FIELDS if isinstance(value.get(f), str)]
+
+
+def mirror_page_blobs(value: Any) -> list[str]:
+    """The digests a cached mirror page declares for its files and their core metadata.
+
+    A blob under one of them is the verified content of that upstream file, whether or not a
+    ``file/`` record names it yet (a replica caches mirror files it fetched itself).
+    """
+    out: list[str] = []
+    for entry in value.get("files", ()) if isinstance(value, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        for hashes in (entry.get("hashes"), entry.get("core_metadata")):
+            if isinstance(hashes, dict) and isinstance(hashes.get("sha256"), str):
+                out.append(hashes["sha256"].lower())
+    return out
+
+
 def paths_of(key: str, value: Any) -> list[tuple[str, str]]:
     """The served URL paths (``user/index/+f/...``) a stored value makes reachable.
 

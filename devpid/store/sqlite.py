@@ -182,6 +182,19 @@ class SQLiteStore:
         ).fetchall()
         return [(int(s), dict(json.loads(c))) for s, c in rows]
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[int]:
+        """One read transaction: all reads inside it see the state at the serial it yields.
+
+        For readers that need many statements to agree (export, blob gc) while a writer in
+        another process goes on: WAL keeps their snapshot, and the writer never waits.
+        """
+        self._conn.execute("BEGIN")
+        try:
+            yield self._max_serial()
+        finally:
+            self._conn.execute("COMMIT")
+
     def last_commit_time(self) -> float | None:
         row = self._conn.execute(
             "SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1"

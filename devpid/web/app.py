@@ -59,6 +59,8 @@ class Settings:
     log_format: str = "text"
     workers: int = 1
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
+    gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
+    gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
 
 
 class DevpidServer:

@@ -1,0 +1,288 @@
+"""Reclaiming disk: remove the blobs no current record names.
+
+Deleting a file, a release, a project, an index or a user removes its records in one
+transaction, but its bytes stay in ``+blobs`` (other records may share them: blobs are
+content-addressed). ``sweep`` removes the blobs that nothing references any more, so deleting
+really frees the space. It runs in the server (``--gc-interval``) or as ``devpid gc``, and is
+safe while the server runs:
+
+* the blob files are listed first and the live set is read afterwards, so a reference
+  committed while the tree was walked keeps its blob;
+* a blob younger than the grace period is kept: an upload or a mirror download writes its
+  blob before the transaction that references it, and reusing an existing blob refreshes its
+  time (``BlobStore.reuse``), so in-flight writes are never swept;
+* the temp area is left alone (start-up clears it).
+
+What counts as live: the ``sha256`` and ``metadata_sha256`` of every ``file/`` and ``doc/``
+record (what export and replication copy), and the upstream-declared hashes of the files and
+core metadata on cached mirror pages (a replica keeps mirror files it fetched itself under
+those digests, before the primary's record arrives).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from devpid.store import keys
+from devpid.store.base import ReadView
+from devpid.store.blobs import HEX64, BlobStore
+from devpid.store.sqlite import DB_NAME, SQLiteStore
+
+log = Logger()
+
+DEFAULT_GRACE_SECONDS = 3600.0
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did (or, with ``dry_run``, would do)."""
+
+    scanned: int = 0
+    live: int = 0
+    young: int = 0
+    removed: int = 0
+    freed_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    serial: int = -1
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (
+            f"{self.scanned} blobs checked at serial {self.serial}: {verb} {self.removed} "
+            f"({self.freed_bytes / 1e6:.1f} MB), kept {self.live} in use and {self.young} "
+            f"younger than the grace period"
+            + (f"; {len(self.errors)} errors" if self.errors else "")
+        )
+
+
+def live_blobs(view: ReadView) -> set[str]:
+    """Every digest a current record names (see the module docstring)."""
+    live: set[str] = set()
+    for prefix in ("file/", "doc/"):
+        for key, value in view.items(prefix):
+            live.update(keys.record_blobs(key, value))
+    for _key, value in view.items("mirror/"):
+        live.update(keys.mirror_page_blobs(value))
+    return live
+
+
+def stored_blobs(root: Path) -> Iterable[tuple[str, Path]]:
+    """(digest, path) of every blob file under ``root`` (``ab/cd/abcd...``), temp area skipped."""
+    for top in sorted(os.scandir(root), key=lambda e: e.name):
+        if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+            continue
+        for mid in sorted(os.scandir(top.path), key=lambda e: e.name):
+            if len(mid.name) != 2 or not mid.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(mid.path):
+                name = entry.name
+                if (
+                    HEX64.fullmatch(name)
+                    and name.startswith(top.name + mid.name)
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    yield name, Path(entry.path)
+
+
+def sweep(
+    blobs: BlobStore,
+    read_live: Callable[[], tuple[int, set[str]]],
+    *,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.time,
+) -> SweepReport:
+    """Remove unreferenced blobs older than ``grace_seconds``. Blocking: run in a thread.
+
+    ``read_live`` returns (serial, live digests); it is called after the tree was listed.
+    ``progress(n, total)`` is called per blob checked; ``should_stop`` ends the sweep early
+    (a stopping server), with what was done so far in the report.
+    """
+    report = SweepReport(dry_run=dry_run)
+    found = list(stored_blobs(blobs.root))
+    report.scanned = len(found)
+    report.serial, live = read_live()
+    for n, (digest, path) in enumerate(found, 1):
+        if should_stop():
+            report.scanned = n - 1
+            break
+        if progress is not None:
+            progress(n, len(found))
+        if digest in live:
+            report.live += 1
+            continue
+        try:
+            st = path.stat()  # now, not at listing time: a reuse may have just refreshed it
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            report.errors.append(f"{path}: {e}")
+            continue
+        if clock() - st.st_mtime < grace_seconds:
+            report.young += 1
+            continue
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                report.errors.append(f"{path}: {e}")
+                continue
+        report.removed += 1
+        report.freed_bytes += st.st_size
+    return report
+
+
+def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
+    """A ``read_live`` over a fresh read-only connection to ``db`` (one per sweep).
+
+    Its own connection, so a sweep in a worker thread never shares the server's.
+    """
+
+    def read() -> tuple[int, set[str]]:
+        store = SQLiteStore(db, readonly=True)
+        try:
+            # One read transaction: the live set is of one serial, never half of a commit.
+            with store.read_snapshot() as serial:
+                return serial, live_blobs(store)
+        finally:
+            store.close()
+
+    return read
+
+
+# -- in the server -----------------------------------------------------------------------------
+FIRST_SWEEP_DELAY = 300.0  # after start-up: soon enough after a restart, never during it
+RETRY_START = 60.0
+
+
+class BlobGCService(service.Service):
+    """Sweeps the blob store every ``interval`` seconds (``--gc-interval``; 0 = never).
+
+    The sweep runs in a worker thread with its own read-only database connection. A failing
+    sweep is logged and retried with backoff (from a minute up to the interval); nothing it
+    raises ends the loop.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        run_sweep: Callable[[Callable[[], bool]], Deferred[SweepReport]],
+        *,
+        interval: float,
+        grace_seconds: float,
+    ) -> None:
+        self.reactor = reactor
+        self.run_sweep = run_sweep
+        self.interval = interval
+        self.grace_seconds = grace_seconds
+        self.failures = 0
+        self.last: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self._call: Any = None
+        self._running: Deferred[Any] | None = None
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        if self.interval > 0:
+            self._schedule(min(self.interval, FIRST_SWEEP_DELAY))
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        self._stopping = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self._running  # twistd waits for a sweep in progress (it stops early)
+
+    def _schedule(self, delay: float) -> None:
+        if not self._stopping:
+            self._call = self.reactor.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            d = self.run_sweep(lambda: self._stopping)
+        except Exception as e:  # a sweep that cannot even start: same as a failed one
+            d = fail(e)
+        self._running = d
+        d.addCallbacks(self._swept, self._failed)
+        d.addErrback(lambda f: log.failure("blob gc bookkeeping failed", f))
+
+        def settle(_: object) -> None:
+            self._running = None
+
+        d.addBoth(settle)
+
+    def _swept(self, report: SweepReport) -> None:
+        self.failures = 0
+        self.last_error = None
+        self.last = {
+            "finished": time.time(),
+            "serial": report.serial,
+            "scanned": report.scanned,
+            "removed": report.removed,
+            "freed_bytes": report.freed_bytes,
+            "errors": len(report.errors),
+        }
+        for error in report.errors[:10]:
+            log.warn("blob gc: {error}", error=error)
+        log.info("blob gc: {summary}", summary=report.summary())
+        self._schedule(self.interval)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failures += 1
+        delay = min(self.interval, RETRY_START * 2 ** min(self.failures - 1, 16))
+        self.last_error = failure.getErrorMessage()
+        log.failure("blob gc sweep failed; next try in {delay:.0f} s", failure, delay=delay)
+        self._schedule(delay)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "blob-gc": {
+                "interval": self.interval,
+                "grace": self.grace_seconds,
+                "running": self._running is not None,
+                "last": self.last,
+                "last_error": self.last_error,
+                "failures": self.failures,
+            }
+        }
+
+
+def build(server: Any) -> list[service.Service]:
+    """The sweeping service of a server process that owns its blobs (not a worker)."""
+    settings = server.settings
+    db = settings.serverdir / DB_NAME
+
+    def run_sweep(should_stop: Callable[[], bool]) -> Deferred[SweepReport]:
+        return server.in_thread(
+            sweep,
+            server.blobs,
+            read_live_from(db),
+            grace_seconds=settings.gc_grace,
+            should_stop=should_stop,
+        )
+
+    gc = BlobGCService(
+        server.reactor, run_sweep, interval=settings.gc_interval, grace_seconds=settings.gc_grace
+    )
+    server.components["blob-gc"] = gc
+    server.status_providers.append(gc.status)
+    return [gc]
