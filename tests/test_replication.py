@@ -430,3 +430,41 @@ def test_replica_serves_mirror_projects_it_never_saw(
         assert on_replica["files"] == on_primary["files"]
     finally:
         fake.close()
+
+
+def test_deletions_free_the_disk_on_primary_and_replicas(cluster: Any, tmp_path: Path) -> None:
+    """Both sides sweep a deleted file once the deletion is replicated; a replica started
+    afterwards replays the upload, finds the file gone on the primary (410) and moves on."""
+    from devpid.blobgc import stored_blobs
+    from tests.support.pkgbuild import make_wheel
+
+    env = client_env(tmp_path)
+    gc = ("--gc-interval", "1", "--gc-grace", "2")
+    primary = cluster.primary()
+    primary.stop()
+    primary.args += list(gc)
+    primary.start()
+    replica = cluster.replica(primary, "replica", *gc)
+    assert primary.json("PUT", "/u", json={"password": "pw"}).status_code == 201
+    assert primary.json("PUT", "/u/i", auth=("u", "pw"), json={"bases": []}).status_code == 200
+    wheels = [make_wheel(tmp_path / "dist", "gc-pkg", v, extra_bytes=50000) for v in ("1", "2")]
+    run([tool("twine"), "upload", "--repository-url", primary.url + "/u/i/", "-u", "u",
+         "-p", "pw", *map(str, wheels)], env)
+    wait_serial(replica, serial_of(primary))
+
+    def count(server: Devpid) -> int:
+        return len(list(stored_blobs(server.serverdir / "+blobs")))
+
+    assert count(primary) == count(replica) == 4
+    assert primary.json("DELETE", "/u/i/gc-pkg/1", auth=("u", "pw")).status_code == 200
+    wait_serial(replica, serial_of(primary))
+    wait_for(lambda: count(primary) == 2 and count(replica) == 2, 20, "both sides swept")
+    late = cluster.replica(primary, "late")
+    wait_serial(late, serial_of(primary))
+    assert count(late) == 2
+    assert "is gone on the primary" in late.log()
+    for server in (replica, late):
+        target = tmp_path / f"target-{server.port}"
+        run([tool("pip"), "install", "--no-deps", "--target", str(target), "--index-url",
+             server.url + "/u/i/+simple/", "gc-pkg"], env)
+        assert any(p.name == "gc_pkg-2.dist-info" for p in target.iterdir())
