@@ -13,10 +13,10 @@ safe while the server runs:
   time (``BlobStore.reuse``), so in-flight writes are never swept;
 * the temp area is left alone (start-up clears it).
 
-What counts as live: the ``sha256`` and ``metadata_sha256`` of every ``file/`` and ``doc/``
-record (what export and replication copy), and the upstream-declared hashes of the files and
-core metadata on cached mirror pages (a replica keeps mirror files it fetched itself under
-those digests, before the primary's record arrives).
+What counts as live: the ``sha256`` and ``metadata_sha256`` of every ``file/``, ``doc/`` and
+``toxresult/`` record (what export and replication copy), and the upstream-declared hashes of
+the files and core metadata on cached mirror pages (a replica keeps mirror files it fetched
+itself under those digests, before the primary's record arrives).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class SweepReport:
 def live_blobs(view: ReadView) -> set[str]:
     """Every digest a current record names (see the module docstring)."""
     live: set[str] = set()
-    for prefix in ("file/", "doc/"):
-        for key, value in view.items(prefix):
+    for kind in keys.RECORD_KINDS:
+        for key, value in view.items(kind + "/"):
             live.update(keys.record_blobs(key, value))
     for _key, value in view.items("mirror/"):
         live.update(keys.mirror_page_blobs(value))

@@ -48,6 +48,7 @@ CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # key kind -> number of "/"-separated parts
 _KEY_PARTS = {"user": 2, "index": 3, "project": 4, "release": 5, "file": 5, "doc": 5,
+              "toxresult": 6,
               "mirror": 4}
 
 
@@ -365,11 +366,11 @@ def verify_plan(plan: ImportPlan) -> None:
             if value.get("type") not in ("stage", "mirror"):
                 raise DumpError(f"{key}: unknown index type {value.get('type')!r}")
             indexes[f"{parts[1]}/{parts[2]}"] = value
-        elif kind in ("file", "doc"):
+        elif kind in keys.RECORD_KINDS:
             for name in ("filename", "path", "sha256"):
                 if not isinstance(value.get(name), str):
                     raise DumpError(f"{key}: {name!r} missing")
-            if kind == "file":
+            if kind in ("file", "toxresult"):
                 try:
                     check_safe_filename(parts[4])
                 except InvalidFilename as e:

@@ -265,8 +265,8 @@ def _referenced(server: DevpidServer, sha256: str) -> bool:
     """Whether any current file/doc record needs the blob (a scan: only after a miss)."""
     return any(
         sha256 in keys.record_blobs(key, value)
-        for prefix in ("file/", "doc/")
-        for key, value in server.store.items(prefix)
+        for kind in keys.RECORD_KINDS
+        for key, value in server.store.items(kind + "/")
     )
 
 

@@ -299,6 +299,7 @@ def test_keys_name_the_blobs_of_records_only(tmp_path: Path) -> None:
     assert keys.record_blobs("file/u/i/a/x.whl", {"sha256": "ab", "metadata_sha256": None}) == [
         "ab"
     ]
+    assert keys.record_blobs("toxresult/u/i/a/x.whl/0", {"sha256": "cd"}) == ["cd"]
     assert keys.record_blobs("release/u/i/a/1", {"sha256": "ab"}) == []
     assert keys.record_blobs("doc/u/i/a/1", "garbage") == []
     assert keys.mirror_page_blobs({"files": ["x", {"hashes": "y"}, {"core_metadata": True}]}) == []

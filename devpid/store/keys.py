@@ -20,6 +20,9 @@ key                             value (JSON)
                                 the bytes are the blob ``sha256``
 ``doc/{stage}/{p}/{v}``         a docs zip: ``{"filename", "path", "sha256", "size",
                                 "upload_time", "log"}``
+``toxresult/{stage}/{p}/{file}/{n}`` a test report for stored file ``file``: ``{"filename",
+                                "path", "sha256", "size", "for", "version", "upload_time",
+                                "log"}``; ``path`` is next to the file's
 ``mirror/{stage}/{p}``          a mirror's cached upstream page: ``{"name", "files": [
                                 UpstreamFile json + "path"], "etag", "upstream_serial"}``
 =============================== ==========================================================
@@ -64,6 +67,11 @@ def doc(stage: str, p: str, version: str) -> str:
     return f"doc/{stage}/{p}/{version}"
 
 
+def toxresult_prefix(stage: str, p: str, filename: str) -> str:
+    """The test reports attached to one stored file (``{prefix}{n}``, n = 0, 1, ...)."""
+    return f"toxresult/{stage}/{p}/{filename}/"
+
+
 def mirror_page(stage: str, p: str) -> str:
     """A mirror's cached view of one upstream project page."""
     return f"mirror/{stage}/{p}"
@@ -74,6 +82,7 @@ def split(key: str) -> list[str]:
 
 
 BLOB_FIELDS = ("sha256", "metadata_sha256")
+RECORD_KINDS = ("file", "doc", "toxresult")  # the kinds of key whose values own blobs
 
 
 def record_blobs(key: str, value: Any) -> list[str]:
@@ -81,7 +90,7 @@ def record_blobs(key: str, value: Any) -> list[str]:
 
     Values are returned as stored; callers that need a valid digest check it.
     """
-    if key.split("/", 1)[0] not in ("file", "doc") or not isinstance(value, dict):
+    if key.split("/", 1)[0] not in RECORD_KINDS or not isinstance(value, dict):
         return []
     return [value[f] for f in BLOB_FIELDS if isinstance(value.get(f), str)]
 
@@ -111,7 +120,7 @@ def paths_of(key: str, value: Any) -> list[tuple[str, str]]:
     if not isinstance(value, dict):
         return []
     kind = key.split("/", 1)[0]
-    if kind in ("file", "doc"):
+    if kind in RECORD_KINDS:
         path = value.get("path")
         if isinstance(path, str):
             return [(path, value.get("filename", path.rsplit("/", 1)[-1]))]

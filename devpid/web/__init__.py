@@ -6,6 +6,7 @@ from devpid.web import (  # noqa: F401  (routes)
     indexes,
     projects,
     simple,
+    toxresults,
     upload,
     users,
 )

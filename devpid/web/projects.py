@@ -10,6 +10,7 @@ from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, vers
 from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web import indexes as index_routes
+from devpid.web import toxresults
 from devpid.web.app import (
     DevpidServer,
     app,
@@ -61,10 +62,19 @@ def _stage_versions(
                                                         "+links": []})
             link = Link(value["filename"], value["path"], stage, value["version"],
                         {"sha256": value["sha256"]})
-            entry["+links"].append(_link_json(server, request, link, "releasefile",
-                                              value.get("log", [])))
+            file_link = _link_json(server, request, link, "releasefile", value.get("log", []))
+            entry["+links"].append(file_link)
             if value.get("yanked"):
                 entry["yanked"] = value["yanked"]
+            for _k, tox in server.store.items(
+                keys.toxresult_prefix(stage, project, value["filename"])
+            ):
+                tox_link = Link(tox["filename"], tox["path"], stage, value["version"],
+                                {"sha256": tox["sha256"]})
+                entry["+links"].append({
+                    **_link_json(server, request, tox_link, "toxresult", tox.get("log", [])),
+                    "for_href": file_link["href"],
+                })
         for key, value in server.store.items(f"doc/{stage}/{project}/"):
             version = key.rsplit("/", 1)[1]
             entry = result.setdefault(version, {"name": project, "version": version,
@@ -172,6 +182,7 @@ def _delete_version_keys(tx: Any, stage: str, project: str, version: str) -> Non
     for key, value in tx.items(keys.file_prefix(stage, project)):
         if value.get("version") == version:
             tx.delete(key)
+            toxresults.delete_for_file(tx, stage, project, value["filename"])
 
 
 def _drop_empty_project(tx: Any, stage: str, project: str) -> None:
@@ -188,7 +199,9 @@ async def delete_project(
 ) -> bytes:
     stage, _config = await _deletion_allowed(server, request, user, index, "project")
     project = normalize_name(project)
-    prefixes = [f"{kind}/{stage}/{project}/" for kind in ("release", "file", "doc")]
+    prefixes = [
+        f"{kind}/{stage}/{project}/" for kind in ("release", "file", "doc", "toxresult")
+    ]
     found = [k for p in prefixes for k in server.store.keys(p)]
     single = [keys.project(stage, project), keys.mirror_page(stage, project)]
     found += [k for k in single if server.store.get(k) is not None]
@@ -236,6 +249,7 @@ async def delete_file(server: DevpidServer, request: Any, user: str, index: str,
         tx.delete(key)
         if key.startswith("file/") and isinstance(value, dict):
             project = key.split("/")[3]
+            toxresults.delete_for_file(tx, stage, project, value["filename"])
             version = value.get("version")
             remaining = [v for _, v in tx.items(keys.file_prefix(stage, project))
                          if v.get("version") == version]
@@ -347,6 +361,11 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
                       + [push_log]}
             tx.set(tkey, copied)
             actionlog.append([200, "store_releasefile", copied["path"]])
+            for path in toxresults.copy_for_push(
+                tx, stage, target, project, value["filename"],
+                copied["path"].rsplit("/", 1)[0], push_log,
+            ):
+                actionlog.append([200, "store_toxresult", path])
         if doc is not None:
             sha = doc["sha256"]
             tx.set(keys.doc(target, project, version), {

@@ -214,7 +214,7 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
     return json_response(request, message="user updated")
 
 
-STAGE_KINDS = ("index", "project", "release", "file", "doc", "mirror")
+STAGE_KINDS = ("index", "project", "release", "file", "doc", "toxresult", "mirror")
 
 
 def delete_stage_keys(tx: Any, prefix_tail: str) -> None:

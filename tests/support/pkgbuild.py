@@ -191,8 +191,12 @@ def make_sdist(
     requires_dist: Sequence[str] = (),
     summary: str = "",
     fmt: Literal["tar.gz", "zip"] = "tar.gz",
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write an sdist ``{name}-{version}.{fmt}`` with PKG-INFO, pyproject.toml and module."""
+    """Write an sdist ``{name}-{version}.{fmt}`` with PKG-INFO, pyproject.toml and module.
+
+    ``extra_files`` adds members below the top directory (e.g. a ``tox.ini``).
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     top = f"{name}-{version}"
@@ -204,6 +208,7 @@ def make_sdist(
             _pyproject(name, version, requires_python, requires_dist, summary),
         ),
         (f"{top}/{mod}/__init__.py", _module_source(version)),
+        *((f"{top}/{path}", data) for path, data in (extra_files or {}).items()),
     ]
     target = outdir / f"{top}.{fmt}"
     tmp = target.with_name(target.name + ".part")

@@ -1,0 +1,107 @@
+"""Test results attached to release files (``devpi test`` posts tox's JSON report).
+
+``POST /{user}/{index}/+f/{path of a release file}`` with the report as the body stores it as
+a blob next to the file (``{file}.toxresult-{YYYYmmddHHMMSS}-{n}``), lists it in the version's
+JSON as a link of rel ``toxresult`` whose ``for_href`` names the file (what ``devpi list -t``
+reads), copies it on push and deletes it with the file. Who may post is the index's
+``acl_toxresult_upload`` (devpi's default: anyone); mirrors take none (anonymous writes into
+``root/pypi`` would be a way to fill the disk).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from devpid.auth import can_upload
+from devpid.store import keys
+from devpid.web.app import DevpidServer, app, json_response, set_serial
+from devpid.web.errors import HTTPError, not_found
+from devpid.web.upload import log_when, utc_timestamp
+
+MAX_TOXRESULT_BYTES = 16 * 1024 * 1024  # a tox report is kilobytes; 16 MB is generous
+
+
+@app.route("/<user>/<index>/+f/<path:rest>", methods=["POST"])
+async def post_toxresult(
+    server: DevpidServer, request: Any, user: str, index: str, rest: str
+) -> bytes:
+    stage = f"{user}/{index}"
+    config = server.index_config(stage)
+    if config is None:
+        raise not_found(f"The stage {stage} could not be found.")
+    if config.get("type") == "mirror":
+        raise HTTPError(
+            403,
+            f"{stage} is a mirror: tox results are kept for uploaded files only. "
+            "You can use the devpi test --no-upload option to skip the upload.",
+        )
+    actor = await server.identify(request)
+    acl = config.get("acl_toxresult_upload")
+    if not can_upload(actor, user, acl if isinstance(acl, list) else [":ANONYMOUS:"]):
+        raise HTTPError(
+            403,
+            "No permission to upload tox results. "
+            "You can use the devpi test --no-upload option to skip the upload.",
+        )
+    relpath = f"{stage}/+f/{rest}"
+    found = server.store.lookup_path(relpath)
+    if found is None or not found[0].startswith("file/"):
+        raise not_found(f"no release file found at {relpath}")
+    request.content.seek(0)
+    body = request.content.read(MAX_TOXRESULT_BYTES + 1)
+    if len(body) > MAX_TOXRESULT_BYTES:
+        raise HTTPError(413, f"a tox result may have at most {MAX_TOXRESULT_BYTES} bytes")
+    try:
+        report = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "Bad request: could not decode json") from None
+    if not isinstance(report, dict):
+        raise HTTPError(400, "a tox result must be a JSON object")
+    file_key = found[0]
+    _, _, _, project, filename = file_key.split("/")
+    sha = await server.in_thread(server.blobs.put_bytes, body)
+    with server.store.transaction() as tx:
+        release = tx.get(file_key)
+        if not isinstance(release, dict):  # deleted while the report was being stored
+            raise not_found(f"no release file found at {relpath}")
+        prefix = keys.toxresult_prefix(stage, project, filename)
+        n = len(tx.keys(prefix))
+        while tx.get(f"{prefix}{n}") is not None:
+            n += 1
+        name = f"{filename}.toxresult-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{n}"
+        path = f"{release['path'].rsplit('/', 1)[0]}/{name}"
+        tx.set(f"{prefix}{n}", {
+            "filename": name,
+            "path": path,
+            "sha256": sha,
+            "size": len(body),
+            "for": filename,
+            "version": release.get("version"),
+            "upload_time": utc_timestamp(),
+            "log": [{"what": "upload", "who": actor, "when": log_when(), "dst": stage}],
+        })
+    set_serial(request, tx.serial)
+    return json_response(request, result=f"{path}#sha256={sha}", type="toxresultpath")
+
+
+def delete_for_file(tx: Any, stage: str, project: str, filename: str) -> None:
+    """Deleting a release file deletes the results attached to it (in the same serial)."""
+    for key in tx.keys(keys.toxresult_prefix(stage, project, filename)):
+        tx.delete(key)
+
+
+def copy_for_push(tx: Any, src: str, dst: str, project: str, filename: str, dst_dir: str,
+                  push_log: dict[str, Any]) -> list[str]:
+    """Push copies a file's results with it; returns the new paths (for the action log)."""
+    copied = []
+    target = keys.toxresult_prefix(dst, project, filename)
+    offset = len(tx.keys(target))
+    for n, (_key, value) in enumerate(tx.items(keys.toxresult_prefix(src, project, filename))):
+        path = f"{dst_dir}/{value['filename']}"
+        tx.set(f"{target}{offset + n}", {
+            **value, "path": path, "log": [*value.get("log", []), push_log],
+        })
+        copied.append(path)
+    return copied
