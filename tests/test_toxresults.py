@@ -81,6 +81,7 @@ def test_push_copies_results_and_deleting_the_file_deletes_them(tested: Any) -> 
     server, auth, stage, env, _out = tested
     prod = f"{auth[0]}/prod"
     devpi(env, "push", "tested-pkg==1.0", prod)
+    devpi(env, "push", "tested-pkg==1.0", prod)  # again (volatile): the result is not doubled
     (tox,) = _links(_versiondata(server, prod, "tested-pkg", "1.0"), "toxresult")
     assert tox["href"].startswith(f"{server.url}/{prod}/+f/")
     assert requests.get(tox["href"], timeout=10).status_code == 200

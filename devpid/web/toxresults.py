@@ -67,9 +67,7 @@ async def post_toxresult(
         if not isinstance(release, dict):  # deleted while the report was being stored
             raise not_found(f"no release file found at {relpath}")
         prefix = keys.toxresult_prefix(stage, project, filename)
-        n = len(tx.keys(prefix))
-        while tx.get(f"{prefix}{n}") is not None:
-            n += 1
+        n = _next_number(tx, prefix)
         name = f"{filename}.toxresult-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{n}"
         path = f"{release['path'].rsplit('/', 1)[0]}/{name}"
         tx.set(f"{prefix}{n}", {
@@ -94,14 +92,24 @@ def delete_for_file(tx: Any, stage: str, project: str, filename: str) -> None:
 
 def copy_for_push(tx: Any, src: str, dst: str, project: str, filename: str, dst_dir: str,
                   push_log: dict[str, Any]) -> list[str]:
-    """Push copies a file's results with it; returns the new paths (for the action log)."""
+    """Push copies a file's results with it (once); returns the new paths (for the log)."""
     copied = []
     target = keys.toxresult_prefix(dst, project, filename)
-    offset = len(tx.keys(target))
-    for n, (_key, value) in enumerate(tx.items(keys.toxresult_prefix(src, project, filename))):
+    present = {v.get("filename") for _, v in tx.items(target)}
+    for _key, value in tx.items(keys.toxresult_prefix(src, project, filename)):
+        if value["filename"] in present:  # pushed before: one record per served path
+            continue
         path = f"{dst_dir}/{value['filename']}"
-        tx.set(f"{target}{offset + n}", {
+        tx.set(f"{target}{_next_number(tx, target)}", {
             **value, "path": path, "log": [*value.get("log", []), push_log],
         })
         copied.append(path)
     return copied
+
+
+def _next_number(tx: Any, prefix: str) -> int:
+    """The first unused N under ``prefix`` (numbers are never reused while a key holds them)."""
+    n = len(tx.keys(prefix))
+    while tx.get(f"{prefix}{n}") is not None:
+        n += 1
+    return n
