@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 HELP = "delete stored files that no release, doc or mirror page needs (server may keep running)"
@@ -32,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     from devpid.cli import _serverdir
     from devpid.dump import Progress
     from devpid.store import DB_NAME, BlobStore, is_initialised
+    from devpid.store.base import StoreError
 
     serverdir = _serverdir(args)
     if not is_initialised(serverdir):
@@ -55,8 +57,8 @@ def main(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=progress,
         )
-    except OSError as e:
-        print(f"devpid: gc failed: {e}", file=sys.stderr)
+    except (OSError, sqlite3.Error, StoreError) as e:
+        print(f"devpid: gc failed, nothing was deleted: {e}", file=sys.stderr)
         return 1
     finally:
         if bar:

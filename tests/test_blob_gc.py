@@ -288,6 +288,19 @@ def test_devpid_gc_on_a_directory_that_is_not_a_server(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
+def test_devpid_gc_on_a_damaged_database_deletes_nothing(tmp_path: Path) -> None:
+    store, blobs = open_store(tmp_path / "s")
+    digest = _blob(blobs, b"maybe needed")
+    store.close()
+    (tmp_path / "s" / DB_NAME).write_bytes(b"this is not a database" * 100)
+    for name in ("-wal", "-shm"):
+        (tmp_path / "s" / (DB_NAME + name)).unlink(missing_ok=True)
+    proc = run([tool("devpid"), "gc", "--serverdir", str(tmp_path / "s"), "--grace-seconds", "0"],
+               client_env(tmp_path / "c"), check=False)
+    assert proc.returncode == 1 and "nothing was deleted" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and blobs.exists(digest)
+
+
 def test_twistd_refuses_negative_gc_settings(tmp_path: Path) -> None:
     for flag in ("--gc-interval", "--gc-grace"):
         proc = run([tool("twistd"), "-n", "--pidfile=", "devpid", "--serverdir",
