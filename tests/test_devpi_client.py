@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
+from tests.support.fakepypi import FakePyPI
 
 
 def devpi(env: dict[str, str], *args: str, check: bool = True) -> str:
@@ -77,3 +79,39 @@ def test_devpi_version_reads_status(devpid_server: Devpid, env: dict[str, str]) 
     devpi(env, "use", devpid_server.url + "/")
     out = devpi(env, "--version")
     assert "devpid" in out
+
+
+def test_devpi_patchjson_refresh_and_logout(
+    devpid_server: Devpid, upstream: FakePyPI, env: dict[str, str], alice: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """The devpi-client commands not driven elsewhere: patchjson, refresh, logout."""
+    from tests.support.pkgbuild import make_wheel
+    from tests.test_private_index import make_index
+
+    name = f"refreshed-{alice[0]}"
+    upstream.add(make_wheel(tmp_path / "up", name, "1.0"))
+
+    stage = make_index(devpid_server, alice, "pj", bases=["root/pypi"])
+    devpi(env, "use", devpid_server.url + "/")
+    devpi(env, "login", alice[0], "--password", alice[1])
+    devpi(env, "use", stage)
+    patch = tmp_path / "patch.json"
+    patch.write_text(json.dumps({"title": "patched by devpi patchjson"}))
+    devpi(env, "patchjson", f"/{stage}", str(patch))
+    config = devpid_server.json("GET", f"/{stage}").json()["result"]
+    assert config["title"] == "patched by devpi patchjson"
+    patch.write_text(json.dumps({"volatile": "sometimes"}))
+    out = devpi(env, "patchjson", f"/{stage}", str(patch), check=False)
+    assert "400" in out or "volatile" in out, out  # the server's refusal, shown by the client
+    assert devpid_server.json("GET", f"/{stage}").json()["result"]["volatile"] is True
+    assert devpid_server.json("GET", f"/{stage}/+simple/{name}/").status_code == 200
+    upstream.add(make_wheel(tmp_path / "up", name, "2.0"))  # new upstream release
+    out = devpi(env, "refresh", name)
+    assert f"Refreshed {name}" in out and "Couldn't" not in out, out
+    page = devpid_server.json("GET", f"/{stage}/+simple/{name}/").text
+    assert f"{name.replace('-', '_')}-2.0-py3-none-any.whl" in page
+    out = devpi(env, "refresh", "no-such-project-anywhere")
+    assert "404" in out  # the client reports the server's answer
+    out = devpi(env, "logout")
+    assert "login information deleted" in out
