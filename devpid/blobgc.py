@@ -191,6 +191,8 @@ class BlobGCService(service.Service):
         self.interval = interval
         self.grace_seconds = grace_seconds
         self.failures = 0
+        self.removed_total = 0
+        self.freed_bytes_total = 0
         self.last: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._call: Any = None
@@ -232,6 +234,8 @@ class BlobGCService(service.Service):
 
     def _swept(self, report: SweepReport) -> None:
         self.failures = 0
+        self.removed_total += report.removed
+        self.freed_bytes_total += report.freed_bytes
         self.last_error = None
         self.last = {
             "finished": time.time(),
@@ -262,6 +266,8 @@ class BlobGCService(service.Service):
                 "last": self.last,
                 "last_error": self.last_error,
                 "failures": self.failures,
+                "removed_total": self.removed_total,
+                "freed_bytes_total": self.freed_bytes_total,
             }
         }
 

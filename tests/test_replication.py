@@ -189,6 +189,19 @@ def test_replica_follows_writes_and_a_late_replica_catches_up_from_zero(cluster:
     r = requests.get(replica.url + "/+api", timeout=5)
     assert r.headers["X-Devpi-Primary-Uuid"] == status(primary)["uuid"]
     assert r.headers["X-Devpi-Uuid"] == status(replica)["uuid"]
+    # ... and what an alert would read: the replica's lag, the primary's followers
+    from tests.test_metrics import parse
+
+    metrics = parse(requests.get(replica.url + "/+metrics", timeout=5).text)
+    assert metrics["devpid_replica_lag_serials"] == 0
+    assert metrics["devpid_replica_in_sync"] == 1
+    assert metrics["devpid_replica_primary_serial"] == head
+    me = status(replica)
+    version, uuid = me["versioninfo"]["devpid"], me["uuid"]
+    info_line = f'devpid_info{{version="{version}",role="REPLICA",uuid="{uuid}"}}'
+    assert metrics[info_line] == 1
+    assert parse(requests.get(primary.url + "/+metrics", timeout=5).text)[
+        "devpid_polling_replicas"] >= 2
 
 
 def test_write_through_replica_is_visible_there_immediately(cluster: Any) -> None:

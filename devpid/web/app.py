@@ -31,6 +31,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import devpid
 from devpid import auth
+from devpid.metrics import RequestCounters
 from devpid.store import keys
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
@@ -86,6 +87,7 @@ class DevpidServer:
         self.verified = auth.VerifiedPasswords(secret)
         self.secret = secret
         self.started = time.time()
+        self.request_counters = RequestCounters()
         # Filled by the services that exist in this process (mirror, replica, events).
         self.components: dict[str, Any] = {}
         self.status_providers: list[Callable[[], dict[str, Any]]] = []
@@ -402,12 +404,15 @@ class DevpidSite(twserver.Site):
     """A Site whose access log is one cheap line per request (see devpid.accesslog)."""
 
     access: Any = None
+    counters: RequestCounters | None = None
 
     def log(self, request: Any) -> None:
-        if self.access is None:
-            return
         started = getattr(request, "devpid_started", None)
         duration = (time.monotonic() - started) * 1000 if started else 0.0
+        if self.counters is not None:
+            self.counters.count(request.code, request.sentLength, duration)
+        if self.access is None:
+            return
         address = request.getClientAddress()
         self.access.record(
             getattr(address, "host", "-"),
@@ -437,4 +442,5 @@ def make_site(server: DevpidServer) -> twserver.Site:
     from devpid.accesslog import AccessLog
 
     site.access = AccessLog(server.reactor, server.settings.log_format)
+    site.counters = server.request_counters
     return site

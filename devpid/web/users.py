@@ -85,8 +85,8 @@ async def login(server: DevpidServer, request: Any) -> bytes:
     )
 
 
-@app.route("/+status", methods=["GET"])
-def status(server: DevpidServer, request: Any) -> bytes:
+def status_result(server: DevpidServer) -> dict[str, Any]:
+    """What ``/+status`` answers (and ``/+metrics`` turns into numbers)."""
     store = server.store
     result: dict[str, Any] = {
         "serverdir": str(server.settings.serverdir),
@@ -103,7 +103,22 @@ def status(server: DevpidServer, request: Any) -> bytes:
     }
     for provider in server.status_providers:
         result.update(provider())
-    return json_response(request, result=result, type="status")
+    return result
+
+
+@app.route("/+status", methods=["GET"])
+def status(server: DevpidServer, request: Any) -> bytes:
+    return json_response(request, result=status_result(server), type="status")
+
+
+@app.route("/+metrics", methods=["GET"])
+def metrics(server: DevpidServer, request: Any) -> bytes:
+    """Prometheus text: the status as gauges, plus request counters (see devpid/metrics.py)."""
+    from devpid import metrics as prometheus
+
+    request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return prometheus.render(status_result(server), server.request_counters)
 
 
 # -- users -------------------------------------------------------------------------------------

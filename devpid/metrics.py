@@ -1,0 +1,180 @@
+"""``GET /+metrics``: the server's health as Prometheus text (exposition format 0.0.4).
+
+What ``/+status`` says in JSON (serial, mirrors' upstream state, replication lag, event hooks'
+backlog, the last blob sweep) becomes gauges here, next to request counters kept by the site's
+access log and the process's memory and open files, so an ops person can graph and alert on
+it without parsing JSON. Every number is read when scraped; nothing here runs on its own.
+
+With ``--workers N`` each process answers with its own counters (the request went to one of
+them); the gauges that come from the database are the same in all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class RequestCounters:
+    """Responses by status class, bytes sent and time spent: cheap enough for every request."""
+
+    def __init__(self) -> None:
+        self.by_class = [0] * 6  # index = status // 100 (1xx..5xx; 0 for anything odd)
+        self.bytes = 0
+        self.seconds = 0.0
+
+    def count(self, code: int, size: int, duration_ms: float) -> None:
+        self.by_class[code // 100 if 100 <= code < 600 else 0] += 1
+        self.bytes += size
+        self.seconds += duration_ms / 1000.0
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name, self.kind, self.help = name, kind, help_text
+        self.samples: list[tuple[dict[str, str], float]] = []
+
+    def add(self, value: Any, **labels: str) -> None:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int | float):
+            self.samples.append((labels, float(value)))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
+    """The Prometheus text for one ``/+status`` result and the request counters."""
+    families: dict[str, _Family] = {}
+
+    def family(name: str, kind: str, help_text: str) -> _Family:
+        if name not in families:
+            families[name] = _Family("devpid_" + name, kind, help_text)
+        return families[name]
+
+    family("info", "gauge", "Always 1; the labels say what runs.").add(
+        1,
+        version=str((status.get("versioninfo") or {}).get("devpid", "")),
+        role=str(status.get("role", "")),
+        uuid=str(status.get("uuid", "")),
+    )
+    family("serial", "gauge", "The last committed serial.").add(status.get("serial"))
+    family("last_commit_timestamp_seconds", "gauge", "When the last serial was committed.").add(
+        status.get("last-commit-timestamp")
+    )
+    family("start_time_seconds", "gauge", "When this process started.").add(
+        status.get("started")
+    )
+    family("fast_requests_total", "counter", "Requests answered by the fast front door.").add(
+        status.get("fast-requests")
+    )
+    if counters is not None:
+        responses = family("http_responses_total", "counter", "Responses by status class.")
+        for n, count in enumerate(counters.by_class):
+            if n:
+                responses.add(count, code=f"{n}xx")
+        family("http_response_bytes_total", "counter", "Body bytes sent.").add(counters.bytes)
+        family("http_response_seconds_total", "counter", "Time spent answering.").add(
+            counters.seconds
+        )
+    for stage, mirror in sorted((status.get("mirrors") or {}).items()):
+        up = not mirror.get("in_backoff") and not mirror.get("consecutive_failures")
+        family("mirror_upstream_up", "gauge", "1 while the upstream answers, 0 in backoff.").add(
+            up, stage=stage
+        )
+        family(
+            "mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row."
+        ).add(mirror.get("consecutive_failures"), stage=stage)
+        family(
+            "mirror_upstream_last_success_timestamp_seconds", "gauge",
+            "When the upstream last answered.",
+        ).add(mirror.get("last_success"), stage=stage)
+        family("mirror_project_list_names", "gauge", "Names in the cached upstream list.").add(
+            (mirror.get("project_list") or {}).get("names"), stage=stage
+        )
+        family("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.").add(
+            mirror.get("downloads_in_progress"), stage=stage
+        )
+    family("offline_mode", "gauge", "1 when upstreams are never contacted.").add(
+        status.get("offline-mode")
+    )
+    replica = status.get("replica")
+    if isinstance(replica, dict):
+        family("replica_lag_serials", "gauge", "Serials the primary has and this replica not.").add(
+            replica.get("lag")
+        )
+        family("replica_in_sync", "gauge", "1 when the replica has every serial.").add(
+            replica.get("in-sync")
+        )
+        family("replica_primary_serial", "gauge", "The primary's last serial seen.").add(
+            replica.get("primary-serial")
+        )
+        family(
+            "replica_last_contact_timestamp_seconds", "gauge", "When the primary last answered."
+        ).add(replica.get("last-contact"))
+    polling = status.get("polling-replicas")
+    if isinstance(polling, dict):
+        family("polling_replicas", "gauge", "Replicas following this primary.").add(len(polling))
+    serial = status.get("serial")
+    for hook, state in sorted((status.get("event-hooks") or {}).items()):
+        done = state.get("serial")
+        family("event_hook_serial", "gauge", "The last serial a hook has handled.").add(
+            done, hook=hook
+        )
+        if isinstance(serial, int) and isinstance(done, int):
+            backlog = family(
+                "event_hook_backlog_serials", "gauge", "Serials a hook has still to handle."
+            )
+            backlog.add(max(0, serial - done), hook=hook)
+    gc = status.get("blob-gc")
+    if isinstance(gc, dict):
+        last = gc.get("last") or {}
+        family("blob_gc_last_sweep_timestamp_seconds", "gauge", "When the last sweep ended.").add(
+            last.get("finished")
+        )
+        family("blob_gc_removed_total", "counter", "Unreferenced files removed.").add(
+            gc.get("removed_total")
+        )
+        family("blob_gc_freed_bytes_total", "counter", "Bytes freed by sweeps.").add(
+            gc.get("freed_bytes_total")
+        )
+        family("blob_gc_failures", "gauge", "Failed sweeps in a row.").add(gc.get("failures"))
+    for name, kind, help_text, value in _process():
+        family(name, kind, help_text).add(value)
+    return "".join(_lines(families.values())).encode()
+
+
+def _lines(families: Any) -> Iterator[str]:
+    for fam in families:
+        if not fam.samples:
+            continue
+        yield f"# HELP {fam.name} {fam.help}\n# TYPE {fam.name} {fam.kind}\n"
+        for labels, value in fam.samples:
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            yield f"{fam.name}{{{text}}} {_number(value)}\n" if text else (
+                f"{fam.name} {_number(value)}\n"
+            )
+
+
+def _process() -> list[tuple[str, str, str, float]]:
+    """Resident memory and open files of this process (Linux /proc; elsewhere nothing)."""
+    out: list[tuple[str, str, str, float]] = []
+    try:
+        with open("/proc/self/statm") as f:
+            rss_pages = int(f.read().split()[1])
+        out.append(("process_resident_memory_bytes", "gauge", "Resident memory.",
+                    float(rss_pages * os.sysconf("SC_PAGE_SIZE"))))
+        out.append(("process_open_fds", "gauge", "Open file descriptors.",
+                    float(len(os.listdir("/proc/self/fd")))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
