@@ -224,15 +224,20 @@ class BlobGCService(service.Service):
         except Exception as e:  # a sweep that cannot even start: same as a failed one
             d = fail(e)
         self._running = d
-        d.addCallbacks(self._swept, self._failed)
-        d.addErrback(lambda f: log.failure("blob gc bookkeeping failed", f))
+        # _swept and _failed each give the delay until the next sweep.
+        chain: Any = d.addCallbacks(self._swept, self._failed)
+        chain.addErrback(self._bookkeeping_failed)
+        chain.addBoth(self._settle)
 
-        def settle(_: object) -> None:
-            self._running = None
+    def _settle(self, delay: float) -> None:
+        self._running = None
+        self._schedule(delay)
 
-        d.addBoth(settle)
+    def _bookkeeping_failed(self, failure: Failure) -> float:
+        log.failure("blob gc: handling the sweep's outcome failed", failure)
+        return min(self.interval, RETRY_START)
 
-    def _swept(self, report: SweepReport) -> None:
+    def _swept(self, report: SweepReport) -> float:
         self.failures = 0
         self.removed_total += report.removed
         self.freed_bytes_total += report.freed_bytes
@@ -248,14 +253,14 @@ class BlobGCService(service.Service):
         for error in report.errors[:10]:
             log.warn("blob gc: {error}", error=error)
         log.info("blob gc: {summary}", summary=report.summary())
-        self._schedule(self.interval)
+        return self.interval
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure) -> float:
         self.failures += 1
         delay = min(self.interval, RETRY_START * 2 ** min(self.failures - 1, 16))
         self.last_error = failure.getErrorMessage()
         log.failure("blob gc sweep failed; next try in {delay:.0f} s", failure, delay=delay)
-        self._schedule(delay)
+        return delay
 
     def status(self) -> dict[str, Any]:
         return {

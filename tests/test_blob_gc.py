@@ -178,6 +178,18 @@ def test_the_service_loop_survives_failing_sweeps_and_backs_off() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_the_loop_goes_on_when_handling_an_outcome_fails() -> None:
+    clock = Clock()
+    outcomes: list[Any] = [succeed("not a report"), succeed(SweepReport(removed=1))]
+    gc = BlobGCService(clock, lambda stop: outcomes.pop(0), interval=600.0, grace_seconds=0.0)
+    gc.startService()
+    clock.advance(FIRST_SWEEP_DELAY)  # the outcome cannot be read: logged, retried soon
+    assert gc.last is None and len(outcomes) == 1
+    clock.advance(RETRY_START)
+    assert gc.last is not None and gc.last["removed"] == 1 and outcomes == []
+    gc.stopService()
+
+
 def test_interval_zero_never_sweeps() -> None:
     clock = Clock()
     gc = BlobGCService(clock, lambda stop: succeed(SweepReport()), interval=0.0,
