@@ -52,31 +52,62 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
+# (metric name, type, help, key in the status dict) for plain numbers, per part of /+status.
+_SERVER = [
+    ("serial", "gauge", "The last committed serial.", "serial"),
+    ("last_commit_timestamp_seconds", "gauge", "When the last serial was committed.",
+     "last-commit-timestamp"),
+    ("start_time_seconds", "gauge", "When this process started.", "started"),
+    ("fast_requests_total", "counter", "Requests answered by the fast front door.",
+     "fast-requests"),
+    ("offline_mode", "gauge", "1 when upstreams are never contacted.", "offline-mode"),
+]
+_MIRROR = [  # labelled with the mirror's stage
+    ("mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row.",
+     "consecutive_failures"),
+    ("mirror_upstream_last_success_timestamp_seconds", "gauge",
+     "When the upstream last answered.", "last_success"),
+    ("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.",
+     "downloads_in_progress"),
+]
+_REPLICA = [
+    ("replica_lag_serials", "gauge", "Serials the primary has and this replica not.", "lag"),
+    ("replica_in_sync", "gauge", "1 when the replica has every serial.", "in-sync"),
+    ("replica_primary_serial", "gauge", "The primary's last serial seen.", "primary-serial"),
+    ("replica_last_contact_timestamp_seconds", "gauge", "When the primary last answered.",
+     "last-contact"),
+]
+_GC = [
+    ("blob_gc_removed_total", "counter", "Unreferenced files removed.", "removed_total"),
+    ("blob_gc_freed_bytes_total", "counter", "Bytes freed by sweeps.", "freed_bytes_total"),
+    ("blob_gc_failures", "gauge", "Failed sweeps in a row.", "failures"),
+]
+
+
+class _Families(dict[str, _Family]):
+    def get_family(self, name: str, kind: str, help_text: str) -> _Family:
+        if name not in self:
+            self[name] = _Family("devpid_" + name, kind, help_text)
+        return self[name]
+
+    def add_all(
+        self, table: list[tuple[str, str, str, str]], source: dict[str, Any], **labels: str
+    ) -> None:
+        for name, kind, help_text, key in table:
+            self.get_family(name, kind, help_text).add(source.get(key), **labels)
+
+
 def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
     """The Prometheus text for one ``/+status`` result and the request counters."""
-    families: dict[str, _Family] = {}
-
-    def family(name: str, kind: str, help_text: str) -> _Family:
-        if name not in families:
-            families[name] = _Family("devpid_" + name, kind, help_text)
-        return families[name]
-
+    out = _Families()
+    family = out.get_family
     family("info", "gauge", "Always 1; the labels say what runs.").add(
         1,
         version=str((status.get("versioninfo") or {}).get("devpid", "")),
         role=str(status.get("role", "")),
         uuid=str(status.get("uuid", "")),
     )
-    family("serial", "gauge", "The last committed serial.").add(status.get("serial"))
-    family("last_commit_timestamp_seconds", "gauge", "When the last serial was committed.").add(
-        status.get("last-commit-timestamp")
-    )
-    family("start_time_seconds", "gauge", "When this process started.").add(
-        status.get("started")
-    )
-    family("fast_requests_total", "counter", "Requests answered by the fast front door.").add(
-        status.get("fast-requests")
-    )
+    out.add_all(_SERVER, status)
     if counters is not None:
         responses = family("http_responses_total", "counter", "Responses by status class.")
         for n, count in enumerate(counters.by_class):
@@ -91,39 +122,16 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
         family("mirror_upstream_up", "gauge", "1 while the upstream answers, 0 in backoff.").add(
             up, stage=stage
         )
-        family(
-            "mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row."
-        ).add(mirror.get("consecutive_failures"), stage=stage)
-        family(
-            "mirror_upstream_last_success_timestamp_seconds", "gauge",
-            "When the upstream last answered.",
-        ).add(mirror.get("last_success"), stage=stage)
+        out.add_all(_MIRROR, mirror, stage=stage)
         family("mirror_project_list_names", "gauge", "Names in the cached upstream list.").add(
             (mirror.get("project_list") or {}).get("names"), stage=stage
         )
-        family("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.").add(
-            mirror.get("downloads_in_progress"), stage=stage
+    if isinstance(status.get("replica"), dict):
+        out.add_all(_REPLICA, status["replica"])
+    if isinstance(status.get("polling-replicas"), dict):
+        family("polling_replicas", "gauge", "Replicas following this primary.").add(
+            len(status["polling-replicas"])
         )
-    family("offline_mode", "gauge", "1 when upstreams are never contacted.").add(
-        status.get("offline-mode")
-    )
-    replica = status.get("replica")
-    if isinstance(replica, dict):
-        family("replica_lag_serials", "gauge", "Serials the primary has and this replica not.").add(
-            replica.get("lag")
-        )
-        family("replica_in_sync", "gauge", "1 when the replica has every serial.").add(
-            replica.get("in-sync")
-        )
-        family("replica_primary_serial", "gauge", "The primary's last serial seen.").add(
-            replica.get("primary-serial")
-        )
-        family(
-            "replica_last_contact_timestamp_seconds", "gauge", "When the primary last answered."
-        ).add(replica.get("last-contact"))
-    polling = status.get("polling-replicas")
-    if isinstance(polling, dict):
-        family("polling_replicas", "gauge", "Replicas following this primary.").add(len(polling))
     serial = status.get("serial")
     for hook, state in sorted((status.get("event-hooks") or {}).items()):
         done = state.get("serial")
@@ -131,26 +139,18 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
             done, hook=hook
         )
         if isinstance(serial, int) and isinstance(done, int):
-            backlog = family(
+            family(
                 "event_hook_backlog_serials", "gauge", "Serials a hook has still to handle."
-            )
-            backlog.add(max(0, serial - done), hook=hook)
+            ).add(max(0, serial - done), hook=hook)
     gc = status.get("blob-gc")
     if isinstance(gc, dict):
-        last = gc.get("last") or {}
         family("blob_gc_last_sweep_timestamp_seconds", "gauge", "When the last sweep ended.").add(
-            last.get("finished")
+            (gc.get("last") or {}).get("finished")
         )
-        family("blob_gc_removed_total", "counter", "Unreferenced files removed.").add(
-            gc.get("removed_total")
-        )
-        family("blob_gc_freed_bytes_total", "counter", "Bytes freed by sweeps.").add(
-            gc.get("freed_bytes_total")
-        )
-        family("blob_gc_failures", "gauge", "Failed sweeps in a row.").add(gc.get("failures"))
+        out.add_all(_GC, gc)
     for name, kind, help_text, value in _process():
         family(name, kind, help_text).add(value)
-    return "".join(_lines(families.values())).encode()
+    return "".join(_lines(out.values())).encode()
 
 
 def _lines(families: Any) -> Iterator[str]:
