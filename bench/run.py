@@ -776,8 +776,7 @@ def cpu_table(raw: list[dict[str, Any]]) -> list[str]:
         cells.setdefault(r["measure"], {}).setdefault(r["server"], []).append(pair)
     if not cells:
         return []
-    head = ["measure", *(LABELS[s] for s in SERVERS)]
-    rows = [head, ["---"] * len(head)]
+    rows = [["measure", *(LABELS[s] for s in SERVERS)]]
     for m in MEASURES:
         per = cells.get(m.key)
         if not per:
@@ -796,7 +795,7 @@ def cpu_table(raw: list[dict[str, Any]]) -> list[str]:
         "Server CPU during the load measurements (median, % of one core; processes and their"
         " children, devpid behind nginx counts both):",
         "",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown(rows).splitlines(),
         "",
     ]
 
