@@ -180,3 +180,29 @@ def test_results_survive_export_and_import(start_devpid: Any, tmp_path: Path) ->
     copy = start_devpid(init=False, name="copy")
     (tox,) = _links(_versiondata(copy, stage, "kept-pkg", "1.0"), "toxresult")
     assert json.loads(requests.get(tox["href"], timeout=10).content) == report
+
+
+def test_a_replaced_file_loses_the_reports_of_the_old_bytes(
+    devpid_server: Devpid, tmp_path: Path
+) -> None:
+    """A volatile index takes a re-upload of other bytes under the same name: the reports
+    were about the old bytes and go; an identical re-upload keeps them."""
+    server = devpid_server
+    auth = make_user(server, None, "pw")
+    stage = make_index(server, auth, "vol")
+    env = client_env(tmp_path / "c")
+
+    def twine(wheel: Path) -> None:
+        run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
+             "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
+             str(wheel)], env)
+
+    first = make_wheel(tmp_path / "a", "swap-pkg", "1.0")
+    twine(first)
+    href = _links(_versiondata(server, stage, "swap-pkg", "1.0"), "releasefile")[0]["href"]
+    assert requests.post(href, json={"testenvs": {}}, timeout=10).status_code == 200
+    twine(first)  # the same bytes again
+    (tox,) = _links(_versiondata(server, stage, "swap-pkg", "1.0"), "toxresult")
+    twine(make_wheel(tmp_path / "b", "swap-pkg", "1.0", extra_bytes=1000))  # other bytes
+    assert _links(_versiondata(server, stage, "swap-pkg", "1.0"), "toxresult") == []
+    assert requests.get(tox["href"], timeout=10).status_code in (404, 410)

@@ -228,6 +228,17 @@ def query_flag(request: Any, name: bytes) -> bool:
     return any(item.split(b"=", 1)[0] == name for item in query.replace(b";", b"&").split(b"&"))
 
 
+def utc_timestamp() -> str:
+    """RFC 3339 with microseconds and Z, as PEP 700's upload-time wants it."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+def log_when() -> list[int]:
+    """The time for a file's ``log`` entry, as devpi writes it."""
+    return list(time.gmtime()[:6])
+
+
 def set_serial(request: Any, serial: int | None) -> None:
     """Report the serial a write committed (otherwise the serial at response time is sent)."""
     if serial is not None:

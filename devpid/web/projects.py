@@ -16,14 +16,15 @@ from devpid.web.app import (
     app,
     header,
     json_response,
+    log_when,
     query_flag,
     read_json,
     set_serial,
+    utc_timestamp,
 )
 from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
 from devpid.web.negotiate import is_installer, wants_json_api
 from devpid.web.simple import serve_project_page
-from devpid.web.upload import log_when, utc_timestamp
 
 
 def _redirect(request: Any, location: str) -> bytes:
@@ -181,8 +182,8 @@ def _delete_version_keys(tx: Any, stage: str, project: str, version: str) -> Non
     tx.delete(keys.doc(stage, project, version))
     for key, value in tx.items(keys.file_prefix(stage, project)):
         if value.get("version") == version:
+            toxresults.file_changing(tx, stage, project, value["filename"], None)
             tx.delete(key)
-            toxresults.delete_for_file(tx, stage, project, value["filename"])
 
 
 def _drop_empty_project(tx: Any, stage: str, project: str) -> None:
@@ -246,10 +247,11 @@ async def delete_file(server: DevpidServer, request: Any, user: str, index: str,
     key = found[0]
     value = server.store.get(key)
     with server.store.transaction() as tx:
+        if key.startswith("file/") and isinstance(value, dict):
+            toxresults.file_changing(tx, stage, key.split("/")[3], value["filename"], None)
         tx.delete(key)
         if key.startswith("file/") and isinstance(value, dict):
             project = key.split("/")[3]
-            toxresults.delete_for_file(tx, stage, project, value["filename"])
             version = value.get("version")
             remaining = [v for _, v in tx.items(keys.file_prefix(stage, project))
                          if v.get("version") == version]
@@ -359,6 +361,7 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
                       "upload_time": utc_timestamp(),
                       "log": [e for e in value.get("log", []) if e.get("what") != "overwrite"]
                       + [push_log]}
+            toxresults.file_changing(tx, target, project, value["filename"], copied)
             tx.set(tkey, copied)
             actionlog.append([200, "store_releasefile", copied["path"]])
             for path in toxresults.copy_for_push(

@@ -15,10 +15,16 @@ import time
 from typing import Any
 
 from devpid.auth import can_upload
-from devpid.store import keys
-from devpid.web.app import DevpidServer, app, json_response, set_serial
+from devpid.store import BlobStore, keys
+from devpid.web.app import (
+    DevpidServer,
+    app,
+    json_response,
+    log_when,
+    set_serial,
+    utc_timestamp,
+)
 from devpid.web.errors import HTTPError, not_found
-from devpid.web.upload import log_when, utc_timestamp
 
 MAX_TOXRESULT_BYTES = 16 * 1024 * 1024  # a tox report is kilobytes; 16 MB is generous
 
@@ -49,19 +55,10 @@ async def post_toxresult(
     found = server.store.lookup_path(relpath)
     if found is None or not found[0].startswith("file/"):
         raise not_found(f"no release file found at {relpath}")
-    request.content.seek(0)
-    body = request.content.read(MAX_TOXRESULT_BYTES + 1)
-    if len(body) > MAX_TOXRESULT_BYTES:
-        raise HTTPError(413, f"a tox result may have at most {MAX_TOXRESULT_BYTES} bytes")
-    try:
-        report = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPError(400, "Bad request: could not decode json") from None
-    if not isinstance(report, dict):
-        raise HTTPError(400, "a tox result must be a JSON object")
     file_key = found[0]
     _, _, _, project, filename = file_key.split("/")
-    sha = await server.in_thread(server.blobs.put_bytes, body)
+    # Reading, parsing and storing up to 16 MB is no work for the reactor thread.
+    sha, size = await server.in_thread(_store_report, server.blobs, request.content)
     with server.store.transaction() as tx:
         release = tx.get(file_key)
         if not isinstance(release, dict):  # deleted while the report was being stored
@@ -74,7 +71,7 @@ async def post_toxresult(
             "filename": name,
             "path": path,
             "sha256": sha,
-            "size": len(body),
+            "size": size,
             "for": filename,
             "version": release.get("version"),
             "upload_time": utc_timestamp(),
@@ -84,8 +81,33 @@ async def post_toxresult(
     return json_response(request, result=f"{path}#sha256={sha}", type="toxresultpath")
 
 
-def delete_for_file(tx: Any, stage: str, project: str, filename: str) -> None:
-    """Deleting a release file deletes the results attached to it (in the same serial)."""
+def _store_report(blobs: BlobStore, content: Any) -> tuple[str, int]:
+    """Check the posted report (a JSON object, not too big) and store it. Blocking."""
+    content.seek(0)
+    body = content.read(MAX_TOXRESULT_BYTES + 1)
+    if len(body) > MAX_TOXRESULT_BYTES:
+        raise HTTPError(413, f"a tox result may have at most {MAX_TOXRESULT_BYTES} bytes")
+    try:
+        report = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "Bad request: could not decode json") from None
+    if not isinstance(report, dict):
+        raise HTTPError(400, "a tox result must be a JSON object")
+    return blobs.put_bytes(body), len(body)
+
+
+def file_changing(
+    tx: Any, stage: str, project: str, filename: str, new: dict[str, Any] | None
+) -> None:
+    """Call before a release file's record is deleted (``new`` None) or set to ``new``.
+
+    Reports belong to the bytes they tested: a file that goes, or is replaced by other bytes
+    (a re-upload or re-push to a volatile index), takes its reports with it in the same
+    serial; a record rewritten with the same bytes (yank, log) keeps them.
+    """
+    old = tx.get(keys.file(stage, project, filename))
+    if new is not None and isinstance(old, dict) and old.get("sha256") == new.get("sha256"):
+        return
     for key in tx.keys(keys.toxresult_prefix(stage, project, filename)):
         tx.delete(key)
 

@@ -10,7 +10,6 @@ the file; a refused upload leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,22 +31,13 @@ from devpid.model.names import (
 from devpid.store import keys
 from devpid.store.blobs import BlobStore
 from devpid.web import indexes as index_routes
-from devpid.web.app import DevpidServer, header, set_serial
+from devpid.web import toxresults
+from devpid.web.app import DevpidServer, header, log_when, set_serial, utc_timestamp
 from devpid.web.errors import HTTPError, forbidden, unauthorized
 
 MAX_FIELD_BYTES = 4 * 1024 * 1024
 MAX_DOC_MEMBERS = 20000
 MAX_DOC_UNPACKED = 512 * 1024 * 1024
-
-
-def utc_timestamp() -> str:
-    """RFC 3339 with microseconds and Z, as PEP 700's upload-time wants it."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-
-
-def log_when() -> list[int]:
-    return list(time.gmtime()[:6])
 
 
 @dataclass
@@ -393,6 +383,7 @@ async def _file_upload(ctx: Upload) -> bytes:
         _ensure_project(tx, stage, project, name)
         old = tx.get(release_key) or {}
         tx.set(release_key, {**old, **metadata})
+        toxresults.file_changing(tx, stage, project, filename, value)
         tx.set(file_key, value)
     set_serial(request, tx.serial)
     return b""
