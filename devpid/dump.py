@@ -37,6 +37,7 @@ from devpid import auth
 from devpid.model.indexes import IndexConfigError, check_bases
 from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
 from devpid.store import BlobStore, is_initialised, keys, open_store
+from devpid.store.blobs import HEX64
 
 FORMAT = "devpid-dump"
 VERSION = 1
@@ -45,7 +46,6 @@ MANIFEST_NAME = "MANIFEST.sha256"
 BLOBS_DIR = "blobs"
 CHUNK = 1024 * 1024
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # key kind -> number of "/"-separated parts
 _KEY_PARTS = {"user": 2, "index": 3, "project": 4, "release": 5, "file": 5, "doc": 5,
               "toxresult": 6,
@@ -97,11 +97,6 @@ class Progress:
 def blob_relpath(sha256: str) -> str:
     """Where a blob lives inside a dump (the same fan-out as the server's ``+blobs``)."""
     return f"{BLOBS_DIR}/{sha256[0:2]}/{sha256[2:4]}/{sha256}"
-
-
-def referenced_blobs(key: str, value: Any) -> list[str]:
-    """The blob digests a value needs (only stored files and docs own blobs)."""
-    return keys.record_blobs(key, value)
 
 
 def sha256_file(path: Path) -> str:
@@ -208,8 +203,8 @@ def export(
     blobs = BlobStore(serverdir / "+blobs")
     needed: dict[str, str] = {}
     for key, value in snap.entries:
-        for digest in referenced_blobs(key, value):
-            if not _HEX64.fullmatch(digest):
+        for digest in keys.record_blobs(key, value):
+            if not HEX64.fullmatch(digest):
                 raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
             if not blobs.exists(digest):
                 raise DumpError(f"{key}: its blob {digest} is missing from {blobs.root}")
@@ -328,8 +323,8 @@ def load_devpid_dump(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
     plan = ImportPlan(source=f"devpid dump {dumpdir} (serial {doc.get('serial')})",
                       entries=entries)
     for key, value in entries:
-        for digest in referenced_blobs(key, value):
-            if not _HEX64.fullmatch(digest):
+        for digest in keys.record_blobs(key, value):
+            if not HEX64.fullmatch(digest):
                 raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
             rel = blob_relpath(digest)
             if rel not in listed:
@@ -375,7 +370,7 @@ def verify_plan(plan: ImportPlan) -> None:
                     check_safe_filename(parts[4])
                 except InvalidFilename as e:
                     raise DumpError(f"{key}: {e}") from None
-            for digest in referenced_blobs(key, value):
+            for digest in keys.record_blobs(key, value):
                 if digest not in plan.blob_files and digest not in plan.blob_bytes:
                     raise DumpError(f"{key}: its blob {digest} is not in the dump")
     if "root" not in users:
@@ -471,7 +466,7 @@ def write_plan(
             progress = Progress("imported", len(groups), "projects", out)
             for _, items in sorted(groups.items()):
                 for key, value in items:
-                    for digest in referenced_blobs(key, value):
+                    for digest in keys.record_blobs(key, value):
                         _place_blob(blobs, digest, plan, hard_links)
                 with store.transaction() as tx:
                     for key, value in items:
@@ -535,4 +530,4 @@ def import_dump(
 
 def iter_blob_digests(entries: Iterable[tuple[str, Any]]) -> set[str]:
     """Every blob digest referenced by ``entries`` (used by tests and checks)."""
-    return {d for k, v in entries for d in referenced_blobs(k, v)}
+    return {d for k, v in entries for d in keys.record_blobs(k, v)}

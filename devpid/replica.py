@@ -43,6 +43,7 @@ from twisted.web.static import File
 
 from devpid.store import keys
 from devpid.store.base import Changes
+from devpid.store.blobs import HEX64
 from devpid.web.app import DevpidServer, app, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
 
@@ -70,7 +71,6 @@ OWN_RESPONSE_HEADERS = HOP_BY_HOP | {
     b"x-devpi-uuid", b"x-devpi-primary-uuid", b"x-devpi-master-uuid", b"server", b"date",
 }
 _UUID = re.compile(r"[A-Za-z0-9-]{1,64}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- authentication -------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def changelog_feed(server: DevpidServer, request: Any) -> Deferred[bytes]:
 @app.route("/+blob/<sha256>", methods=["GET"])
 def get_blob(server: DevpidServer, request: Any, sha256: str) -> Any:
     check_auth(server, request, f"/+blob/{sha256}")
-    if not _HEX64.fullmatch(sha256):
+    if not HEX64.fullmatch(sha256):
         raise not_found("not a sha256 digest")
     path = server.blobs.path(sha256)
     if path.is_file():
@@ -649,7 +649,7 @@ def blobs_of(changes: Changes) -> list[str]:
     out: list[str] = []
     for key, value in changes.items():
         for digest in keys.record_blobs(key, value):
-            if _HEX64.fullmatch(digest) and digest not in out:
+            if HEX64.fullmatch(digest) and digest not in out:
                 out.append(digest)
     return out
 
