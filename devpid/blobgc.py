@@ -221,8 +221,8 @@ class BlobGCService(service.Service):
         self._call = None
         try:
             d = self.run_sweep(lambda: self._stopping)
-        except Exception as e:  # a sweep that cannot even start: same as a failed one
-            d = fail(e)
+        except Exception:  # a sweep that cannot even start: same as a failed one
+            d = fail()  # (a Failure of the exception being handled, with its traceback)
         self._running = d
         # _swept and _failed each give the delay until the next sweep.
         chain: Any = d.addCallbacks(self._swept, self._failed)
