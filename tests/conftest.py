@@ -76,6 +76,15 @@ def run(
     return proc
 
 
+def twine_upload(
+    index_url: str, auth: tuple[str, str], env: dict[str, str], *paths: Path
+) -> subprocess.CompletedProcess[str]:
+    """``twine upload`` of ``paths`` to ``index_url`` (``.../USER/INDEX/``) with a password."""
+    return run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
+                "--repository-url", index_url, "-u", auth[0], "-p", auth[1],
+                *map(str, paths)], env)
+
+
 @dataclass
 class Devpid:
     """A real devpid daemon (``twistd -n devpid``) in a subprocess."""

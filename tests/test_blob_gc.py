@@ -28,9 +28,10 @@ from devpid.blobgc import (
     sweep,
 )
 from devpid.store import DB_NAME, keys, open_store
-from tests.conftest import Devpid, client_env, run, tool
+from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_wheel
 from tests.test_private_index import make_index, make_user, pip_download, upload_ok
+from tests.test_replication import wait_for
 
 OLD = time.time() - 10 * 86400
 
@@ -204,22 +205,6 @@ def _blob_count(server: Devpid) -> int:
     return len(list(stored_blobs(server.serverdir / "+blobs")))
 
 
-def _wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
-def _twine(server: Devpid, stage: str, auth: tuple[str, str], env: dict[str, str],
-           *paths: Path) -> None:
-    run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
-         "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
-         *map(str, paths)], env)
-
-
 def test_the_daemon_sweeps_deleted_files_and_keeps_shared_ones(
     start_devpid: Any, tmp_path: Path
 ) -> None:
@@ -229,14 +214,27 @@ def test_the_daemon_sweeps_deleted_files_and_keeps_shared_ones(
     dev, prod = make_index(server, auth, "dev"), make_index(server, auth, "prod")
     keep = make_wheel(tmp_path / "d", "keep-me", "1.0")
     gone = make_wheel(tmp_path / "d", "gone-soon", "1.0", extra_bytes=200_000)
-    _twine(server, dev, auth, env, keep, gone)
-    _twine(server, prod, auth, env, gone)  # the same bytes in a second index
+    twine_upload(f"{server.url}/{dev}/", auth, env, keep, gone)
+    twine_upload(f"{server.url}/{prod}/", auth, env, gone)  # the same bytes in a second index
+    uploaded = time.time()
     assert _blob_count(server) == 4  # two wheels, two metadata files
     # delete from dev: prod still names the blob, so it stays
-    assert server.json("DELETE", f"/{dev}/gone-soon", auth=auth).status_code == 200
-    time.sleep(4)
-    status = requests.get(server.url + "/+status", headers={"Accept": "application/json"},
-                          timeout=10).json()["result"]["blob-gc"]
+    r = server.json("DELETE", f"/{dev}/gone-soon", auth=auth)
+    assert r.status_code == 200
+    deleted_at = int(r.headers["X-Devpi-Serial"])
+
+    def gc_status() -> dict[str, Any]:
+        result: dict[str, Any] = server.json("GET", "/+status").json()["result"]["blob-gc"]
+        return result
+
+    def swept_since_delete_and_grace() -> bool:
+        # a sweep that saw the deletion, at a time the files were past the 2 s grace: only
+        # the prod record can have kept the shared blob
+        last = gc_status()["last"]
+        return bool(last and last["serial"] >= deleted_at and last["finished"] > uploaded + 2.5)
+
+    wait_for(swept_since_delete_and_grace, 20, "a sweep after the delete and the grace")
+    status = gc_status()
     assert status["last"] is not None and status["last_error"] is None, status
     assert _blob_count(server) == 4
     # delete from prod with devpi-client: now nothing needs it and the daemon sweeps it
@@ -244,7 +242,7 @@ def test_the_daemon_sweeps_deleted_files_and_keeps_shared_ones(
     run([tool("devpi"), "login", auth[0], "--password", auth[1]], env)
     run([tool("devpi"), "use", prod], env)
     run([tool("devpi"), "remove", "-y", "gone-soon"], env)
-    assert _wait_for(lambda: _blob_count(server) == 2), server.log()[-3000:]
+    wait_for(lambda: _blob_count(server) == 2, 20, "the unshared wheel swept")
     names, _ = pip_download(env, f"{server.url}/{dev}/+simple/", "keep-me")
     assert names == [keep.name]
     r = requests.get(f"{server.url}/{prod}/+simple/gone-soon/", timeout=10)

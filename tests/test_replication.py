@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from devpid.store import open_store
-from tests.conftest import Devpid, client_env, init_serverdir, run, tool
+from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
 
 UPLOAD_PY = Path(__file__).parent.parent / "devpid" / "web" / "upload.py"
 
@@ -461,8 +461,7 @@ def test_deletions_free_the_disk_on_primary_and_replicas(cluster: Any, tmp_path:
     assert primary.json("PUT", "/u", json={"password": "pw"}).status_code == 201
     assert primary.json("PUT", "/u/i", auth=("u", "pw"), json={"bases": []}).status_code == 200
     wheels = [make_wheel(tmp_path / "dist", "gc-pkg", v, extra_bytes=50000) for v in ("1", "2")]
-    run([tool("twine"), "upload", "--repository-url", primary.url + "/u/i/", "-u", "u",
-         "-p", "pw", *map(str, wheels)], env)
+    twine_upload(primary.url + "/u/i/", ("u", "pw"), env, *wheels)
     wait_serial(replica, serial_of(primary))
 
     def count(server: Devpid) -> int:

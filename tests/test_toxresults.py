@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from devpid.web.toxresults import MAX_TOXRESULT_BYTES
-from tests.conftest import Devpid, client_env, run, tool
+from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_sdist, make_wheel
 from tests.test_private_index import devpi, make_index, make_user
 
@@ -50,9 +50,7 @@ def tested(devpid_server: Devpid, tmp_path_factory: pytest.TempPathFactory) -> A
     make_index(server, auth, "prod")
     dists = [make_wheel(tmp / "d", "tested-pkg", "1.0"),
              make_sdist(tmp / "d", "tested-pkg", "1.0", extra_files={"tox.ini": TOX_INI})]
-    run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
-         "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
-         *map(str, dists)], env)
+    twine_upload(f"{server.url}/{stage}/", auth, env, *dists)
     devpi(env, "use", server.url + "/")
     devpi(env, "login", auth[0], "--password", auth[1])
     devpi(env, "use", stage)
@@ -150,9 +148,7 @@ def test_acl_toxresult_upload_limits_who_may_post(
     other = make_user(server, None, "pw")
     stage = make_index(server, owner, "ci", acl_toxresult_upload=[owner[0]])
     wheel = make_wheel(tmp_path, "acl-pkg", "1.0")
-    run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
-         "--repository-url", f"{server.url}/{stage}/", "-u", owner[0], "-p", owner[1],
-         str(wheel)], client_env(tmp_path / "c"))
+    twine_upload(f"{server.url}/{stage}/", owner, client_env(tmp_path / "c"), wheel)
     href = _links(_versiondata(server, stage, "acl-pkg", "1.0"), "releasefile")[0]["href"]
     for auth in (None, other):
         r = requests.post(href, json={"testenvs": {}}, auth=auth, timeout=10)
@@ -167,9 +163,7 @@ def test_results_survive_export_and_import(start_devpid: Any, tmp_path: Path) ->
     stage = make_index(server, auth, "dev")
     wheel = make_wheel(tmp_path / "d", "kept-pkg", "1.0")
     env = client_env(tmp_path / "c")
-    run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
-         "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
-         str(wheel)], env)
+    twine_upload(f"{server.url}/{stage}/", auth, env, wheel)
     href = _links(_versiondata(server, stage, "kept-pkg", "1.0"), "releasefile")[0]["href"]
     report = {"testenvs": {"py": {"test": []}}, "reportversion": "1"}
     assert requests.post(href, json=report, timeout=10).status_code == 200
@@ -193,9 +187,7 @@ def test_a_replaced_file_loses_the_reports_of_the_old_bytes(
     env = client_env(tmp_path / "c")
 
     def twine(wheel: Path) -> None:
-        run([tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
-             "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
-             str(wheel)], env)
+        twine_upload(f"{server.url}/{stage}/", auth, env, wheel)
 
     first = make_wheel(tmp_path / "a", "swap-pkg", "1.0")
     twine(first)
