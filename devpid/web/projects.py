@@ -54,6 +54,9 @@ def _stage_versions(
     result: dict[str, dict[str, Any]] = {}
     private = server.store.get(keys.project(stage, project)) is not None
     if private:
+        reports: dict[str, list[dict[str, Any]]] = {}  # release file name -> its tox results
+        for _key, tox in server.store.items(f"toxresult/{stage}/{project}/"):
+            reports.setdefault(tox["for"], []).append(tox)
         for key, meta in server.store.items(keys.release_prefix(stage, project)):
             version = key.rsplit("/", 1)[1]
             result[version] = {**meta, "+links": []}
@@ -67,9 +70,7 @@ def _stage_versions(
             entry["+links"].append(file_link)
             if value.get("yanked"):
                 entry["yanked"] = value["yanked"]
-            for _k, tox in server.store.items(
-                keys.toxresult_prefix(stage, project, value["filename"])
-            ):
+            for tox in reports.get(value["filename"], ()):
                 tox_link = Link(tox["filename"], tox["path"], stage, value["version"],
                                 {"sha256": tox["sha256"]})
                 entry["+links"].append({

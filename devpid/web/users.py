@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import devpid
+from devpid import metrics as prometheus
 from devpid.auth import TOKEN_LIFETIME, can_manage_user
 from devpid.model.names import validate_user_or_index_name
 from devpid.store import keys
@@ -114,8 +115,6 @@ def status(server: DevpidServer, request: Any) -> bytes:
 @app.route("/+metrics", methods=["GET"])
 def metrics(server: DevpidServer, request: Any) -> bytes:
     """Prometheus text: the status as gauges, plus request counters (see devpid/metrics.py)."""
-    from devpid import metrics as prometheus
-
     request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
     request.setHeader(b"Cache-Control", b"no-store")
     return prometheus.render(status_result(server), server.request_counters)
