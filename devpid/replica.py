@@ -39,11 +39,13 @@ from twisted.web import server as twserver
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.static import File
+from twisted.web.resource import Resource
+from twisted.web.static import File, NoRangeStaticProducer
 
 from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
+from devpid.store.sqlite import ChangelogReader
 from devpid.web.app import DevpidServer, app, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
 
@@ -56,7 +58,10 @@ HOLD_SECONDS = 30.0  # how long the primary keeps a caught-up changelog response
 HEARTBEAT_SECONDS = 5.0  # blank line written while holding, so replicas detect dead peers
 IDLE_TIMEOUT = 3 * HEARTBEAT_SECONDS  # replica aborts a stream silent for this long
 MAX_ENTRIES = 1000  # entries per response; a replica further behind re-polls at once
-MAX_LINE = 256 * 1024 * 1024
+# Entries up to INLINE_MAX bytes travel inline as one line; larger ones (any size the store
+# holds) as a reference line the replica follows with GET /+changelog/N, spooled to disk.
+INLINE_MAX = 1024 * 1024
+MAX_LINE = INLINE_MAX + 1024  # so a misbehaving primary cannot make a replica buffer more
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 WRITE_METHODS = frozenset({b"PUT", b"POST", b"PATCH", b"DELETE", b"PUSH"})
@@ -183,15 +188,11 @@ class _FeedStream:
         try:
             store = self.feed.server.store
             while self.next <= store.serial:
-                rows = store.changelog_since(self.next, min(100, MAX_ENTRIES - self.sent))
+                rows = store.changelog_rows_since(
+                    self.next, min(100, MAX_ENTRIES - self.sent), INLINE_MAX)
                 if not rows:
                     break
-                lines = [
-                    json.dumps({"serial": s, "changes": c}, separators=(",", ":")).encode()
-                    + b"\n"
-                    for s, c in rows
-                ]
-                self.request.write(b"".join(lines))
+                self.request.write(b"".join(entry_line(*row) for row in rows))
                 self.next = rows[-1][0] + 1
                 self.sent += len(rows)
                 if self.sent >= MAX_ENTRIES:
@@ -228,6 +229,31 @@ class _FeedStream:
         self._pending_wake = None
 
 
+def entry_line(serial: int, size: int, text: str | None) -> bytes:
+    """One changelog line: the stored JSON text as is (no re-encoding on the reactor), or,
+    for an entry larger than INLINE_MAX, a reference the replica fetches as a stream."""
+    if text is None:
+        return b'{"serial":%d,"size":%d}\n' % (serial, size)
+    return b'{"serial":%d,"changes":%s}\n' % (serial, text.encode("ascii"))
+
+
+class _EntryResource(Resource):
+    """``GET /+changelog/N``: one entry's JSON text, streamed from the database in chunks."""
+
+    isLeaf = True
+
+    def __init__(self, reader: ChangelogReader) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", str(self.reader.size).encode())
+        NoRangeStaticProducer(request, self.reader).start()
+        return twserver.NOT_DONE_YET
+
+
 def _feed(server: DevpidServer) -> PrimaryFeed:
     feed = server.components.get("replica_feed")
     if feed is None:
@@ -246,6 +272,15 @@ def changelog_feed(server: DevpidServer, request: Any) -> Deferred[bytes]:
     if since < 0:
         raise HTTPError(400, "since must not be negative")
     return _feed(server).open_stream(request, replica_uuid, since)
+
+
+@app.route("/+changelog/<int:serial>", methods=["GET"])
+def changelog_entry(server: DevpidServer, request: Any, serial: int) -> Any:
+    check_auth(server, request, f"/+changelog/{serial}")
+    reader = server.store.open_changelog(serial)
+    if reader is None:
+        raise not_found(f"serial {serial} is not in the changelog")
+    return _EntryResource(reader)
 
 
 @app.route("/+blob/<sha256>", methods=["GET"])
@@ -556,16 +591,19 @@ class ReplicaFollower(service.Service):
     async def _apply_line(self, line: bytes) -> None:
         try:
             entry = json.loads(line)
-            serial, changes = entry["serial"], entry["changes"]
+            serial = entry["serial"]
+            changes = entry["changes"] if "size" not in entry else None
         except (ValueError, KeyError, TypeError):
             raise ReplicationError(f"garbage in the changelog: {line[:80]!r}") from None
-        if not isinstance(serial, int) or not isinstance(changes, dict):
+        if not isinstance(serial, int) or not isinstance(changes, dict | None):
             raise ReplicationError(f"malformed changelog entry: {line[:80]!r}")
         current = self.store.serial
         if serial <= current:
             return  # already applied (e.g. a repeated entry after a reconnect)
         if serial != current + 1:
             raise ReplicationError(f"gap in the changelog: got {serial}, expected {current + 1}")
+        if changes is None:  # a large entry: streamed on its own request
+            changes = await self.fetch_entry(serial)
         for sha256 in blobs_of(changes):
             await self.fetch_blob(sha256)
         if self.store.serial != current:  # cannot happen (one loop), but never double-apply
@@ -580,6 +618,41 @@ class ReplicaFollower(service.Service):
         self.last_contact = time.time()
         self.last_error = None
         self.backoff = BACKOFF_START
+
+    async def fetch_entry(self, serial: int) -> Changes:
+        """A large changelog entry: spooled to a temp file, parsed in a worker thread."""
+        blobs = self.server.blobs
+        path = f"/+changelog/{serial}"
+        response = await self.http.get(
+            self.primary_url + path,
+            headers=self._auth(path),
+            unbuffered=True,
+            timeout=self.server.settings.request_timeout,
+        )
+        if response.code != 200:
+            body = await _read_small(response, self.clock)
+            raise ReplicationError(
+                f"fetching serial {serial}: primary answered {response.code}: {_message(body)}"
+            )
+        f, tmp = blobs.new_temp()
+        try:
+            def on_data(data: bytes) -> None:
+                f.write(data)
+
+            reader = _BodyReader(self.clock, IDLE_TIMEOUT, on_data)
+            response.deliverBody(reader)
+            try:
+                await reader.done
+            finally:
+                reader.abort()
+            f.close()
+            changes = await self.server.in_thread(_load_entry, tmp)
+        finally:
+            f.close()
+            blobs.discard(tmp)
+        if not isinstance(changes, dict):
+            raise ReplicationError(f"serial {serial} arrived malformed (not a JSON object)")
+        return changes
 
     async def fetch_blob(self, sha256: str) -> None:
         """Copy one blob from the primary, verifying its hash before it gets its name."""
@@ -642,6 +715,15 @@ class ReplicaFollower(service.Service):
         self.primary_uuid = uuid
         self.server.components["primary_uuid"] = uuid
         log.info("replicating primary {uuid} at {url}", uuid=uuid, url=self.primary_url)
+
+
+def _load_entry(path: Path) -> Any:
+    """Parse a spooled changelog entry. Blocking (thread)."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReplicationError(f"a streamed changelog entry is not valid JSON: {e}") from None
 
 
 def blobs_of(changes: Changes) -> list[str]:

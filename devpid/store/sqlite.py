@@ -175,6 +175,37 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
 
+    def changelog_rows_since(
+        self, serial: int, limit: int, inline_max: int
+    ) -> list[tuple[int, int, str | None]]:
+        """(serial, size, JSON text) of entries from ``serial`` on, unparsed; the text is
+        None for entries larger than ``inline_max`` bytes (read those with open_changelog).
+
+        Stored entries are ASCII (``json.dumps`` escapes), so SQLite's length() is bytes.
+        """
+        rows = self._conn.execute(
+            "SELECT serial, length(changes), CASE WHEN length(changes) <= ? THEN changes END"
+            " FROM changelog WHERE serial >= ? ORDER BY serial LIMIT ?",
+            (inline_max, serial, limit),
+        ).fetchall()
+        return [(int(s), int(n), c) for s, n, c in rows]
+
+    def open_changelog(self, serial: int) -> ChangelogReader | None:
+        """A file-like reader of one entry's JSON text, in chunks (never whole in memory).
+
+        Uses its own read-only connection: changelog rows are never modified, so the
+        incremental blob handle stays valid while the main connection goes on writing.
+        """
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            blob = conn.blobopen("changelog", "changes", serial, readonly=True)
+        except sqlite3.OperationalError:
+            conn.close()
+            return None
+        return ChangelogReader(conn, blob)
+
     def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
         rows = self._conn.execute(
             "SELECT serial, changes FROM changelog WHERE serial >= ? ORDER BY serial LIMIT ?",
@@ -269,6 +300,24 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class ChangelogReader:
+    """``read``/``close`` over one changelog entry's bytes (see SQLiteStore.open_changelog)."""
+
+    def __init__(self, conn: sqlite3.Connection, blob: sqlite3.Blob) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._blob = blob
+        self.size = len(blob)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._blob.read(size)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._blob.close()
+            self._conn.close()
+            self._conn = None
 
 
 class Transaction:
