@@ -19,7 +19,12 @@ from multipart import MultipartSegment, PushMultipartParser, parse_options_heade
 from twisted.internet.defer import FirstError, gatherResults
 
 from devpid.auth import can_upload
-from devpid.model.metadata import MetadataError, metadata_from_form, read_core_metadata
+from devpid.model.metadata import (
+    MetadataError,
+    check_release_size,
+    metadata_from_form,
+    read_core_metadata,
+)
 from devpid.model.names import (
     InvalidFilename,
     check_safe_filename,
@@ -35,7 +40,10 @@ from devpid.web import toxresults
 from devpid.web.app import DevpidServer, header, log_when, set_serial, utc_timestamp
 from devpid.web.errors import HTTPError, forbidden, unauthorized
 
-MAX_FIELD_BYTES = 4 * 1024 * 1024
+# Form fields other than the file, one and all together: bounds what a parse holds in
+# memory (metadata fields are bounded further, see model.metadata.check_release_size).
+MAX_FIELD_BYTES = 2 * 1024 * 1024
+MAX_FORM_BYTES = 8 * 1024 * 1024
 MAX_DOC_MEMBERS = 20000
 MAX_DOC_UNPACKED = 512 * 1024 * 1024
 
@@ -73,6 +81,7 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
     tmp: Path | None = None
     hashers: list[Any] = []
     size = 0
+    form_bytes = 0
     try:
         with PushMultipartParser(boundary, max_segment_count=1000) as parser:
             while not parser.closed:
@@ -100,8 +109,14 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
                             size += len(event)
                         else:
                             buf += event
+                            form_bytes += len(event)
                             if len(buf) > MAX_FIELD_BYTES:
-                                raise HTTPError(400, "form field too large")
+                                raise HTTPError(
+                                    400, f"form field {segment.name if segment else ''!r} "
+                                    f"is larger than {MAX_FIELD_BYTES} bytes")
+                            if form_bytes > MAX_FORM_BYTES:
+                                raise HTTPError(400, f"form fields are larger than "
+                                                f"{MAX_FORM_BYTES} bytes in total")
                     else:
                         if segment is None:
                             continue
@@ -145,7 +160,8 @@ def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
 def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedUpload:
     """Parse the body and, for a file upload, read its core metadata: one thread trip."""
     parsed = parse_upload_body(stream, boundary, blobs)
-    if parsed.file is not None and parsed.get(":action") == "file_upload":
+    action = parsed.get(":action")
+    if parsed.file is not None and action == "file_upload":
         try:
             check_safe_filename(parsed.file.filename)
             parsed.metadata = read_file_metadata(parsed.file, parsed.file.filename)
@@ -153,6 +169,15 @@ def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedU
             parsed.metadata = e
         except (InvalidFilename, ValueError):
             parsed.metadata = None  # the ordinary checks report it
+    if action in ("file_upload", "submit", "register"):
+        read = parsed.metadata
+        archive = read[0] if isinstance(read, tuple) and read[0] is not None else {}
+        try:
+            check_release_size({**metadata_from_form(parsed.fields), **archive})
+        except MetadataError as e:
+            if parsed.file is not None:
+                blobs.discard(parsed.file.tmp)
+            raise HTTPError(400, f"invalid metadata: {e}") from None
     return parsed
 
 
