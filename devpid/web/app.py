@@ -208,7 +208,7 @@ def json_response(
         body["type"] = type
     if message:
         body["message"] = message
-    return json.dumps(body, indent=2).encode() + b"\n"
+    return json.dumps(body, indent=2, allow_nan=False).encode() + b"\n"
 
 
 # User-supplied JSON (configs, custom_data, login, push, yank) is stored and rendered back,
@@ -226,7 +226,7 @@ def read_json(request: Any) -> Any:
     if len(raw) > MAX_JSON_BODY:
         raise HTTPError(400, f"Bad request: JSON body larger than {MAX_JSON_BODY} bytes")
     try:
-        value = json.loads(raw or b"null", parse_constant=_no_constant)
+        value = json.loads(raw or b"null", parse_constant=reject_constant)
     except RecursionError:
         value = None
         depth_ok = False
@@ -239,7 +239,7 @@ def read_json(request: Any) -> Any:
     return value
 
 
-def _no_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     """NaN and Infinity are not JSON (RFC 8259): refuse them rather than store them."""
     raise ValueError(f"{name} is not valid JSON")
 
