@@ -56,6 +56,12 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def encode_value(value: Any) -> str:
+    """A value as the store writes it: for callers that encode a big value in a worker
+    thread and commit it with ``Transaction.set_encoded`` (no encoding on the reactor)."""
+    return _dumps(value)
+
+
 class SQLiteStore:
     """Store implementation over one SQLite database in the server directory."""
 
@@ -130,6 +136,21 @@ class SQLiteStore:
     def get(self, key: str) -> Any | None:
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def serial_of(self, key: str) -> int:
+        """The serial that last wrote ``key`` (-1 if it does not exist); reads no value."""
+        row = self._conn.execute("SELECT serial FROM kv WHERE key=?", (key,)).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def read_apart(self, key: str) -> tuple[Any | None, int]:
+        """(value, serial) of ``key`` over a connection of its own: safe in a worker thread
+        while the reactor uses the main one (WAL: it sees the last committed state)."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            row = conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
+        finally:
+            conn.close()
+        return (None, -1) if row is None else (json.loads(row[0]), int(row[1]))
 
     def get_with_serial(self, key: str) -> tuple[Any | None, int]:
         row = self._conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
@@ -239,13 +260,20 @@ class SQLiteStore:
         tx = Transaction(self)
         yield tx
         if tx.pending:
-            tx.serial = self._commit(None, dict(tx.pending))
+            tx.serial = self._commit(None, dict(tx.pending), tx.encoded)
 
     def apply_serial(self, serial: int, changes: Changes) -> None:
         """Replay one changelog entry under exactly this serial (replicas, import)."""
         self._commit(serial, changes)
 
-    def _commit(self, serial: int | None, changes: Changes) -> int:
+    def _commit(
+        self, serial: int | None, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> int:
+        # Each value is encoded once (or was, in a worker thread: ``encoded``); the entry is
+        # composed from those texts and is exactly _dumps(changes) (sorted keys, same form).
+        texts = {key: encoded[key] if encoded and key in encoded else _dumps(value)
+                 for key, value in changes.items()}
+        entry = "{" + ",".join(f"{json.dumps(key)}:{texts[key]}" for key in sorted(texts)) + "}"
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -256,7 +284,7 @@ class SQLiteStore:
                 raise StoreError(f"cannot apply serial {serial}: store is at serial {current}")
             conn.execute(
                 "INSERT INTO changelog(serial, timestamp, changes) VALUES (?, ?, ?)",
-                (serial, time.time(), _dumps(changes)),
+                (serial, time.time(), entry),
             )
             for key, value in changes.items():
                 conn.execute("DELETE FROM paths WHERE key=?", (key,))
@@ -265,7 +293,7 @@ class SQLiteStore:
                     continue
                 conn.execute(
                     "INSERT OR REPLACE INTO kv(key, serial, value) VALUES (?, ?, ?)",
-                    (key, serial, _dumps(value)),
+                    (key, serial, texts[key]),
                 )
                 for path, filename in paths_of(key, value):
                     conn.execute(
@@ -326,6 +354,7 @@ class Transaction:
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self.pending: dict[str, Any] = {}
+        self.encoded: dict[str, str] = {}
         self.serial: int | None = None
 
     def get(self, key: str) -> Any | None:
@@ -354,10 +383,20 @@ class Transaction:
         if current == value and key not in self.pending:
             return
         self.pending[key] = value
+        self.encoded.pop(key, None)
+
+    def set_encoded(self, key: str, value: Any, text: str) -> None:
+        """Set a value already encoded (``encode_value(value)``, done off the reactor).
+
+        Unlike ``set`` it does not compare with the stored value: the caller did.
+        """
+        self.pending[key] = value
+        self.encoded[key] = text
 
     def delete(self, key: str) -> None:
         if key in self.pending or self._store.get(key) is not None:
             self.pending[key] = None
+            self.encoded.pop(key, None)
 
     @property
     def changes(self) -> Mapping[str, Any]:

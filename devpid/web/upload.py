@@ -35,6 +35,7 @@ from devpid.model.names import (
 )
 from devpid.store import keys
 from devpid.store.blobs import BlobStore
+from devpid.store.sqlite import encode_value
 from devpid.web import indexes as index_routes
 from devpid.web import toxresults
 from devpid.web.app import DevpidServer, header, log_when, set_serial, utc_timestamp
@@ -271,7 +272,7 @@ async def handle_post(server: DevpidServer, request: Any, user: str, index: str)
             ctx = Upload(server, request, stage, config, actor, parsed, parsed.file)
             return await (_file_upload if action == "file_upload" else _doc_upload)(ctx)
         if action in ("submit", "register"):
-            return _register(server, request, stage, parsed)
+            return await _register(server, request, stage, parsed)
         raise HTTPError(400, f"action {action!r} not supported")
     finally:
         if parsed.file is not None:
@@ -291,16 +292,46 @@ def _name_version(parsed: ParsedUpload) -> tuple[str, str]:
     return name, version
 
 
-def _register(server: DevpidServer, request: Any, stage: str, parsed: ParsedUpload) -> bytes:
+async def _register(
+    server: DevpidServer, request: Any, stage: str, parsed: ParsedUpload
+) -> bytes:
     name, version = _name_version(parsed)
     project = normalize_name(name)
     metadata = metadata_from_form(parsed.fields)
     metadata.update(name=name, version=version)
+    release_key = keys.release(stage, project, version)
+    prepared = await server.in_thread(prepare_release, server.store, release_key, metadata,
+                                      False)
     with server.store.transaction() as tx:
         _ensure_project(tx, stage, project, name)
-        tx.set(keys.release(stage, project, version), metadata)
+        set_release(tx, server.store, release_key, metadata, False, prepared)
     set_serial(request, tx.serial)
     return b""
+
+
+# A release record is up to MAX_RELEASE_SIZE: merging it with the stored one, comparing and
+# encoding happen in a worker thread; the commit on the reactor only writes the text.
+Prepared = tuple[dict[str, Any] | None, str | None, int]
+
+
+def prepare_release(store: Any, key: str, metadata: dict[str, Any], merge: bool) -> Prepared:
+    """(new record or None if unchanged, its encoding, serial of the record read). Thread."""
+    old, serial = store.read_apart(key)
+    new = {**old, **metadata} if merge and isinstance(old, dict) else metadata
+    if new == old:
+        return None, None, serial
+    return new, encode_value(new), serial
+
+
+def set_release(tx: Any, store: Any, key: str, metadata: dict[str, Any], merge: bool,
+                prepared: Prepared) -> None:
+    """Commit a prepared record, unless the record changed since: then do it here (rare)."""
+    new, text, serial = prepared
+    if key in tx.pending or store.serial_of(key) != serial:
+        old = tx.get(key)
+        tx.set(key, {**old, **metadata} if merge and isinstance(old, dict) else metadata)
+    elif new is not None and text is not None:
+        tx.set_encoded(key, new, text)
 
 
 def _ensure_project(tx: Any, stage: str, project: str, name: str) -> None:
@@ -379,6 +410,9 @@ async def _file_upload(ctx: Upload) -> bytes:
     log_entry: dict[str, Any] = {"what": "upload", "who": actor, "when": log_when(),
                                  "dst": stage}
 
+    release_key = keys.release(stage, project, version)
+    prepared = await server.in_thread(prepare_release, server.store, release_key, metadata, True)
+
     # Re-read inside the synchronous commit block: nothing can interleave from here on.
     current = server.store.get(file_key)
     if current is not None and not volatile:
@@ -403,11 +437,9 @@ async def _file_upload(ctx: Upload) -> bytes:
         "metadata_sha256": metadata_sha,
         "log": [*log, log_entry],
     }
-    release_key = keys.release(stage, project, version)
     with server.store.transaction() as tx:
         _ensure_project(tx, stage, project, name)
-        old = tx.get(release_key) or {}
-        tx.set(release_key, {**old, **metadata})
+        set_release(tx, server.store, release_key, metadata, True, prepared)
         toxresults.file_changing(tx, stage, project, filename, value)
         tx.set(file_key, value)
     set_serial(request, tx.serial)
