@@ -45,7 +45,7 @@ from twisted.web.static import File, NoRangeStaticProducer
 from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
-from devpid.store.sqlite import ChangelogReader
+from devpid.store.sqlite import ChangelogReader, encode_value
 from devpid.web.app import DevpidServer, app, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
 
@@ -602,13 +602,14 @@ class ReplicaFollower(service.Service):
             return  # already applied (e.g. a repeated entry after a reconnect)
         if serial != current + 1:
             raise ReplicationError(f"gap in the changelog: got {serial}, expected {current + 1}")
+        encoded: dict[str, str] | None = None
         if changes is None:  # a large entry: streamed on its own request
-            changes = await self.fetch_entry(serial)
+            changes, encoded = await self.fetch_entry(serial)
         for sha256 in blobs_of(changes):
             await self.fetch_blob(sha256)
         if self.store.serial != current:  # cannot happen (one loop), but never double-apply
             return
-        self.store.apply_serial(serial, changes)
+        self.store.apply_serial(serial, changes, encoded)
         if self.primary_serial is None or serial > self.primary_serial:
             self.primary_serial = serial
         self._healthy()
@@ -619,8 +620,9 @@ class ReplicaFollower(service.Service):
         self.last_error = None
         self.backoff = BACKOFF_START
 
-    async def fetch_entry(self, serial: int) -> Changes:
-        """A large changelog entry: spooled to a temp file, parsed in a worker thread."""
+    async def fetch_entry(self, serial: int) -> tuple[Changes, dict[str, str]]:
+        """A large changelog entry: spooled to a temp file, parsed and its values encoded
+        for the store in a worker thread (so applying it only writes on the reactor)."""
         blobs = self.server.blobs
         path = f"/+changelog/{serial}"
         response = await self.http.get(
@@ -646,13 +648,13 @@ class ReplicaFollower(service.Service):
             finally:
                 reader.abort()
             f.close()
-            changes = await self.server.in_thread(_load_entry, tmp)
+            changes, encoded = await self.server.in_thread(_load_entry, tmp)
         finally:
             f.close()
             blobs.discard(tmp)
         if not isinstance(changes, dict):
             raise ReplicationError(f"serial {serial} arrived malformed (not a JSON object)")
-        return changes
+        return changes, encoded
 
     async def fetch_blob(self, sha256: str) -> None:
         """Copy one blob from the primary, verifying its hash before it gets its name."""
@@ -717,13 +719,16 @@ class ReplicaFollower(service.Service):
         log.info("replicating primary {uuid} at {url}", uuid=uuid, url=self.primary_url)
 
 
-def _load_entry(path: Path) -> Any:
-    """Parse a spooled changelog entry. Blocking (thread)."""
+def _load_entry(path: Path) -> tuple[Any, dict[str, str]]:
+    """Parse a spooled changelog entry and encode its values as the store will. Thread."""
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            changes = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise ReplicationError(f"a streamed changelog entry is not valid JSON: {e}") from None
+    if not isinstance(changes, dict):
+        return changes, {}
+    return changes, {key: encode_value(value) for key, value in changes.items()}
 
 
 def blobs_of(changes: Changes) -> list[str]:

@@ -507,4 +507,4 @@ def test_a_committed_serial_of_any_size_replicates(cluster: Any) -> None:
         assert value is not None and len(value["description"]) == 257 * 1024 * 1024
     finally:
         store.close()
-    assert "after0" in root_listing(replica)
+    assert replica.json("GET", "/after0").status_code == 200  # and it went on following

@@ -262,9 +262,12 @@ class SQLiteStore:
         if tx.pending:
             tx.serial = self._commit(None, dict(tx.pending), tx.encoded)
 
-    def apply_serial(self, serial: int, changes: Changes) -> None:
-        """Replay one changelog entry under exactly this serial (replicas, import)."""
-        self._commit(serial, changes)
+    def apply_serial(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """Replay one changelog entry under exactly this serial (replicas, import);
+        ``encoded``: values already encoded off the reactor (``encode_value``)."""
+        self._commit(serial, changes, encoded)
 
     def _commit(
         self, serial: int | None, changes: Changes, encoded: Mapping[str, str] | None = None
