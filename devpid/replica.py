@@ -17,6 +17,7 @@ within +-60 s of the primary's clock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -32,6 +33,7 @@ from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredQueue
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +43,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.static import File, NoRangeStaticProducer
+from zope.interface import implementer
 
 from devpid.store import keys
 from devpid.store.base import Changes
@@ -58,6 +61,7 @@ HOLD_SECONDS = 30.0  # how long the primary keeps a caught-up changelog response
 HEARTBEAT_SECONDS = 5.0  # blank line written while holding, so replicas detect dead peers
 IDLE_TIMEOUT = 3 * HEARTBEAT_SECONDS  # replica aborts a stream silent for this long
 MAX_ENTRIES = 1000  # entries per response; a replica further behind re-polls at once
+BATCH = 16  # entries read from the database and written at once
 # Entries up to INLINE_MAX bytes travel inline as one line; larger ones (any size the store
 # holds) as a reference line the replica follows with GET /+changelog/N, spooled to disk.
 INLINE_MAX = 1024 * 1024
@@ -149,8 +153,10 @@ class PrimaryFeed:
         return stream.done
 
 
+@implementer(IPushProducer)
 class _FeedStream:
-    """One held-open changelog response."""
+    """One held-open changelog response; a push producer, so a slow replica pauses the
+    feed instead of having entries pile up in the transport's buffer."""
 
     def __init__(self, feed: PrimaryFeed, request: Any, since: int) -> None:
         self.feed = feed
@@ -162,6 +168,19 @@ class _FeedStream:
         self.done: Deferred[bytes] = Deferred(lambda _d: self._cleanup())
         self._pending_wake: Any = None
         self._timers: list[Any] = []
+        self.paused = False
+        self._registered = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.pump()
+
+    def stopProducing(self) -> None:
+        self._cleanup()
 
     def start(self) -> None:
         request = self.request
@@ -171,6 +190,8 @@ class _FeedStream:
         request.setHeader(b"X-Devpid-Serial", str(self.feed.server.store.serial).encode())
         self._timers.append(self.clock.callLater(HOLD_SECONDS, self.end))
         self._timers.append(self.clock.callLater(HEARTBEAT_SECONDS, self._heartbeat))
+        request.registerProducer(self, True)
+        self._registered = True
         self.pump()
 
     def wake(self) -> None:
@@ -187,9 +208,10 @@ class _FeedStream:
             return
         try:
             store = self.feed.server.store
-            while self.next <= store.serial:
+            while not self.paused and self.next <= store.serial:
+                # At most BATCH entries (of up to INLINE_MAX each) in memory at a time.
                 rows = store.changelog_rows_since(
-                    self.next, min(100, MAX_ENTRIES - self.sent), INLINE_MAX)
+                    self.next, min(BATCH, MAX_ENTRIES - self.sent), INLINE_MAX)
                 if not rows:
                     break
                 self.request.write(b"".join(entry_line(*row) for row in rows))
@@ -222,6 +244,10 @@ class _FeedStream:
     def _cleanup(self) -> None:
         self.finished = True
         self.feed.streams.discard(self)
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                self.request.unregisterProducer()
         for timer in [*self._timers, self._pending_wake]:
             if timer is not None and timer.active():
                 timer.cancel()
