@@ -62,6 +62,9 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    header_timeout: float = 10.0  # seconds a request head may take to arrive
+    idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
+    max_connections: int = 4096  # open client connections per process (see connections.py)
 
 
 class DevpidServer:
@@ -416,6 +419,19 @@ class DevpidSite(twserver.Site):
 
     access: Any = None
     counters: RequestCounters | None = None
+    devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
+    devpid_header_timeout: float | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, or a 503 answer when every connection slot is busy."""
+        limit = self.devpid_connections
+        if limit is not None and not limit.make_room():
+            from devpid.web.connections import Refused
+
+            refused = Refused()
+            refused.factory = self
+            return refused
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         started = getattr(request, "devpid_started", None)
@@ -436,11 +452,19 @@ class DevpidSite(twserver.Site):
 
 
 def make_site(server: DevpidServer) -> twserver.Site:
+    """The HTTP site of this process. Raises the process's open-file limit to fit
+    ``--max-connections`` (see devpid.web.connections)."""
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
+    from devpid.web.connections import ConnectionLimit, raise_fd_limit
     from devpid.web.fastchannel import FastAnswer, FastHTTPChannel
 
     root = server.resource()
-    site = DevpidSite(root, parsePOSTFormSubmission=False)
+    settings = server.settings
+    site = DevpidSite(root, parsePOSTFormSubmission=False, timeout=settings.idle_timeout)
+    site.devpid_header_timeout = settings.header_timeout
+    limit = ConnectionLimit(raise_fd_limit(settings.max_connections))
+    site.devpid_connections = limit
+    server.status_providers.append(limit.status)
     site.protocol = FastHTTPChannel  # type: ignore[assignment]
     if isinstance(root, RootResource):
         fast = FastAnswer(server, root.fast_paths, root.prepare)
