@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 import requests
 
 from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
+from tests.support.fakepypi import FakePyPI
 from tests.support.pkgbuild import make_wheel
+from tests.test_mirror import pip_download
 from tests.test_private_index import make_index, make_user, simple_json
 
 SIZE_MB = 24
@@ -157,3 +160,29 @@ def test_failed_database_commit_gets_503_with_its_real_error(
     twine_upload(f"{disk.server.url}/{disk.stage}/", disk.auth, disk.env, wheel)
     assert list(_listed(disk, project)) == [wheel.name]
     assert "cannot rollback" not in disk.server.log()
+
+
+def test_mirror_download_onto_a_full_disk_fails_cleanly(
+        disk: FullDisk, upstream: FakePyPI, tmp_path: Path) -> None:
+    """pip never gets a short file as complete, the temp blob goes at once, and the next
+    download after space was freed is fresh and whole."""
+    name = f"fullmirror{uuid.uuid4().hex[:6]}"
+    wheel = upstream.publish(name, "1.0", extra_bytes=2_000_000)
+    server, auth = disk.server, disk.auth
+    r = server.json("PUT", f"/{auth[0]}/mirror", auth=auth,
+                    json={"type": "mirror", "mirror_url": upstream.url})
+    assert r.status_code == 200, r.text
+    index = f"{server.url}/{auth[0]}/mirror/+simple/"
+    assert simple_json(server, f"{auth[0]}/mirror", name)["files"]  # the page is cached
+    disk.fill()
+    try:
+        out = pip_download(disk.env, index, name, tmp_path / "first", check=False)
+        assert not (tmp_path / "first" / wheel.name).exists(), out
+        assert disk.leftovers() == []
+        assert "storing a mirror file failed" in server.log()
+    finally:
+        disk.free()
+    pip_download(disk.env, index, name, tmp_path / "second")
+    got = (tmp_path / "second" / wheel.name).read_bytes()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(wheel.read_bytes()).digest()
+    assert disk.leftovers() == []
