@@ -183,6 +183,8 @@ def test_flood_of_idle_connections_does_not_starve_requests(
             assert r.status_code == 200
         status = requests.get(server.url + "/+status", headers={"Accept": "application/json"},
                               timeout=BOUND).json()["result"]["connections"]
+        metrics = requests.get(server.url + "/+metrics", timeout=BOUND).text
+        assert f"devpid_connections_limit {status['limit']}" in metrics
         if args:
             assert status["limit"] == 300 and status["evicted"] >= FLOOD - 300
             assert _all_closed_by_server(socks, 3 * BOUND) == 0
