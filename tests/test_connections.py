@@ -190,7 +190,7 @@ def test_flood_of_idle_connections_does_not_starve_requests(
             assert status["limit"] == 300
             assert _all_closed_by_server(socks, 3 * BOUND) == 0
         elif args:
-            assert status["limit"] == 300 and status["evicted"] >= FLOOD - 300
+            assert status["limit"] == 300 and status["open"] <= 300 and status["evicted"] > 0
             assert _all_closed_by_server(socks, 3 * BOUND) == 0
         else:
             assert status["limit"] == 4096 and status["open"] >= FLOOD // 2
