@@ -519,7 +519,10 @@ class Mirror:
             from devpid.model.metadata import MetadataError, read_core_metadata
 
             blobs = self.server.blobs
-            blobs.commit_temp(dl.tmp, sha)
+            try:
+                blobs.commit_temp(dl.tmp, sha)
+            finally:
+                blobs.discard(dl.tmp)  # gone after a commit, else removed now
             blobs.mark_fetched(stage, sha)
             if filename.endswith(".whl"):
                 try:
