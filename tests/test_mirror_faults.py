@@ -1,0 +1,246 @@
+"""A lying or stuck upstream never misleads or hangs a mirror's clients (issue 13, items 1, 2, 4).
+
+A real daemon mirrors our fault-injecting fake upstream on loopback; clients are raw
+``requests`` streams, so we see exactly what reaches the wire: a page that is 200 but no valid
+page never replaces a cached one, a stalled or trickling download is cut off for every reader,
+and a body with the wrong hash never arrives as a complete 200.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Devpid, init_serverdir
+from tests.support.fakepypi import PAGE_FAULTS, FakePyPI, PageFault
+
+JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
+TIMEOUT = 2  # the daemon's --request-timeout: also its stall window
+MIN_RATE = 50_000  # the daemon's --mirror-min-rate (bytes/s)
+TRICKLE = 4_000  # bytes/s of a trickling upstream file, far below MIN_RATE
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakePyPI]:
+    fake = FakePyPI(tmp_path_factory.mktemp("faulty-upstream"))
+    fake.start()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, up: FakePyPI) -> Iterator[Devpid]:
+    serverdir = tmp_path_factory.mktemp("faults") / "server"
+    init_serverdir(serverdir, up.url)
+    daemon = Devpid(serverdir, args=["--request-timeout", str(TIMEOUT),
+                                     "--mirror-min-rate", str(MIN_RATE)]).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def mirror(server: Devpid, up: FakePyPI, unique: str) -> Iterator[str]:
+    """A fresh mirror index (own backoff state) with a 1 s cache expiry."""
+    user = f"f{unique}"
+    assert server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
+    r = server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+        "type": "mirror", "mirror_url": up.url, "mirror_cache_expiry": "1"})
+    assert r.status_code == 200, r.text
+    yield f"{user}/mirror"
+    up.clear_faults()
+
+
+def page(server: Devpid, stage: str, project: str) -> requests.Response:
+    return requests.get(f"{server.url}/{stage}/+simple/{project}/",
+                        headers={"Accept": JSON_ACCEPT}, timeout=15)
+
+
+def status(server: Devpid, stage: str) -> dict[str, Any]:
+    result: dict[str, Any] = server.json("GET", "/+status").json()["result"]["mirrors"][stage]
+    return result
+
+
+def metric(server: Devpid, name: str, stage: str) -> float:
+    text = requests.get(server.url + "/+metrics", timeout=5).text
+    m = re.search(rf'^devpid_{name}{{stage="{re.escape(stage)}"}} (\S+)$', text, re.M)
+    assert m, f"{name} missing in /+metrics"
+    return float(m.group(1))
+
+
+def wait_for(check: Any, seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+# -- item 1: a 200 that is not a valid page ---------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", PAGE_FAULTS)
+def test_invalid_page_never_replaces_the_cached_one(
+    server: Devpid, up: FakePyPI, mirror: str, unique: str, fault: PageFault
+) -> None:
+    name = f"pg-{fault}-{unique}"
+    for version in ("1.0", "2.0", "3.0"):
+        up.publish(name, version)
+    good = page(server, mirror, name)
+    assert good.ok and len(good.json()["files"]) == 3
+    project_url = f"{up.url}{name}/"
+    up.page_fault(name, fault)
+    before = up.count(f"/simple/{name}/")
+    time.sleep(1.1)  # the cached page is stale now: the next request refreshes it
+    r = page(server, mirror, name)
+    assert r.ok and r.json()["files"] == good.json()["files"]
+    assert wait_for(lambda: up.count(f"/simple/{name}/") > before)
+    assert wait_for(lambda: project_url in (status(server, mirror)["last_error"] or ""))
+    info = status(server, mirror)
+    assert info["consecutive_failures"] >= 1 and info["failures_total"] >= 1
+    assert metric(server, "mirror_upstream_up", mirror) == 0
+    assert metric(server, "mirror_upstream_failures_total", mirror) >= 1
+    # the cached page is still what is served, however often we ask
+    for _ in range(3):
+        time.sleep(0.4)
+        assert page(server, mirror, name).json()["files"] == good.json()["files"]
+
+    # a project never cached: a 502 naming the upstream, not a 200 without files
+    fresh = f"pg-new-{fault}-{unique}"
+    up.publish(fresh, "1.0")
+    up.page_fault(fresh, fault)
+    r = page(server, mirror, fresh)
+    assert r.status_code == 502, r.text
+    assert f"127.0.0.1:{up.port}" in r.json()["message"]
+
+    # each failed contact is logged once, as one line, never as a traceback
+    asked = up.count(f"/simple/{name}/") - before
+    logged = wait_for(lambda: server.log().count(f"upstream {project_url}: ") == asked, 5)
+    assert logged, (asked, server.log().count(f"upstream {project_url}: "))
+    assert "Traceback" not in server.log()
+
+    # the upstream heals: after the backoff the page updates by itself
+    up.clear_faults()
+    up.publish(name, "4.0")
+    assert wait_for(lambda: "4.0" in page(server, mirror, name).json()["versions"], 30)
+    assert wait_for(lambda: page(server, mirror, fresh).ok, 30)
+    assert status(server, mirror)["consecutive_failures"] == 0
+
+
+# -- items 2 and 4: file downloads ------------------------------------------------------------
+
+
+def file_url(server: Devpid, stage: str, project: str) -> str:
+    entry = page(server, stage, project).json()["files"][0]
+    return f"{server.url}/{stage}/+simple/{project}/{entry['url']}"
+
+
+def read_all(url: str, seconds: float = 25.0) -> tuple[int | None, int, str]:
+    """(status, bytes read, outcome) of one streamed GET: outcome is "complete", the
+    exception's class name, or "hung" if it still had not ended after ``seconds``."""
+    code: int | None = None
+    got = 0
+    deadline = time.monotonic() + seconds
+    try:
+        with requests.get(url, stream=True, timeout=(5, seconds)) as r:
+            code = r.status_code
+            for chunk in r.iter_content(64 * 1024):
+                got += len(chunk)
+                if time.monotonic() > deadline:
+                    return code, got, "hung"
+    except requests.exceptions.ReadTimeout:
+        return code, got, "hung"
+    except requests.exceptions.RequestException as e:
+        return code, got, type(e).__name__
+    return code, got, "complete"
+
+
+def concurrent_reads(url: str, n: int, stagger: float = 0.3) -> list[tuple[int | None, int, str]]:
+    results: list[Any] = [None] * n
+
+    def one(i: int) -> None:
+        results[i] = read_all(url)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+        time.sleep(stagger)  # later readers join the running download
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def temp_blobs(server: Devpid) -> list[Path]:
+    return list((server.serverdir / "+blobs" / "tmp").iterdir())
+
+
+def assert_recovers(server: Devpid, up: FakePyPI, url: str, path: Path) -> None:
+    """With the fault gone, the next request downloads afresh and gets the right bytes."""
+    before = up.count(f"/files/{path.name}")
+    up.clear_faults()
+    r = requests.get(url, timeout=30)
+    assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(
+        path.read_bytes()).digest()
+    assert up.count(f"/files/{path.name}") == before + 1
+
+
+@pytest.mark.parametrize("fault", ["stall", "trickle"])
+def test_stuck_download_is_cut_off_for_every_reader(
+    server: Devpid, up: FakePyPI, mirror: str, unique: str, fault: str
+) -> None:
+    name = f"stuck-{fault}-{unique}"
+    path = up.publish(name, "1.0", extra_bytes=2_000_000)
+    size = path.stat().st_size
+    url = file_url(server, mirror, name)
+    up.slow_rate = TRICKLE
+    up.file_fault(path.name, fault)  # type: ignore[arg-type]
+    failures = status(server, mirror).get("download_failures", 0)
+    results = concurrent_reads(url, 3)
+    for code, got, outcome in results:
+        # the connection is closed: never a hang, never a short body passed off as complete
+        assert outcome not in ("hung", "complete"), results
+        assert code in (200, None) and got < size, results
+    assert up.count(f"/files/{path.name}") == 1  # all three read along one download
+    assert status(server, mirror)["download_failures"] == failures + 1
+    assert metric(server, "mirror_download_failures_total", mirror) == failures + 1
+    assert wait_for(lambda: not temp_blobs(server), 5), temp_blobs(server)
+    assert "stalled" in server.log() if fault == "stall" else "too slow" in server.log()
+    assert_recovers(server, up, url, path)
+
+
+@pytest.mark.parametrize(("megabytes", "framing"), [
+    (2, "close"), (50, "close"), (2, "chunked"), (50, "length")])
+def test_wrong_bytes_never_arrive_as_a_complete_download(
+    server: Devpid, up: FakePyPI, mirror: str, unique: str, megabytes: int, framing: Any
+) -> None:
+    """The page promises size and sha256; the upstream marks the body's end by its length,
+    by chunked framing or (as HTTP/1.0 servers do) by closing the connection."""
+    name = f"wrong-{megabytes}-{framing}-{unique}"
+    path = up.publish(name, "1.0", extra_bytes=megabytes * 1_000_000)
+    size = path.stat().st_size
+    url = file_url(server, mirror, name)
+    up.corrupt(path.name)  # same length, other bytes: only the hash can tell
+    # Upstream slower than the clients (about 2 s per file), so readers are caught up when
+    # the last chunk arrives: the moment a complete-looking body could slip out.
+    up.slow_rate = size // 2
+    up.mode = "slow"
+    up.file_framing = framing
+    try:
+        results = concurrent_reads(url, 2, stagger=0.05)
+    finally:
+        up.file_framing = "length"
+    for code, got, outcome in results:
+        assert outcome not in ("hung", "complete"), results
+        assert got < size, results  # the last byte is held back until the hash is checked
+        assert code in (200, None)
+    assert wait_for(lambda: not temp_blobs(server), 5), temp_blobs(server)
+    assert "sha256 mismatch" in server.log()
+    assert_recovers(server, up, url, path)
