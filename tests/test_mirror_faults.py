@@ -8,21 +8,25 @@ and a body with the wrong hash never arrives as a complete 200.
 
 from __future__ import annotations
 
-import hashlib
-import re
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import Devpid, init_serverdir
 from tests.support.fakepypi import PAGE_FAULTS, FakePyPI, PageFault
+from tests.support.mirrorclients import (
+    assert_recovers,
+    concurrent_reads,
+    file_url,
+    metric,
+    page,
+    status,
+    temp_blobs,
+    wait_for,
+)
 
-JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 TIMEOUT = 2  # the daemon's --request-timeout: also its stall window
 MIN_RATE = 50_000  # the daemon's --mirror-min-rate (bytes/s)
 TRICKLE = 4_000  # bytes/s of a trickling upstream file, far below MIN_RATE
@@ -58,36 +62,10 @@ def mirror(server: Devpid, up: FakePyPI, unique: str) -> Iterator[str]:
     up.clear_faults()
 
 
-def page(server: Devpid, stage: str, project: str) -> requests.Response:
-    return requests.get(f"{server.url}/{stage}/+simple/{project}/",
-                        headers={"Accept": JSON_ACCEPT}, timeout=15)
-
-
-def status(server: Devpid, stage: str) -> dict[str, Any]:
-    result: dict[str, Any] = server.json("GET", "/+status").json()["result"]["mirrors"][stage]
-    return result
-
-
-def metric(server: Devpid, name: str, stage: str) -> float:
-    text = requests.get(server.url + "/+metrics", timeout=5).text
-    m = re.search(rf'^devpid_{name}{{stage="{re.escape(stage)}"}} (\S+)$', text, re.M)
-    assert m, f"{name} missing in /+metrics"
-    return float(m.group(1))
-
-
-def wait_for(check: Any, seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
 # -- item 1: a 200 that is not a valid page ---------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", PAGE_FAULTS)
+@pytest.mark.parametrize("fault", [f for f in PAGE_FAULTS if f != "cut-length"])
 def test_invalid_page_never_replaces_the_cached_one(
     server: Devpid, up: FakePyPI, mirror: str, unique: str, fault: PageFault
 ) -> None:
@@ -104,14 +82,16 @@ def test_invalid_page_never_replaces_the_cached_one(
     assert r.ok and r.json()["files"] == good.json()["files"]
     assert wait_for(lambda: up.count(f"/simple/{name}/") > before)
     assert wait_for(lambda: project_url in (status(server, mirror)["last_error"] or ""))
-    info = status(server, mirror)
-    assert info["consecutive_failures"] >= 1 and info["failures_total"] >= 1
-    assert metric(server, "mirror_upstream_up", mirror) == 0
-    assert metric(server, "mirror_upstream_failures_total", mirror) >= 1
-    # the cached page is still what is served, however often we ask
-    for _ in range(3):
-        time.sleep(0.4)
+    # the cached page is still what is served, however often we ask, and the backoff grows
+    # as for any failure: the second faulty answer makes two failures in a row
+    def asked_twice() -> bool:
         assert page(server, mirror, name).json()["files"] == good.json()["files"]
+        return up.count(f"/simple/{name}/") >= before + 2
+    assert wait_for(asked_twice, 15)
+    assert wait_for(lambda: status(server, mirror)["consecutive_failures"] >= 2, 5)
+    assert status(server, mirror)["failures_total"] >= 2
+    assert metric(server, "mirror_upstream_up", mirror) == 0
+    assert metric(server, "mirror_upstream_failures_total", mirror) >= 2
 
     # a project never cached: a 502 naming the upstream, not a 200 without files
     fresh = f"pg-new-{fault}-{unique}"
@@ -136,60 +116,6 @@ def test_invalid_page_never_replaces_the_cached_one(
 
 
 # -- items 2 and 4: file downloads ------------------------------------------------------------
-
-
-def file_url(server: Devpid, stage: str, project: str) -> str:
-    entry = page(server, stage, project).json()["files"][0]
-    return f"{server.url}/{stage}/+simple/{project}/{entry['url']}"
-
-
-def read_all(url: str, seconds: float = 25.0) -> tuple[int | None, int, str]:
-    """(status, bytes read, outcome) of one streamed GET: outcome is "complete", the
-    exception's class name, or "hung" if it still had not ended after ``seconds``."""
-    code: int | None = None
-    got = 0
-    deadline = time.monotonic() + seconds
-    try:
-        with requests.get(url, stream=True, timeout=(5, seconds)) as r:
-            code = r.status_code
-            for chunk in r.iter_content(64 * 1024):
-                got += len(chunk)
-                if time.monotonic() > deadline:
-                    return code, got, "hung"
-    except requests.exceptions.ReadTimeout:
-        return code, got, "hung"
-    except requests.exceptions.RequestException as e:
-        return code, got, type(e).__name__
-    return code, got, "complete"
-
-
-def concurrent_reads(url: str, n: int, stagger: float = 0.3) -> list[tuple[int | None, int, str]]:
-    results: list[Any] = [None] * n
-
-    def one(i: int) -> None:
-        results[i] = read_all(url)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-        time.sleep(stagger)  # later readers join the running download
-    for t in threads:
-        t.join(60)
-    return results
-
-
-def temp_blobs(server: Devpid) -> list[Path]:
-    return list((server.serverdir / "+blobs" / "tmp").iterdir())
-
-
-def assert_recovers(server: Devpid, up: FakePyPI, url: str, path: Path) -> None:
-    """With the fault gone, the next request downloads afresh and gets the right bytes."""
-    before = up.count(f"/files/{path.name}")
-    up.clear_faults()
-    r = requests.get(url, timeout=30)
-    assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(
-        path.read_bytes()).digest()
-    assert up.count(f"/files/{path.name}") == before + 1
 
 
 @pytest.mark.parametrize("fault", ["stall", "trickle"])
@@ -217,12 +143,13 @@ def test_stuck_download_is_cut_off_for_every_reader(
 
 
 @pytest.mark.parametrize(("megabytes", "framing"), [
-    (2, "close"), (50, "close"), (2, "chunked"), (50, "length")])
+    (2, "close"), (50, "close"), (2, "chunked"), (50, "chunked")])
 def test_wrong_bytes_never_arrive_as_a_complete_download(
     server: Devpid, up: FakePyPI, mirror: str, unique: str, megabytes: int, framing: Any
 ) -> None:
-    """The page promises size and sha256; the upstream marks the body's end by its length,
-    by chunked framing or (as HTTP/1.0 servers do) by closing the connection."""
+    """The page promises size and sha256; the upstream marks the body's end by chunked
+    framing or (as HTTP/1.0 servers do) by closing the connection, so the end arrives after
+    the last bytes. (With a Content-Length the end comes with them; test_mirror covers it.)"""
     name = f"wrong-{megabytes}-{framing}-{unique}"
     path = up.publish(name, "1.0", extra_bytes=megabytes * 1_000_000)
     size = path.stat().st_size
