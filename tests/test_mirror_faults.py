@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import Devpid, init_serverdir
 from tests.support.fakepypi import PAGE_FAULTS, FakePyPI, PageFault
 from tests.support.mirrorclients import (
+    JSON_ACCEPT,
     assert_recovers,
     concurrent_reads,
     file_url,
@@ -113,6 +115,27 @@ def test_invalid_page_never_replaces_the_cached_one(
     assert wait_for(lambda: "4.0" in page(server, mirror, name).json()["versions"], 30)
     assert wait_for(lambda: page(server, mirror, fresh).ok, 30)
     assert status(server, mirror)["consecutive_failures"] == 0
+
+
+def test_cut_project_list_never_replaces_the_cached_one(
+    server: Devpid, up: FakePyPI, mirror: str, unique: str
+) -> None:
+    for i in range(20):
+        up.publish(f"listed-{i}-{unique}", "1.0")
+
+    def names() -> list[str]:
+        r = requests.get(f"{server.url}/{mirror}/+simple/", headers={"Accept": JSON_ACCEPT},
+                         timeout=15)
+        assert r.ok, r.text
+        return [p["name"] for p in r.json()["projects"]]
+
+    before = names()
+    assert len(before) >= 20
+    up.list_fault = "cut"  # HTML, no Content-Length, the connection closes half-way
+    time.sleep(1.1)
+    names()  # stale: starts a refresh in the background
+    assert wait_for(lambda: "cut off" in (status(server, mirror)["project_list"]["error"] or ""))
+    assert names() == before
 
 
 # -- items 2 and 4: file downloads ------------------------------------------------------------

@@ -35,7 +35,7 @@ from twisted.web.iweb import IResponse
 
 from devpid import __version__
 from devpid.mirror.backoff import Backoff
-from devpid.mirror.pagecheck import check_project_page
+from devpid.mirror.pagecheck import check_project_list, check_project_page
 from devpid.mirror.parse import ParseError, UpstreamFile, parse_project_list, parse_project_page
 
 __all__ = [
@@ -485,11 +485,12 @@ class UpstreamClient:
         url = self.base_url
 
         async def parse(response: IResponse, body: bytes, delimited: bool) -> list[str]:
+            content_type = _header(response, b"Content-Type") or ""
+            check_project_list(body, content_type, delimited)
             # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
             reactor: Any = self._reactor
             names: list[str] = await deferToThreadPool(
-                reactor, reactor.getThreadPool(), parse_project_list, body,
-                _header(response, b"Content-Type") or "",
+                reactor, reactor.getThreadPool(), parse_project_list, body, content_type
             )
             return names
 

@@ -9,7 +9,8 @@ Rules, cheap enough for a 15 MB page:
 
 - HTML whose end the transport could not vouch for (no Content-Length, no chunked framing:
   the connection just closed) must end with ``</html>`` or ``</body>``; a body cut short
-  despite its framing is already an error of the HTTP client;
+  despite its framing is already an error of the HTTP client. This holds for the project
+  list too, so a cut list never replaces the whole one;
 - a page with no file of the project must show it is a simple page: PEP 691 JSON needs the
   required ``meta``, ``name`` and ``files`` keys, HTML the PEP 629 version meta tag or a
   "Links for ..." title or heading, as every index we know writes them.
@@ -22,7 +23,7 @@ import re
 
 from devpid.mirror.parse import JSON_CONTENT_TYPE, ParseError
 
-__all__ = ["check_project_page"]
+__all__ = ["check_project_list", "check_project_page"]
 
 _TAIL = 1024  # bytes at the end of a body that may hold the closing tag
 _HEAD = 64 * 1024  # bytes at the start of a body that hold the markers of a simple page
@@ -38,6 +39,19 @@ def _looks_json(body: bytes, content_type: str) -> bool:
     """The same choice parse.parse_project_page makes between JSON and HTML."""
     mime = content_type.split(";", 1)[0].strip().lower()
     return mime.startswith(JSON_CONTENT_TYPE) or body[:1024].lstrip().startswith(b"{")
+
+
+def _check_html_end(body: bytes, delimited: bool) -> None:
+    if not delimited and not _CLOSING_RE.search(body[-_TAIL:]):
+        raise ParseError(
+            "HTML page without </html> and without Content-Length: probably cut off"
+        )
+
+
+def check_project_list(body: bytes, content_type: str, delimited: bool) -> None:
+    """Raise ParseError if an HTML project list may have been cut off (JSON cannot parse)."""
+    if not _looks_json(body, content_type):
+        _check_html_end(body, delimited)
 
 
 def check_project_page(body: bytes, content_type: str, files: int, delimited: bool) -> None:
@@ -60,10 +74,7 @@ def check_project_page(body: bytes, content_type: str, files: int, delimited: bo
         if missing:
             raise ParseError(f"not a PEP 691 project page (no valid {', '.join(missing)})")
         return
-    if not delimited and not _CLOSING_RE.search(body[-_TAIL:]):
-        raise ParseError(
-            "HTML page without </html> and without Content-Length: probably cut off"
-        )
+    _check_html_end(body, delimited)
     if not files and not _MARKER_RE.search(body[:_HEAD]):
         raise ParseError(
             "not a simple project page (no files, no PEP 629 version and no 'Links for' title)"

@@ -333,6 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._redirect("/simple/")
             return
         if path == "/simple/":
+            if fake.list_fault is not None:
+                self._send_bad_page(None, fake.list_fault, head)
+                return
             fmt, ctype = self._format()
             rendered = fake._render_index(fmt)
             self._send_cached(200, rendered.body, ctype, head, rendered.etag, {"Vary": "Accept"})
@@ -362,14 +365,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._not_found(head)
 
-    def _send_bad_page(self, project: str, fault: PageFault, head: bool) -> None:
-        """A 200 that is not a (whole) page of ``project``."""
+    def _send_bad_page(self, project: str | None, fault: PageFault, head: bool) -> None:
+        """A 200 that is not a (whole) page of ``project`` (None: of the project list)."""
         fake = self.server.fake
         html_type = "text/html; charset=utf-8"
         if fault == "maintenance":
             self._send_bytes(200, _MAINTENANCE, html_type, head)
         elif fault == "garbage":
-            noise = hashlib.sha256(project.encode()).digest() * 128
+            noise = hashlib.sha256(str(project).encode()).digest() * 128
             self._send_bytes(200, b"\x00" + noise, html_type, head)
         elif fault == "badjson":
             self._send_bytes(200, b'{"meta": {"api-version": "1.1"}, "name": "x", "fil', JSON_TYPE,
@@ -378,8 +381,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"meta": {"api-version": API_VERSION}, "message": "busy"})
             self._send_bytes(200, body.encode(), JSON_TYPE, head)
         else:  # "cut" / "cut-length": the HTML page up to its first file link, then close
-            page = fake._render_project(project, "html") or _MAINTENANCE
-            cut = page.find(b"</a>") + len(b"</a>") if b"</a>" in page else len(page) // 2
+            if project is None:
+                page = fake._render_index("html").body
+                cut = len(page) // 2
+            else:
+                page = fake._render_project(project, "html") or _MAINTENANCE
+                cut = page.find(b"</a>") + len(b"</a>") if b"</a>" in page else len(page) // 2
             self.send_response(200)
             self._common_headers(None)
             self.send_header("Content-Type", html_type)
@@ -534,6 +541,7 @@ class FakePyPI:
         self._files: dict[str, _File] = {}
         self._faults: dict[str, FileFault] = {}
         self._page_faults: dict[str, PageFault] = {}
+        self.list_fault: PageFault | None = None  # the same faults for the /simple/ list
         self._requests: list[tuple[str, str, dict[str, str]]] = []
         self._index_cache: dict[str, _Rendered] = {}
         self._extra_cache: dict[str, bytes] = {}
@@ -785,6 +793,7 @@ class FakePyPI:
         with self._lock:
             self._faults.clear()
             self._page_faults.clear()
+            self.list_fault = None
         self.mode = "ok"
 
     # -- observability -------------------------------------------------------
