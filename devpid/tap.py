@@ -80,6 +80,12 @@ class Options(usage.Options):
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["header-timeout", None, 10.0,
+         "seconds a client may take to send a request's head (else 408 and close)", float],
+        ["idle-timeout", None, 60.0,
+         "seconds a keep-alive connection may wait for its next request", float],
+        ["max-connections", None, 4096,
+         "open client connections per process; beyond, idle ones are dropped, else 503", int],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -106,6 +112,11 @@ class Options(usage.Options):
         for key in ("gc-interval", "gc-grace"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("header-timeout", "idle-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
@@ -208,6 +219,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         workers=options["workers"],
         gc_interval=options["gc-interval"],
         gc_grace=options["gc-grace"],
+        header_timeout=options["header-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)
@@ -221,7 +235,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
         return top
-    endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
+    # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
+    endpoint_desc = options["listen"] or (
+        f"tcp:{options['port']}:interface={options['host']}:backlog=1024")
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)

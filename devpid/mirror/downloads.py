@@ -31,6 +31,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from devpid.store.base import write_failed
+
 log = Logger()
 READ_CHUNK = 256 * 1024
 
@@ -142,11 +144,15 @@ class Download:
     # -- fed by the upstream response protocol --------------------------------------------
     def data(self, chunk: bytes) -> None:
         if self.finished:
-            return  # aborted; the upstream connection is being closed
+            return  # aborted (stalled, too slow, disk full): the rest is dropped
         if self._clock is not None:
             self._last_data = self._clock.seconds()
-        self._out.write(chunk)
-        self._out.flush()
+        try:
+            self._out.write(chunk)
+            self._out.flush()
+        except OSError as e:  # readers are cut off, the temp file goes now
+            self.end(str(write_failed("storing a mirror file", e)))
+            return
         self._sha256.update(chunk)
         for h in self._others.values():
             h.update(chunk)
@@ -155,11 +161,14 @@ class Download:
 
     def end(self, error: str | None) -> None:
         if self.finished:
-            return  # already aborted by the watchdog
+            return  # already aborted (watchdog, disk full)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self._out.close()
+        try:
+            self._out.close()
+        except OSError as e:  # its last flush failed
+            error = error or str(write_failed("storing a mirror file", e))
         if error is None:
             error = self._verify()
         self.error = error
@@ -208,6 +217,8 @@ class BodyToDownload(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.download.data(data)
+        if self.download.finished:
+            self.stop()  # it failed: stop fetching the rest
 
     def stop(self) -> None:
         """Close the upstream connection (it is not reused) and stop reading."""
