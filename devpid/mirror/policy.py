@@ -32,6 +32,7 @@ __all__ = [
     "format_time",
     "parse_cutoff",
     "parse_duration",
+    "parse_size",
     "parse_upload_time",
     "refusal_message",
 ]
@@ -40,13 +41,16 @@ MIN_AGE = "mirror_min_age"
 UNKNOWN = "mirror_min_age_unknown"
 EXEMPT = "mirror_min_age_exempt"
 EXCLUDE_NEWER = "mirror_exclude_newer"
-POLICY_KEYS = (MIN_AGE, UNKNOWN, EXEMPT, EXCLUDE_NEWER)
+MAX_BYTES = "mirror_max_bytes"
+POLICY_KEYS = (MIN_AGE, UNKNOWN, EXEMPT, EXCLUDE_NEWER, MAX_BYTES)
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_RE = re.compile(r"(?:\d+[wdhms])+")
 _PART_RE = re.compile(r"(\d+)([wdhms])")
 _MAX_DURATION = 100 * 365 * 86400  # beyond a century is a typo, not a policy
 _DATE_ONLY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)(i?b?)")
+_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 class PolicyError(ValueError):
@@ -128,6 +132,34 @@ def _cutoff_error(value: object) -> str:
     )
 
 
+def parse_size(value: object, option: str = MAX_BYTES) -> int:
+    """Bytes from ``500M``, ``10G``, ``1.5GB`` (powers of 1000), ``4GiB`` (of 1024) or a
+    plain number; 0 means no bound."""
+    if isinstance(value, bool):
+        raise PolicyError(_size_error(value, option))
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value.strip().lower().replace(" ", ""))
+        if not m or (m.group(3) == "i" or (m.group(3) and not m.group(2) and m.group(3) != "b")):
+            raise PolicyError(_size_error(value, option))
+        number, unit, suffix = m.groups()
+        base = 1024 if suffix.startswith("i") else 1000
+        size = int(float(number) * base ** _SIZE_UNITS[unit])
+    else:
+        raise PolicyError(_size_error(value, option))
+    if size < 0:
+        raise PolicyError(_size_error(value, option))
+    return size
+
+
+def _size_error(value: object, option: str) -> str:
+    return (
+        f"'{option}' option must be a size such as 500M, 10G, 4GiB or a number of bytes "
+        f"(0: no bound), got {value!r}"
+    )
+
+
 def format_time(timestamp: float) -> str:
     """PEP 700's form: ISO 8601 in UTC with a ``Z``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -138,6 +170,8 @@ def coerce_policy_value(key: str, value: Any) -> Any:
     if key == MIN_AGE:
         parse_duration(value)
         return str(value).strip().lower().replace(" ", "")
+    if key == MAX_BYTES:
+        return parse_size(value)
     if key == EXCLUDE_NEWER:
         return format_time(parse_cutoff(value).timestamp())
     if key == UNKNOWN:

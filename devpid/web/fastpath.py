@@ -157,6 +157,9 @@ def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | 
         request.setHeader(b"X-Accel-Expires", b"0")
         return b""
     sha, filename = blob
+    cache = server.components.get("mirror_cache")
+    if cache is not None:
+        cache.touch(sha)  # nginx sends it: still a hit for the mirror cache
     request.setHeader(b"X-Devpid-Blob", ("/" + server.blobs.relpath(sha)).encode())
     request.setHeader(b"X-Devpid-Type", content_type_for(filename).encode())
     request.setHeader(b"ETag", blob_etag(sha))

@@ -75,6 +75,9 @@ def serve_blob(
 ) -> Any:
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
     etag = blob_etag(sha256)
+    cache = server.components.get("mirror_cache")
+    if cache is not None:
+        cache.touch(sha256)  # a mirror cache hit, and its least-recently-used order
     accel = header(request, b"x-devpid-accel")
     if accel and accel.startswith("/") and "\n" not in accel:
         # nginx sends the file (and its Last-Modified): no need to touch the disk here.
@@ -378,6 +381,9 @@ async def get_file(server: DevpidServer, request: Any, user: str, index: str, re
         mirror = server.components.get("mirror")
         if mirror is None:
             raise not_found("no such file")
+        cache = server.components.get("mirror_cache")
+        if cache is not None and not metadata and request.method == b"GET":
+            cache.miss(stage)
         return await mirror.serve_file(request, key, filename, metadata=metadata)
     if not isinstance(value, dict):
         raise HTTPError(410, "file existed, deleted in later serial")
