@@ -126,6 +126,7 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("gen-config", "devpid.genconfig"),
     ("gc", "devpid.blobgc_cli"),
     ("mirror", "devpid.prefetch_cli"),
+    ("cache", "devpid.cache_cli"),
 ]
 
 

@@ -134,3 +134,42 @@ def test_evicted_blob_is_deleted_and_bad_bounds_are_400(
         assert time.monotonic() < deadline, cache_status(devpid_server, stage)
         time.sleep(0.2)
     assert cache_status(devpid_server, stage)["files"] == 1
+
+
+def test_cache_cli_lists_and_prunes_by_project_and_age(
+    devpid_server: Devpid, up: FakePyPI, env: dict[str, str], unique: str
+) -> None:
+    keep, drop = f"keep-{unique}", f"drop-{unique}"
+    up.publish(keep, "1")
+    up.publish(drop, "1")
+    user = f"l{unique}"
+    assert devpid_server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
+    assert devpid_server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+        "type": "mirror", "mirror_url": up.url}).ok
+    assert devpid_server.json("PUT", f"/{user}/dev", auth=(user, "pw"), json={}).ok
+    stage = f"{user}/mirror"
+    for name in (keep, drop):
+        requests.get(f"{devpid_server.url}/{stage}/+simple/{name}/")
+        assert requests.get(file_url(devpid_server, up, stage, whl(name, "1"))).ok
+    cli = [tool("devpid"), "cache"]
+    sd = ["--serverdir", str(devpid_server.serverdir), "--index", stage]
+    out = run([*cli, "list", *sd], env).stdout
+    assert whl(keep, "1") in out and whl(drop, "1") in out and "cached 2 files" in out
+    assert "would prune 0 files" in run([*cli, "prune", *sd, "--older-than", "1h",
+                                         "--dry-run"], env).stdout
+    proc = run([*cli, "prune", *sd], env, check=False)
+    assert proc.returncode == 2 and "--all" in proc.stderr
+    proc = run([*cli, "list", "--serverdir", str(devpid_server.serverdir), "--index",
+                f"{user}/dev"], env, check=False)
+    assert proc.returncode == 2 and "not a mirror index" in proc.stderr
+    out = run([*cli, "prune", *sd, "--project", drop.upper()], env).stdout
+    assert "pruned 1 files" in out and whl(drop, "1") in out
+    sha = up.sha256(whl(drop, "1"))
+    assert not (devpid_server.serverdir / "+blobs" / sha[:2] / sha[2:4] / sha).exists()
+    out = run([*cli, "list", *sd], env).stdout
+    assert whl(keep, "1") in out and whl(drop, "1") not in out
+    # the running server noticed: the file is fetched again on demand
+    before = len(up.requests)
+    r = requests.get(file_url(devpid_server, up, stage, whl(drop, "1")))
+    assert r.ok and r.content == (up.directory / whl(drop, "1")).read_bytes()
+    assert len(up.requests) > before
