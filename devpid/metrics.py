@@ -155,6 +155,12 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
         )
     for stage, cache in sorted((status.get("mirror-cache") or {}).items()):
         out.add_all(_MIRROR_CACHE, cache, stage=stage)
+    total = status.get("mirror-cache-total")
+    if isinstance(total, dict):
+        family("mirror_cache_total_bytes", "gauge", "Bytes of all cached mirror files.").add(
+            total.get("bytes"))
+        family("mirror_cache_total_max_bytes", "gauge", "The --mirror-max-bytes bound.").add(
+            total.get("max_bytes"))
     if isinstance(status.get("replica"), dict):
         out.add_all(_REPLICA, status["replica"])
     if isinstance(status.get("polling-replicas"), dict):

@@ -18,8 +18,9 @@ from tests.support.fakepypi import FakePyPI
 
 
 def test_sizes_and_the_eviction_order() -> None:
-    assert parse_size("500M") == 500_000_000 and parse_size("4GiB") == 4 << 30
-    assert parse_size("1.5GB") == 1_500_000_000 and parse_size(123) == 123
+    assert parse_size("500M") == 500 << 20 and parse_size("4GiB") == 4 << 30
+    assert parse_size("1.5GB") == 3 << 29 and parse_size(123) == 123
+    assert parse_size("512k") == 512 << 10 == parse_size("512 KiB")
     for bad in ("10Q", "-1", "", "1ib", True):
         with pytest.raises(PolicyError, match="mirror_max_bytes"):
             parse_size(bad)
@@ -128,7 +129,7 @@ def test_evicted_blob_is_deleted_and_bad_bounds_are_400(
     # lowering the bound evicts at once (1 is the least recently downloaded)
     r = devpid_server.json("PATCH", f"/{user}/mirror", auth=(user, "pw"),
                            json=["mirror_max_bytes=30kB"])
-    assert r.status_code == 200 and r.json()["result"]["mirror_max_bytes"] == 30_000
+    assert r.status_code == 200 and r.json()["result"]["mirror_max_bytes"] == 30 << 10
     deadline = time.monotonic() + 15
     while blob.exists():
         assert time.monotonic() < deadline, cache_status(devpid_server, stage)
@@ -173,3 +174,34 @@ def test_cache_cli_lists_and_prunes_by_project_and_age(
     r = requests.get(file_url(devpid_server, up, stage, whl(drop, "1")))
     assert r.ok and r.content == (up.directory / whl(drop, "1")).read_bytes()
     assert len(up.requests) > before
+
+
+def test_server_total_bound_evicts_across_mirrors(
+    start_devpid, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    fake = FakePyPI(tmp_path / "up")
+    fake.start()
+    try:
+        for v in ("1", "2", "3"):
+            fake.publish("total", v, extra_bytes=30_000)
+        sizes = {v: (fake.directory / whl("total", v)).stat().st_size for v in ("1", "2", "3")}
+        bound = sum(sizes.values()) - 1
+        server: Devpid = start_devpid("--mirror-max-bytes", str(bound), upstream_url=fake.url)
+        assert server.json("PUT", "/u", json={"password": "pw"}).ok
+        assert server.json("PUT", "/u/other", auth=("u", "pw"), json={
+            "type": "mirror", "mirror_url": fake.url}).ok
+        for stage, v in (("root/pypi", "1"), ("u/other", "2"), ("root/pypi", "3")):
+            requests.get(f"{server.url}/{stage}/+simple/total/")
+            assert requests.get(file_url(server, fake, stage, whl("total", v))).ok
+            time.sleep(0.3)  # a distinct last-download time each
+        deadline = time.monotonic() + 15
+        while cache_status(server, "root/pypi").get("evictions", 0) < 1:
+            assert time.monotonic() < deadline, cache_status(server, "root/pypi")
+            time.sleep(0.2)
+        status = server.json("GET", "/+status").json()["result"]
+        assert status["mirror-cache-total"] == {"bytes": sizes["2"] + sizes["3"],
+                                                "max_bytes": bound}
+        assert status["mirror-cache"]["u/other"]["files"] == 1
+        assert "devpid_mirror_cache_total_bytes " in requests.get(server.url + "/+metrics").text
+    finally:
+        fake.close()

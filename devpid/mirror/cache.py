@@ -265,6 +265,14 @@ class MirrorCache:
             victims = await self.server.in_thread(choose_victims, files, bound)  # the sort
             if victims:
                 await self.evict(stage, victims)
+        total_bound = int(getattr(self.server.settings, "mirror_max_bytes", 0) or 0)
+        if dirty and total_bound > 0 and sum(self.totals.values()) > total_bound:
+            files = [(key, self.records[key][2],
+                      max(self.used.get(self.records[key][0], 0.0), added))
+                     for cached in self.by_stage.values() for key, added in cached.items()]
+            victims = await self.server.in_thread(choose_victims, files, total_bound)
+            for stage in sorted({stage_of(key) for key in victims}):
+                await self.evict(stage, [key for key in victims if stage_of(key) == stage])
 
     async def evict(self, stage: str, victims: list[str]) -> None:
         from devpid.store import keys
@@ -315,7 +323,14 @@ class MirrorCache:
                 "evictions": stats.evictions,
                 "evicted_bytes": stats.evicted_bytes,
             }
-        return {"mirror-cache": out, "mirror-cache-loaded": self.loaded}
+        return {
+            "mirror-cache": out,
+            "mirror-cache-loaded": self.loaded,
+            "mirror-cache-total": {
+                "bytes": sum(self.totals.values()),
+                "max_bytes": int(getattr(self.server.settings, "mirror_max_bytes", 0)) or None,
+            },
+        }
 
 
 class MirrorCacheService(service.Service):

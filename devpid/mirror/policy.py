@@ -133,19 +133,18 @@ def _cutoff_error(value: object) -> str:
 
 
 def parse_size(value: object, option: str = MAX_BYTES) -> int:
-    """Bytes from ``500M``, ``10G``, ``1.5GB`` (powers of 1000), ``4GiB`` (of 1024) or a
-    plain number; 0 means no bound."""
+    """Bytes from ``500M``, ``10G``, ``1.5GB``, ``4GiB``, ``512k`` or a plain number, in
+    powers of 1024 like ``--max-upload-size``; 0 means no bound."""
     if isinstance(value, bool):
         raise PolicyError(_size_error(value, option))
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
         m = _SIZE_RE.fullmatch(value.strip().lower().replace(" ", ""))
-        if not m or (m.group(3) == "i" or (m.group(3) and not m.group(2) and m.group(3) != "b")):
+        if not m or (m.group(3) and m.group(3) != "b" and not m.group(2)) or m.group(3) == "i":
             raise PolicyError(_size_error(value, option))
-        number, unit, suffix = m.groups()
-        base = 1024 if suffix.startswith("i") else 1000
-        size = int(float(number) * base ** _SIZE_UNITS[unit])
+        number, unit = m.group(1), m.group(2)
+        size = int(float(number) * 1024 ** _SIZE_UNITS[unit])
     else:
         raise PolicyError(_size_error(value, option))
     if size < 0:

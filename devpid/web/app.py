@@ -64,6 +64,7 @@ class Settings:
     workers: int = 1
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
+    mirror_max_bytes: int = 0  # bound on all mirror caches together (0: none)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
     header_timeout: float = 10.0  # seconds a request head may take to arrive
     idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
