@@ -53,6 +53,14 @@ def cache_status(server: Devpid, stage: str) -> dict[str, Any]:
     return status["mirror-cache"].get(stage, {})  # type: ignore[no-any-return]
 
 
+def wait_cached(server: Devpid, stage: str, files: int) -> None:
+    """A download's record is committed just after its last byte went out: wait for it."""
+    deadline = time.monotonic() + 15
+    while cache_status(server, stage).get("files", 0) < files:
+        assert time.monotonic() < deadline, cache_status(server, stage)
+        time.sleep(0.05)
+
+
 def test_bounded_cache_evicts_least_recently_downloaded_never_private(
     devpid_server: Devpid, up: FakePyPI, env: dict[str, str], tmp_path: Path, unique: str
 ) -> None:
@@ -72,9 +80,10 @@ def test_bounded_cache_evicts_least_recently_downloaded_never_private(
     twine_upload(f"{devpid_server.url}/{user}/dev/", (user, "pw"), env,
                  up.directory / whl(name, "2"))
     index = f"{devpid_server.url}/{stage}/+simple/"
-    for v in ("1", "2"):
+    for n, v in enumerate(("1", "2"), 1):
         run([tool("pip"), "download", "--no-deps", "-d", str(tmp_path / v), "-i", index,
              f"{name}=={v}", "--timeout", "10", "--retries", "0"], env)
+        wait_cached(devpid_server, stage, n)
     assert requests.get(file_url(devpid_server, up, stage, whl(name, "1"))).ok  # a hit: 1 is
     time.sleep(0.3)  # more recent than 2 now
     assert requests.get(file_url(devpid_server, up, stage, whl(name, "3"))).ok
@@ -121,8 +130,9 @@ def test_evicted_blob_is_deleted_and_bad_bounds_are_400(
         "type": "mirror", "mirror_url": up.url}).ok
     stage = f"{user}/mirror"
     requests.get(f"{devpid_server.url}/{stage}/+simple/{name}/")
-    for v in ("1", "2"):
+    for n, v in enumerate(("1", "2"), 1):
         assert requests.get(file_url(devpid_server, up, stage, whl(name, v))).ok
+        wait_cached(devpid_server, stage, n)
     sha1 = up.sha256(whl(name, "1"))
     blob = devpid_server.serverdir / "+blobs" / sha1[:2] / sha1[2:4] / sha1
     assert blob.is_file()
@@ -149,9 +159,10 @@ def test_cache_cli_lists_and_prunes_by_project_and_age(
         "type": "mirror", "mirror_url": up.url}).ok
     assert devpid_server.json("PUT", f"/{user}/dev", auth=(user, "pw"), json={}).ok
     stage = f"{user}/mirror"
-    for name in (keep, drop):
+    for n, name in enumerate((keep, drop), 1):
         requests.get(f"{devpid_server.url}/{stage}/+simple/{name}/")
         assert requests.get(file_url(devpid_server, up, stage, whl(name, "1"))).ok
+        wait_cached(devpid_server, stage, n)
     cli = [tool("devpid"), "cache"]
     sd = ["--serverdir", str(devpid_server.serverdir), "--index", stage]
     out = run([*cli, "list", *sd], env).stdout
@@ -190,10 +201,13 @@ def test_server_total_bound_evicts_across_mirrors(
         assert server.json("PUT", "/u", json={"password": "pw"}).ok
         assert server.json("PUT", "/u/other", auth=("u", "pw"), json={
             "type": "mirror", "mirror_url": fake.url}).ok
-        for stage, v in (("root/pypi", "1"), ("u/other", "2"), ("root/pypi", "3")):
+        for stage, v, n in (("root/pypi", "1", 1), ("u/other", "2", 1)):
             requests.get(f"{server.url}/{stage}/+simple/total/")
             assert requests.get(file_url(server, fake, stage, whl("total", v))).ok
+            wait_cached(server, stage, n)
             time.sleep(0.3)  # a distinct last-download time each
+        requests.get(f"{server.url}/root/pypi/+simple/total/")
+        assert requests.get(file_url(server, fake, "root/pypi", whl("total", "3"))).ok
         deadline = time.monotonic() + 15
         while cache_status(server, "root/pypi").get("evictions", 0) < 1:
             assert time.monotonic() < deadline, cache_status(server, "root/pypi")
@@ -203,5 +217,14 @@ def test_server_total_bound_evicts_across_mirrors(
                                                 "max_bytes": bound}
         assert status["mirror-cache"]["u/other"]["files"] == 1
         assert "devpid_mirror_cache_total_bytes " in requests.get(server.url + "/+metrics").text
+        # after a restart the index is rebuilt from the store (off the reactor)
+        server.stop()
+        server.start()
+        deadline = time.monotonic() + 15
+        while not server.json("GET", "/+status").json()["result"]["mirror-cache-loaded"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.json("GET", "/+status").json()["result"]["mirror-cache-total"][
+            "bytes"] == sizes["2"] + sizes["3"]
     finally:
         fake.close()

@@ -3,6 +3,7 @@ install the same requirements from a server in --offline-mode with the upstream 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import requests
@@ -32,6 +33,11 @@ def test_prefetch_then_offline_install_with_pip_and_uv(
         out = proc.stdout + proc.stderr
         assert "[1] Collecting warm-app" in out and "[2] Collecting warm-lib" in out, out
         assert "prefetched 2 files" in out and "for 2 projects" in out, out
+        deadline = time.monotonic() + 15  # the last record commits just after its last byte
+        while server.json("GET", "/+status").json()["result"]["mirror-cache"].get(
+                "root/pypi", {}).get("files") != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         server.stop()
         fake.stop()
         server.args = ["--offline-mode"]

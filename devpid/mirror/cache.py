@@ -141,14 +141,14 @@ class MirrorCache:
         config = self.server.index_config(stage)
         return bool(config) and config.get("type") == "mirror"
 
-    def _add(self, key: str, ref: _Ref, added: float) -> None:
+    def _add(self, key: str, ref: _Ref, added: float, mirror: bool | None = None) -> None:
         self._remove(key)
         self.records[key] = ref
         for digest in ref[:2]:
             if isinstance(digest, str):
                 self.refs[digest] = self.refs.get(digest, 0) + 1
         stage = stage_of(key)
-        if self._is_mirror(stage):
+        if mirror if mirror is not None else self._is_mirror(stage):
             self.by_stage.setdefault(stage, {})[key] = added
             self.totals[stage] = self.totals.get(stage, 0) + ref[2]
             self.mirror_shas[ref[0]] = stage
@@ -194,7 +194,7 @@ class MirrorCache:
         if self._dirty:
             self._schedule()
 
-    def load(self, db: Path) -> tuple[int, list[tuple[str, _Ref, float]]]:
+    def load(self, db: Path) -> tuple[int, list[tuple[str, _Ref, float | None]]]:
         """Every file record and, for mirror files, the blob's time. Blocking (a thread)."""
         from devpid.store.sqlite import SQLiteStore
 
@@ -210,7 +210,7 @@ class MirrorCache:
                     ref = record_ref(value)
                     if ref is None:
                         continue
-                    added = 0.0
+                    added: float | None = None  # None: not a mirror's file
                     if stage_of(key) in mirrors:
                         try:
                             added = os.stat(self.server.blobs.path(ref[0])).st_mtime
@@ -221,9 +221,9 @@ class MirrorCache:
         finally:
             store.close()
 
-    def loaded_from(self, serial: int, found: list[tuple[str, _Ref, float]]) -> None:
-        for key, ref, added in found:
-            self._add(key, ref, added)
+    def loaded_from(self, serial: int, found: list[tuple[str, _Ref, float | None]]) -> None:
+        for key, ref, added in found:  # no store reads here: one dict update each
+            self._add(key, ref, added or 0.0, mirror=added is not None)
         self.loaded = True
         queued, self._queued = self._queued, []
         for s, changes in queued:
