@@ -300,7 +300,10 @@ def file_refusal(server: Any, stage: str, project: str, filename: str,
 
     The upload time comes from the cached file's record, else from the mirror's page.
     """
-    config = server.index_config(stage)
+    from devpid.links import sro  # cached per config serial: no store read per request
+
+    order = sro(server, stage)
+    config = order[0][1] if order else None
     if not config or config.get("type") != "mirror":
         return None
     cooldown = cooldown_of(config)

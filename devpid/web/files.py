@@ -372,8 +372,8 @@ async def get_file(server: DevpidServer, request: Any, user: str, index: str, re
         raise not_found("no such file")
     key, filename = found
     kind = key.split("/", 1)[0]
-    value = server.store.get(key)
-    stored = value if kind == "file" and isinstance(value, dict) else {}
+    value = server.store.get(key) if kind == "file" else None  # (a mirror page: not here)
+    stored = value if isinstance(value, dict) else {}
     refused = file_refusal(server, stage, key.split("/")[3], filename, stored.get("upload_time"))
     if refused:
         raise forbidden(refused)
