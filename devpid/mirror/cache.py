@@ -91,7 +91,7 @@ def remove_blobs(
             if digest is None:
                 continue
             try:
-                blobs._origin_path(stage, digest).unlink(missing_ok=True)
+                blobs.unmark_fetched(stage, digest)
                 if not referenced(digest):
                     path = blobs.path(digest)
                     freed += path.stat().st_size if path.exists() else 0
