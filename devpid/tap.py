@@ -77,6 +77,8 @@ class Options(usage.Options):
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["event-retry-horizon", None, 6 * 3600.0,
+         "seconds a failing event hook retries one serial before giving it up", float],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -98,7 +100,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
         if self["primary-url"] and self["init"]:
             raise usage.UsageError("a replica needs no --init: it copies the primary")
-        for key in ("gc-interval", "gc-grace"):
+        for key in ("gc-interval", "gc-grace", "event-retry-horizon"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
         if self["workers"] < 1:
@@ -202,6 +204,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         workers=options["workers"],
         gc_interval=options["gc-interval"],
         gc_grace=options["gc-grace"],
+        event_retry_horizon=options["event-retry-horizon"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)

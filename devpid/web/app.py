@@ -62,6 +62,7 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    event_retry_horizon: float = 6 * 3600.0  # seconds a failing hook retries one serial
 
 
 class DevpidServer:
