@@ -32,6 +32,7 @@ from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -48,6 +49,7 @@ MAX_FAILED = 10000  # failed serials kept per hook (the oldest go first)
 HOOK_TIMEOUT = 120.0  # a hook call taking longer counts as a failure
 SAVE_DELAY = 0.5  # seconds between cursor writes while hooks make progress
 ENTRY_POINT_GROUP = "devpid.hooks"
+BIG_CHANGES = 256 * 1024  # changelog text above which it is decoded off the reactor
 
 
 class Hook(Protocol):
@@ -271,9 +273,8 @@ class _HookRunner:
                     await self._wakeup
                     continue
                 serial = self.done + 1
-                changes = store.changelog(serial)
-                if not await self._deliver(serial, changes if changes is not None else {},
-                                           self.events.horizon):
+                changes = await self._changes(serial)
+                if not await self._deliver(serial, changes, self.events.horizon):
                     self.failed = [*self.failed[-(MAX_FAILED - 1):], serial]
                 self.done = serial
                 self.events.save_soon()
@@ -290,10 +291,21 @@ class _HookRunner:
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
+    async def _changes(self, serial: int) -> Changes:
+        """One serial's changes; a big entry (a mirror page of 50,000 files) is decoded in a
+        thread, not on the reactor."""
+        text = self.events.store.changelog_text(serial)
+        if text is None:
+            return {}
+        clock = self.events.clock
+        if len(text) <= BIG_CHANGES or not hasattr(clock, "getThreadPool"):
+            return dict(json.loads(text))
+        decoded = await deferToThreadPool(clock, clock.getThreadPool(), json.loads, text)
+        return dict(decoded)
+
     async def _retry_one(self, serial: int) -> None:
         """Deliver a failed serial again, as asked; it stays failed if this fails too."""
-        changes = self.events.store.changelog(serial)
-        ok = await self._deliver(serial, changes if changes is not None else {}, None)
+        ok = await self._deliver(serial, await self._changes(serial), None)
         if self.retry_queue and self.retry_queue[0] == serial:
             self.retry_queue.pop(0)
         if ok:

@@ -69,6 +69,8 @@ class Options(usage.Options):
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
         ["mirror-cache-expiry", None, 1800, "default seconds before mirror pages refresh", int],
         ["max-upload-size", None, "1G", "largest accepted upload (e.g. 500M, 2G)"],
+        ["mirror-max-page-size", None, "64M",
+         "largest upstream project page a mirror accepts (bounds memory per page)"],
         ["bcrypt-rounds", None, auth.DEFAULT_BCRYPT_ROUNDS, "bcrypt cost for new passwords", int],
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
@@ -95,6 +97,7 @@ class Options(usage.Options):
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
+        self["mirror-max-page-size"] = parse_size(str(self["mirror-max-page-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
@@ -197,6 +200,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],
+        mirror_max_page_size=options["mirror-max-page-size"],
         primary_url=options["primary-url"],
         role="replica" if replica else "standalone",
         bcrypt_rounds=options["bcrypt-rounds"],

@@ -57,6 +57,7 @@ ACCEPT = (
 _NORMALIZE_RE = re.compile(r"[-_.]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ERROR_BODY_LIMIT = 64 * 1024  # read small error bodies so the connection can be reused
+_PARSE_INLINE = 64 * 1024  # bodies up to this size are parsed on the reactor (fast enough)
 
 
 class UpstreamError(Exception):
@@ -442,12 +443,23 @@ class UpstreamClient:
             return ProjectPage(name, [], new_etag or etag, serial, not_modified=True)
         content_type = _header(response, b"Content-Type") or ""
         try:
-            display, files = parse_project_page(body, content_type, _final_url(response, url), name)
+            # A page of a project with 50,000 files takes seconds to parse: off the reactor.
+            display, files = await self._parse_off_reactor(
+                len(body), parse_project_page, body, content_type, _final_url(response, url), name
+            )
         except ParseError as e:
             err = UpstreamError(f"upstream {url}: bad response: {e}")
             self.backoff.failed(err.message)
             raise err from e
         return ProjectPage(display, files, new_etag, serial, not_modified=False)
+
+    async def _parse_off_reactor(self, size: int, f: Callable[..., T], *args: Any) -> T:
+        """``f(*args)`` in the reactor's thread pool, unless the input is small."""
+        if size <= _PARSE_INLINE:
+            return f(*args)
+        reactor: Any = self._reactor
+        result: T = await deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return result
 
     async def get_project_list(
         self, etag: str | None = None

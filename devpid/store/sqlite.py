@@ -56,6 +56,11 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def encode_value(value: Any) -> str:
+    """A value as the store writes it (for ``Transaction.set_encoded``; any thread)."""
+    return _dumps(value)
+
+
 class SQLiteStore:
     """Store implementation over one SQLite database in the server directory."""
 
@@ -131,6 +136,14 @@ class SQLiteStore:
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def get_text(self, key: str) -> str | None:
+        """The stored JSON text of ``key``: big values can then be decoded off the reactor."""
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def exists(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM kv WHERE key=?", (key,)).fetchone() is not None
+
     def get_with_serial(self, key: str) -> tuple[Any | None, int]:
         row = self._conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
         return (None, -1) if row is None else (json.loads(row[0]), int(row[1]))
@@ -168,6 +181,13 @@ class SQLiteStore:
             "SELECT changes FROM changelog WHERE serial=?", (serial,)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def changelog_text(self, serial: int) -> str | None:
+        """The JSON text of one changelog entry (decode big ones off the reactor)."""
+        row = self._conn.execute(
+            "SELECT changes FROM changelog WHERE serial=?", (serial,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def changelog_raw(self, serial: int) -> tuple[float, str] | None:
         row = self._conn.execute(
@@ -208,14 +228,26 @@ class SQLiteStore:
         tx = Transaction(self)
         yield tx
         if tx.pending:
-            tx.serial = self._commit(None, dict(tx.pending))
+            tx.serial = self._commit(None, dict(tx.pending), tx.encoded)
 
     def apply_serial(self, serial: int, changes: Changes) -> None:
         """Replay one changelog entry under exactly this serial (replicas, import)."""
         self._commit(serial, changes)
 
-    def _commit(self, serial: int | None, changes: Changes) -> int:
+    def _commit(
+        self, serial: int | None, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> int:
+        """One SQLite transaction; ``encoded`` holds values already serialised (off the
+        reactor) as ``_dumps`` would, so a big mirror page costs no encoding here."""
         conn = self._conn
+        encoded = encoded or {}
+        if encoded:
+            texts = {k: encoded[k] if k in encoded else _dumps(v) for k, v in changes.items()}
+            log_text = "{" + ",".join(
+                f"{json.dumps(k)}:{texts[k]}" for k in sorted(texts)) + "}"
+        else:
+            texts = {}
+            log_text = _dumps(changes)
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = self._max_serial()
@@ -225,22 +257,18 @@ class SQLiteStore:
                 raise StoreError(f"cannot apply serial {serial}: store is at serial {current}")
             conn.execute(
                 "INSERT INTO changelog(serial, timestamp, changes) VALUES (?, ?, ?)",
-                (serial, time.time(), _dumps(changes)),
+                (serial, time.time(), log_text),
             )
             for key, value in changes.items():
-                conn.execute("DELETE FROM paths WHERE key=?", (key,))
                 if value is None:
+                    conn.execute("DELETE FROM paths WHERE key=?", (key,))
                     conn.execute("DELETE FROM kv WHERE key=?", (key,))
                     continue
                 conn.execute(
                     "INSERT OR REPLACE INTO kv(key, serial, value) VALUES (?, ?, ?)",
-                    (key, serial, _dumps(value)),
+                    (key, serial, texts[key] if key in texts else _dumps(value)),
                 )
-                for path, filename in paths_of(key, value):
-                    conn.execute(
-                        "INSERT OR REPLACE INTO paths(path, key, filename) VALUES (?, ?, ?)",
-                        (path, key, filename),
-                    )
+                self._replace_paths(key, paths_of(key, value))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -250,6 +278,24 @@ class SQLiteStore:
         self.serial = serial
         self._notify(serial, changes)
         return serial
+
+    def _replace_paths(self, key: str, paths: list[tuple[str, str]]) -> None:
+        """Make ``paths`` the rows of ``key``; for a big mirror page only the difference
+        is written (a refresh adding one file to 50,000 must not rewrite 50,000 rows)."""
+        conn = self._conn
+        if len(paths) < 1000:
+            conn.execute("DELETE FROM paths WHERE key=?", (key,))
+            new = paths
+        else:
+            old = set(conn.execute("SELECT path, filename FROM paths WHERE key=?", (key,)))
+            wanted = set(paths)
+            conn.executemany("DELETE FROM paths WHERE path=? AND key=?",
+                             [(path, key) for path, _ in old - wanted])
+            new = [p for p in paths if p not in old]
+        conn.executemany(
+            "INSERT OR REPLACE INTO paths(path, key, filename) VALUES (?, ?, ?)",
+            [(path, key, filename) for path, filename in new],
+        )
 
     def _notify(self, serial: int, changes: Changes) -> None:
         for listener in list(self._listeners):
@@ -277,6 +323,7 @@ class Transaction:
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self.pending: dict[str, Any] = {}
+        self.encoded: dict[str, str] = {}  # key -> its value as _dumps text, if known
         self.serial: int | None = None
 
     def get(self, key: str) -> Any | None:
@@ -305,10 +352,20 @@ class Transaction:
         if current == value and key not in self.pending:
             return
         self.pending[key] = value
+        self.encoded.pop(key, None)
+
+    def set_encoded(self, key: str, value: Any, text: str) -> None:
+        """Set a (big) value the caller already compared and serialised off the reactor:
+        ``text`` must be ``encode_value(value)``."""
+        if value is None:
+            raise ValueError("use delete() to remove a key")
+        self.pending[key] = value
+        self.encoded[key] = text
 
     def delete(self, key: str) -> None:
-        if key in self.pending or self._store.get(key) is not None:
+        if key in self.pending or self._store.exists(key):
             self.pending[key] = None
+            self.encoded.pop(key, None)
 
     @property
     def changes(self) -> Mapping[str, Any]:
