@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from devpid import __version__
+from devpid import __version__, memory
 from devpid.links import Link, UpstreamUnavailable, version_key
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.downloads import BodyToDownload, Download, DownloadFailed, TailProducer
@@ -146,7 +146,7 @@ class Mirror:
             return work(text, *args)
         await self.page_work.acquire()
         try:
-            return await self.server.in_thread(work, text, *args)
+            return await self.server.in_thread(_then_trim, work, text, *args)
         finally:
             self.page_work.release()
 
@@ -642,6 +642,14 @@ def encode_page(value: dict[str, Any]) -> str:
             text = encode_value(item)
         parts.append(f"{json.dumps(key)}:{text}")
     return "{" + ",".join(parts) + "}"
+
+
+def _then_trim(work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, then give the memory its temporaries took back to the system."""
+    try:
+        return work(*args)
+    finally:
+        memory.trim()
 
 
 def _page_head(text: str | None) -> tuple[str | None, int | None]:

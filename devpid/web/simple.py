@@ -15,6 +15,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from devpid import memory
 from devpid.links import (
     Link,
     UpstreamUnavailable,
@@ -254,7 +255,12 @@ async def serve_project_page(
         return render_project_html(stage, project, links, prefix, resolution.blocked_mirrors)
 
     # A page of thousands of files takes long enough to block other requests: thread.
-    body = await server.in_thread(render) if len(links) > RENDER_INLINE else render()
+    if len(links) > RENDER_INLINE:
+        body = await server.in_thread(render)
+        del links
+        await server.in_thread(memory.trim)
+    else:
+        body = render()
     # Only cache if nothing changed while we awaited (the token still describes the body).
     if project_token(server, stage, project) == token:
         mirrors = tuple((n, c) for n, c in resolution.stages if c.get("type") == "mirror")
