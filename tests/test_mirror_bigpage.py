@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 
@@ -98,6 +99,11 @@ def test_a_huge_page_does_not_stall_cached_pages_and_is_bounded(
     # The refresh runs in the background (the stale page is served meanwhile).
     wait_for(lambda: first_hash() != files[0]["hashes"]["sha256"], timeout=60,
              what="the changed page")
+
+    # A file of the big page is found in it (the fake upstream has no bytes for it).
+    r = requests.get(urljoin(f"{server.url}/root/pypi/+simple/{big}/", files[-1]["url"]),
+                     timeout=60)
+    assert r.status_code == 404 and "no longer has" in r.json()["message"], r.text
 
     # Over the bound: a clear error, not a page eating memory.
     r = requests.get(f"{server.url}/root/pypi/+simple/{too_big}/", headers={"Accept": JSON},

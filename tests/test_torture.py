@@ -43,6 +43,7 @@ SEED = int(os.environ.get("DEVPID_TORTURE_SEED", str(time.time_ns() % 10**9)))
 RNG = random.Random(SEED)
 COUNTS: Counter[str] = Counter()  # trials per kind, and checks that passed
 JSON = "application/vnd.pypi.simple.v1+json"
+UPSTREAM_MODES = ["slow", "ok", "error", "hang"]  # FakePyPI modes, one per trial in turn
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -204,11 +205,12 @@ def test_kill9_during_mirror_downloads_under_faults_then_offline(tmp_path: Path)
         names.append(fake.publish(f"faulty{n}", "1.0", extra_bytes=600_000).name)
     server = start(serverdir, "--request-timeout", "3")
     try:
-        for _trial in range(SCALE):
+        for trial in range(SCALE):
             fake.clear_faults()
             fake.corrupt(names[1])
             fake.truncate(names[2])
-            fake.mode = RNG.choice(["ok", "slow"])
+            # slow first: the kill then lands in the middle of streaming downloads
+            fake.mode = UPSTREAM_MODES[trial % len(UPSTREAM_MODES)]
             results: list[int] = []
 
             def fetch(filename: str, server: Devpid, results: list[int]) -> None:

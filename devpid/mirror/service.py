@@ -410,7 +410,9 @@ class Mirror:
         parts = key.split("/")
         stage, project = f"{parts[1]}/{parts[2]}", parts[3]
         stored = self.server.store.get(keys.file(stage, project, filename))
-        entry = await self._page_work(self.server.store.get_text(key), _page_entry, filename)
+        text = self.server.store.get_text(key)  # a big page: find the entry in a thread
+        entry = (_page_entry(text, filename) if text is None or len(text) <= BIG_PAGE
+                 else await self.server.in_thread(_page_entry, text, filename))
         if metadata:
             return await self._serve_metadata(request, stage, stored, entry, filename)
         if stored is not None and self.server.blobs.exists(stored["sha256"]):
@@ -733,9 +735,22 @@ def _page_links(
 
 
 def _page_entry(text: str | None, filename: str) -> dict[str, Any] | None:
-    """The stored page's entry for ``filename``."""
+    """The stored page's entry for ``filename``; in a big page only that entry is decoded
+    (each file request of a 50,000-file project must not decode all of them)."""
     if text is None:
         return None
+    at = text.find('"filename":' + json.dumps(filename) + ",")
+    if at == -1:
+        return None  # a JSON string cannot hide this key: no such entry
+    # Entries are encoded with sorted keys, and "core_metadata" (always there) comes first.
+    start = text.rfind('{"core_metadata":', 0, at)
+    if start != -1:
+        try:
+            entry, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and entry.get("filename") == filename:
+            return entry
     return next((e for e in _page_files(text) if e.get("filename") == filename), None)
 
 
