@@ -50,6 +50,7 @@ HOOK_TIMEOUT = 120.0  # a hook call taking longer counts as a failure
 SAVE_DELAY = 0.5  # seconds between cursor writes while hooks make progress
 ENTRY_POINT_GROUP = "devpid.hooks"
 BIG_CHANGES = 256 * 1024  # changelog text above which it is decoded off the reactor
+MAX_RECENT = 1000  # committed serials whose changes are kept for hooks that lag behind
 
 
 class Hook(Protocol):
@@ -76,6 +77,9 @@ class EventService(service.Service):
         self._wake_call: Any = None
         self._save_call: Any = None
         self._save_delay = SAVE_DELAY
+        # Changes of serials committed in this process that a hook has still to see: a hook
+        # gets them as committed instead of decoding them again (a 20 MB mirror page).
+        self.recent: dict[int, Changes] = {}
         store.add_commit_listener(self._committed)
 
     # -- persisted cursors ----------------------------------------------------------------
@@ -209,9 +213,19 @@ class EventService(service.Service):
             log.failure("could not write {file} on stop", file=self.statefile)
 
     def _committed(self, serial: int, changes: Changes) -> None:
+        if self.runners and self.running:
+            self.recent[serial] = changes
+            while len(self.recent) > MAX_RECENT:
+                del self.recent[min(self.recent)]
         # Never run hooks (or write the state file) inside the committing request's call.
         if self._wake_call is None or not self._wake_call.active():
             self._wake_call = self.clock.callLater(0, self._wake_all)
+
+    def forget_done(self) -> None:
+        """Drop remembered changes every hook has handled."""
+        done = self.event_serial
+        for serial in [s for s in self.recent if s <= done]:
+            del self.recent[serial]
 
     def _wake_all(self) -> None:
         for runner in self.runners.values():
@@ -277,6 +291,7 @@ class _HookRunner:
                 if not await self._deliver(serial, changes, self.events.horizon):
                     self.failed = [*self.failed[-(MAX_FAILED - 1):], serial]
                 self.done = serial
+                self.events.forget_done()
                 self.events.save_soon()
                 backoff = BACKOFF_START
             except CancelledError:
@@ -294,6 +309,9 @@ class _HookRunner:
     async def _changes(self, serial: int) -> Changes:
         """One serial's changes; a big entry (a mirror page of 50,000 files) is decoded in a
         thread, not on the reactor."""
+        changes = self.events.recent.get(serial)
+        if changes is not None:
+            return changes
         text = self.events.store.changelog_text(serial)
         if text is None:
             return {}

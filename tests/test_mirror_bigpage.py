@@ -101,8 +101,10 @@ def test_a_huge_page_does_not_stall_cached_pages_and_is_bounded(
              what="the changed page")
 
     # A file of the big page is found in it (the fake upstream has no bytes for it).
-    r = requests.get(urljoin(f"{server.url}/root/pypi/+simple/{big}/", files[-1]["url"]),
-                     timeout=60)
+    page = requests.get(f"{server.url}/root/pypi/+simple/{big}/", headers={"Accept": JSON},
+                        timeout=120).json()
+    r = requests.get(urljoin(f"{server.url}/root/pypi/+simple/{big}/",
+                             page["files"][-1]["url"]), timeout=60)
     assert r.status_code == 404 and "no longer has" in r.json()["message"], r.text
 
     # Over the bound: a clear error, not a page eating memory.
