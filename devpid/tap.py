@@ -81,6 +81,12 @@ class Options(usage.Options):
          "seconds an unreferenced file is kept before a sweep may delete it", float],
         ["event-retry-horizon", None, 6 * 3600.0,
          "seconds a failing event hook retries one serial before giving it up", float],
+        ["header-timeout", None, 10.0,
+         "seconds a client may take to send a request's head (else 408 and close)", float],
+        ["idle-timeout", None, 60.0,
+         "seconds a keep-alive connection may wait for its next request", float],
+        ["max-connections", None, 4096,
+         "open client connections per process; beyond, idle ones are dropped, else 503", int],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -106,6 +112,11 @@ class Options(usage.Options):
         for key in ("gc-interval", "gc-grace", "event-retry-horizon"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("header-timeout", "idle-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
@@ -209,6 +220,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         gc_interval=options["gc-interval"],
         gc_grace=options["gc-grace"],
         event_retry_horizon=options["event-retry-horizon"],
+        header_timeout=options["header-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)
@@ -222,7 +236,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
         return top
-    endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
+    # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
+    endpoint_desc = options["listen"] or (
+        f"tcp:{options['port']}:interface={options['host']}:backlog=1024")
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)
