@@ -113,4 +113,10 @@ def test_a_huge_page_does_not_stall_cached_pages_and_is_bounded(
     assert r.status_code == 502, r.text[:500]
     message = r.json()["message"]
     assert "larger than" in message and str(24 * 1024 * 1024) in message, message
+    # ... which is not an upstream failure: other projects are fetched at once (no backoff)
+    other = f"other-{unique}"
+    upstream.publish(other, "1.0")
+    r = requests.get(f"{server.url}/root/pypi/+simple/{other}/", headers={"Accept": JSON},
+                     timeout=60)
+    assert r.status_code == 200, r.text
 

@@ -68,6 +68,10 @@ class UpstreamError(Exception):
         self.message = message
 
 
+class PageTooLarge(UpstreamError):
+    """The upstream's answer is larger than we accept (``max_page_size``): no backoff."""
+
+
 class ProjectNotFound(Exception):
     """The upstream answered that it does not know the project (HTTP 404/410)."""
 
@@ -363,6 +367,8 @@ class UpstreamClient:
             raise UpstreamError(
                 f"upstream {url}: timeout after {deadline.seconds:g} s (reading body)"
             ) from None
+        except _TooLarge as e:
+            raise PageTooLarge(f"upstream {url}: {_reason_text(e)}") from e
         except Exception as e:
             raise UpstreamError(f"upstream {url}: {_reason_text(e)}") from e
 
@@ -406,6 +412,11 @@ class UpstreamClient:
                     await self._discard(response, deadline)
                     phrase = response.phrase.decode("latin-1", "replace")
                     raise UpstreamError(f"upstream {clean}: HTTP {code} {phrase}".rstrip())
+            except PageTooLarge:
+                # The upstream answered; the page is over our bound. Other projects are fine.
+                self.backoff.succeeded()
+                verdict = True
+                raise
             except UpstreamError as e:
                 self.backoff.failed(e.message)
                 verdict = True
