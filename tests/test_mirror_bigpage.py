@@ -13,12 +13,14 @@ import time
 from typing import Any
 from urllib.parse import urljoin
 
+import pytest
 import requests
 
 from tests.conftest import Devpid
 from tests.support.fakepypi import FakePyPI
 from tests.test_replication import wait_for
 
+pytestmark = pytest.mark.slow
 JSON = "application/vnd.pypi.simple.v1+json"
 # Seconds. Before, the reactor itself parsed, merged, encoded and rendered the page: every
 # other request waited 7 s and more. What is left on it is the SQLite commit of the page

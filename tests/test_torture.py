@@ -38,6 +38,7 @@ from tests.support.fakepypi import FakePyPI
 from tests.support.pkgbuild import make_wheel
 from tests.test_workers import worker_pids
 
+pytestmark = pytest.mark.slow
 SCALE = max(1, int(os.environ.get("DEVPID_TORTURE", "1") or "1"))
 SEED = int(os.environ.get("DEVPID_TORTURE_SEED", str(time.time_ns() % 10**9)))
 RNG = random.Random(SEED)
