@@ -64,6 +64,9 @@ class Options(usage.Options):
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
         ["outside-url", None, None, "URL under which clients reach this server"],
         ["request-timeout", None, 5.0, "seconds to wait for an upstream or primary", float],
+        ["mirror-min-rate", None, 1024.0,
+         "bytes/s a mirror file download must average over each --request-timeout window; "
+         "slower ones are aborted (0 = only a full stall aborts)", float],
         ["secretfile", None, None, "file holding the token secret (default SERVERDIR/.secret)"],
         ["log-format", None, "text", "log format on stdout: text or json"],
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
@@ -102,6 +105,8 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
+        if self["mirror-min-rate"] < 0:
+            raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
         self["mirror-max-page-size"] = parse_size(str(self["mirror-max-page-size"]))
         for key in ("outside-url", "primary-url"):
@@ -208,6 +213,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         port=options["port"],
         outside_url=options["outside-url"],
         request_timeout=options["request-timeout"],
+        mirror_min_rate=options["mirror-min-rate"],
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],

@@ -64,6 +64,7 @@ def test_backoff_doubles_up_to_maximum_and_resets() -> None:
         "in_backoff": False,
         "retry_at": None,
         "consecutive_failures": 0,
+        "failures_total": 9,  # a counter for /+metrics: success does not reset it
     }
     b.failed("again")
     assert b.delay == 1.0  # starts over after a success

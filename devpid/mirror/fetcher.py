@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -35,6 +35,7 @@ from twisted.web.iweb import IResponse
 
 from devpid import __version__
 from devpid.mirror.backoff import Backoff
+from devpid.mirror.pagecheck import check_project_list, check_project_page
 from devpid.mirror.parse import ParseError, UpstreamFile, parse_project_list, parse_project_page
 
 __all__ = [
@@ -168,13 +169,19 @@ class _Deadline:
 
 
 class _Collector(Protocol):
-    """Buffers a response body up to ``limit`` bytes; can abort the connection."""
+    """Buffers a response body up to ``limit`` bytes; can abort the connection.
+
+    ``finished`` fires with the body and whether its framing (Content-Length or chunked)
+    proved it complete; False means the connection just closed, maybe in the middle.
+    """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._size = 0
         self._chunks: list[bytes] = []
-        self.finished: Deferred[bytes] = Deferred(lambda _: self.abort(CancelledError()))
+        self.finished: Deferred[tuple[bytes, bool]] = Deferred(
+            lambda _: self.abort(CancelledError())
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -189,7 +196,8 @@ class _Collector(Protocol):
         if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._chunks))
+            delimited = reason.check(PotentialDataLoss) is None
+            self.finished.callback((b"".join(self._chunks), delimited))
         else:
             self.finished.errback(reason)
 
@@ -201,7 +209,7 @@ class _Collector(Protocol):
             self.finished.errback(exc)
 
 
-def _read_body(response: IResponse, limit: int) -> Deferred[bytes]:
+def _read_body(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
     collector = _Collector(limit)
     response.deliverBody(collector)
     length = response.length
@@ -358,7 +366,10 @@ class UpstreamClient:
             raise UpstreamError(f"upstream {url}: {_reason_text(e)}") from e
         return response
 
-    async def _body(self, url: str, response: IResponse, limit: int, deadline: _Deadline) -> bytes:
+    async def _body(
+        self, url: str, response: IResponse, limit: int, deadline: _Deadline
+    ) -> tuple[bytes, bool]:
+        """The body and whether its HTTP framing proved it complete."""
         try:
             return await deadline.wait(_read_body(response, limit))
         except CancelledError:
@@ -382,12 +393,19 @@ class UpstreamClient:
             pass  # the collector closed the connection; nothing else to do
 
     async def _get_index(
-        self, url: str, etag: str | None, timeout: float, limit: int
-    ) -> tuple[IResponse, bytes | None]:
-        """Fetch an index page under backoff control; returns (response, body or None).
+        self,
+        url: str,
+        etag: str | None,
+        timeout: float,
+        limit: int,
+        parse: Callable[[IResponse, bytes, bool], Awaitable[T]],
+    ) -> tuple[IResponse, T | None]:
+        """Fetch and ``parse`` an index page under backoff control: (response, parsed or None).
 
-        The body is None for 304 and 404/410 (already drained). Records the verdict in the
-        backoff state; other statuses and failures raise UpstreamError.
+        None for 304 and 404/410 (body drained). ``parse`` gets the 200 body and whether its
+        framing proved it complete; its ParseError is an upstream failure like a 500, so it is
+        recorded in the backoff state (once) before any success is. Other statuses and
+        failures raise UpstreamError.
         """
         if self.backoff.in_backoff():
             raise self._backoff_error(url)
@@ -401,13 +419,17 @@ class UpstreamClient:
             try:
                 response = await self._send(clean, headers, deadline)
                 code = response.code
+                parsed: T | None = None
                 if code == 200:
-                    body: bytes | None = await self._body(clean, response, limit, deadline)
+                    body, delimited = await self._body(clean, response, limit, deadline)
+                    try:
+                        parsed = await parse(response, body, delimited)
+                    except ParseError as e:
+                        raise UpstreamError(f"upstream {clean}: bad response: {e}") from e
                 elif code == 304:
-                    body = None
+                    pass
                 elif code in (404, 410):
                     await self._discard(response, deadline)
-                    body = None
                 else:
                     await self._discard(response, deadline)
                     phrase = response.phrase.decode("latin-1", "replace")
@@ -423,7 +445,7 @@ class UpstreamClient:
                 raise
             self.backoff.succeeded()
             verdict = True
-            return response, body
+            return response, parsed
         finally:
             deadline.stop()
             if not verdict:
@@ -441,7 +463,24 @@ class UpstreamClient:
         Raises UpstreamError at once, without contacting the upstream, while in backoff.
         """
         url = self.project_url(name)
-        response, body = await self._get_index(url, etag, self.timeout, self.max_page_size)
+
+        async def parse(
+            response: IResponse, body: bytes, delimited: bool
+        ) -> tuple[str, list[UpstreamFile]]:
+            content_type = _header(response, b"Content-Type") or ""
+            base = _final_url(response, url)
+
+            def work() -> tuple[str, list[UpstreamFile]]:
+                display, files = parse_project_page(body, content_type, base, name)
+                check_project_page(body, content_type, len(files), delimited)
+                return display, files
+
+            # A page of a project with 50,000 files takes seconds to parse: off the reactor.
+            return await self._parse_off_reactor(len(body), work)
+
+        response, parsed = await self._get_index(
+            url, etag, self.timeout, self.max_page_size, parse
+        )
         serial_text = _header(response, b"X-PyPI-Last-Serial")
         try:
             serial = int(serial_text) if serial_text is not None else None
@@ -450,18 +489,9 @@ class UpstreamClient:
         new_etag = _header(response, b"ETag")
         if response.code in (404, 410):
             raise ProjectNotFound(name, url)
-        if body is None:  # 304
+        if parsed is None:  # 304
             return ProjectPage(name, [], new_etag or etag, serial, not_modified=True)
-        content_type = _header(response, b"Content-Type") or ""
-        try:
-            # A page of a project with 50,000 files takes seconds to parse: off the reactor.
-            display, files = await self._parse_off_reactor(
-                len(body), parse_project_page, body, content_type, _final_url(response, url), name
-            )
-        except ParseError as e:
-            err = UpstreamError(f"upstream {url}: bad response: {e}")
-            self.backoff.failed(err.message)
-            raise err from e
+        display, files = parsed
         return ProjectPage(display, files, new_etag, serial, not_modified=False)
 
     async def _parse_off_reactor(self, size: int, f: Callable[..., T], *args: Any) -> T:
@@ -477,23 +507,25 @@ class UpstreamClient:
     ) -> tuple[list[str] | None, str | None]:
         """All project names (None for a 304) and the new ETag; uses ``list_timeout``."""
         url = self.base_url
-        response, body = await self._get_index(url, etag, self.list_timeout, self.max_list_size)
+
+        async def parse(response: IResponse, body: bytes, delimited: bool) -> list[str]:
+            content_type = _header(response, b"Content-Type") or ""
+            check_project_list(body, content_type, delimited)
+            # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
+            reactor: Any = self._reactor
+            names: list[str] = await deferToThreadPool(
+                reactor, reactor.getThreadPool(), parse_project_list, body, content_type
+            )
+            return names
+
+        response, names = await self._get_index(
+            url, etag, self.list_timeout, self.max_list_size, parse
+        )
         new_etag = _header(response, b"ETag")
         if response.code in (404, 410):
             raise UpstreamError(f"upstream {url}: HTTP {response.code} for the project list")
-        if body is None:
+        if names is None:
             return None, new_etag or etag
-        try:
-            # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
-            reactor: Any = self._reactor
-            names = await deferToThreadPool(
-                reactor, reactor.getThreadPool(), parse_project_list, body,
-                _header(response, b"Content-Type") or "",
-            )
-        except ParseError as e:
-            err = UpstreamError(f"upstream {url}: bad response: {e}")
-            self.backoff.failed(err.message)
-            raise err from e
         return names, new_etag
 
     async def _open(self, url: str, deadline: _Deadline) -> tuple[str, IResponse]:
@@ -537,7 +569,8 @@ class UpstreamClient:
         deadline = _Deadline(self._reactor, self.timeout)
         try:
             clean, response = await self._open(url, deadline)
-            return await self._body(clean, response, max_size, deadline)
+            body, _ = await self._body(clean, response, max_size, deadline)
+            return body
         finally:
             deadline.stop()
 

@@ -108,6 +108,7 @@ class Mirror:
         self.starting: dict[str, Shared] = {}
         # Big pages are worked on one at a time: memory stays bounded by one page's objects.
         self.page_work = DeferredSemaphore(1)
+        self.download_failures: dict[str, int] = {}  # per stage, for /+status and /+metrics
 
     # -- upstream clients ---------------------------------------------------------------------
     def client(self, stage: str, config: dict[str, Any]) -> UpstreamClient:
@@ -493,6 +494,7 @@ class Mirror:
             expected=dict(entry.get("hashes") or {}),
             expected_size=length if length is not None else entry.get("size"),
             on_done=on_done,
+            on_failed=lambda _: self._count_download_failure(stage),
         )
         self.downloads[path] = download
 
@@ -503,8 +505,16 @@ class Mirror:
 
         download.committed.addBoth(forget)
         download.committed.addErrback(lambda f: f.trap(DownloadFailed))
-        response.deliverBody(BodyToDownload(download))
+        body = BodyToDownload(download)
+        response.deliverBody(body)
+        settings = self.server.settings
+        download.watch(
+            self.reactor, settings.request_timeout, settings.mirror_min_rate, body.stop
+        )
         return download
+
+    def _count_download_failure(self, stage: str) -> None:
+        self.download_failures[stage] = self.download_failures.get(stage, 0) + 1
 
     async def _record_download(
         self, stage: str, project: str, entry: dict[str, Any], dl: Download
@@ -604,6 +614,7 @@ class Mirror:
                 "downloads_in_progress": sum(
                     1 for p in self.downloads if p.startswith(stage + "/")
                 ),
+                "download_failures": self.download_failures.get(stage, 0),
             }
         return {"mirrors": out, "offline-mode": self.offline}
 

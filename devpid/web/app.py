@@ -54,6 +54,7 @@ class Settings:
     port: int = 3141
     outside_url: str | None = None
     request_timeout: float = 5.0
+    mirror_min_rate: float = 1024.0  # bytes/s below which a mirror file download is aborted
     offline_mode: bool = False
     mirror_cache_expiry: int = 1800
     max_upload_size: int = DEFAULT_MAX_UPLOAD
