@@ -14,7 +14,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -62,6 +62,12 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
+    allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
+    mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
+    mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
+    restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
+    max_login_failures: int = 10  # per user and minute before password checks get 429
 
 
 class DevpidServer:
@@ -85,6 +91,10 @@ class DevpidServer:
         self.cpu_pool = cpu_pool
         self.tokens = auth.TokenSigner(secret, clock=reactor)
         self.verified = auth.VerifiedPasswords(secret)
+        from devpid.passwords import PasswordChecker
+
+        # bcrypt in its own bounded pool (started by the process's service tree)
+        self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
         self.secret = secret
         self.started = time.time()
         self.request_counters = RequestCounters()
@@ -159,17 +169,21 @@ class DevpidServer:
                 "authentication token expired or invalid, please log in again",
                 headers={"WWW-Authenticate": 'Basic realm="pypi"', "Location": "/+login"},
             )
-        if await self.check_password(name, secret, pwhash):
+        if await self.check_password(name, secret, pwhash, request):
             return name
         raise unauthorized(f"user {name!r} could not be authenticated")
 
-    async def check_password(self, name: str, password: str, pwhash: str) -> bool:
-        if self.verified.known(name, password, pwhash):
-            return True
-        ok = await self.in_thread(auth.check_password, password, pwhash)
-        if ok:
-            self.verified.remember(name, password, pwhash)
-        return bool(ok)
+    async def check_password(
+        self, name: str, password: str, pwhash: str, request: Any = None
+    ) -> bool:
+        """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
+        from devpid.passwords import Throttled
+
+        address = getattr(request.getClientAddress(), "host", None) if request else None
+        try:
+            return await self.passwords.check(name, password, pwhash, address)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
     def hash_password(self, password: str) -> Deferred[str]:
         return self.in_thread(auth.hash_password, password, self.settings.bcrypt_rounds)

@@ -1,0 +1,182 @@
+"""Issue 19's hardening, probed the way an attacker on the network would: with real clients
+against the real daemon. The security model these tests pin down is README's "Security"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
+from tests.support.fakepypi import FakePyPI
+from tests.test_events import Receiver
+from tests.test_replication import wait_for
+
+ROOT = ("root", ROOT_PASSWORD)
+JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
+
+
+def message(r: requests.Response) -> str:
+    return str(r.json().get("message", ""))
+
+
+@pytest.fixture(scope="module")
+def absolute_up() -> Iterator[FakePyPI]:
+    """An upstream whose pages name files by absolute URL on http://127.0.0.1:PORT."""
+    fake = FakePyPI(absolute_urls=True)
+    fake.start()
+    yield fake
+    fake.close()
+
+
+# -- High 1: SSRF -------------------------------------------------------------------------------
+def test_only_root_creates_mirrors_and_sets_mirror_url(
+    devpid_server: Devpid, alice: tuple[str, str], upstream: FakePyPI
+) -> None:
+    user, _ = alice
+    r = devpid_server.json("PUT", f"/{user}/m", auth=alice,
+                           json={"type": "mirror", "mirror_url": upstream.url})
+    assert r.status_code == 403 and "mirror" in message(r), r.text
+    assert devpid_server.json("GET", f"/{user}/m").status_code == 404
+    r = devpid_server.json("PUT", f"/{user}/m", auth=ROOT,
+                           json={"type": "mirror", "mirror_url": upstream.url})
+    assert r.status_code == 200, r.text
+    r = devpid_server.json("PATCH", f"/{user}/m", auth=alice,
+                           json=["mirror_url=http://127.0.0.1:1/simple/"])
+    assert r.status_code == 403, r.text
+    assert devpid_server.json("GET", f"/{user}/m").json()["result"]["mirror_url"] == upstream.url
+    # the owner still manages everything else of it
+    r = devpid_server.json("PATCH", f"/{user}/m", auth=alice, json=["title=Mine"])
+    assert r.status_code == 200, r.text
+
+
+def test_mirror_never_connects_to_loopback_by_address_or_name(
+    start_devpid: Any, upstream: FakePyPI, unique: str
+) -> None:
+    server: Devpid = start_devpid(upstream_url=upstream.url, allow_private=False)
+    name = f"ssrf-{unique}"
+    upstream.publish(name, "1.0")
+    before = len(upstream.requests)
+    by_name = upstream.url.replace("127.0.0.1", "localhost")
+    for n, url in enumerate([upstream.url, by_name]):
+        assert server.json("PUT", f"/root/m{n}", auth=ROOT,
+                           json={"type": "mirror", "mirror_url": url}).ok
+        r = requests.get(f"{server.url}/root/m{n}/+simple/{name}/",
+                         headers={"Accept": JSON_ACCEPT}, timeout=10)
+        assert r.status_code == 502, r.text
+        assert "loopback" in message(r) and "allow-private-addresses" in message(r), r.text
+    assert len(upstream.requests) == before  # not even a connection attempt got through
+
+
+def test_mirror_files_only_from_the_upstreams_hosts(
+    devpid_server: Devpid, start_devpid: Any, absolute_up: FakePyPI, unique: str
+) -> None:
+    """Files a page names on another host are neither fetched nor redirected to."""
+    name = f"elsewhere-{unique}"
+    absolute_up.publish(name, "1.0")
+    by_name = absolute_up.url.replace("127.0.0.1", "localhost")  # files stay on 127.0.0.1
+    stage = f"root/far{unique}"
+    assert devpid_server.json("PUT", f"/{stage}", auth=ROOT,
+                              json={"type": "mirror", "mirror_url": by_name}).ok
+    page = requests.get(f"{devpid_server.url}/{stage}/+simple/{name}/",
+                        headers={"Accept": JSON_ACCEPT}, timeout=10)
+    assert page.status_code == 200, page.text
+    file_url = requests.compat.urljoin(page.url, page.json()["files"][0]["url"])
+    before = absolute_up.count("/files/")
+    r = requests.get(file_url, timeout=10)
+    assert r.status_code == 502 and "mirror-file-hosts" in message(r), r.text
+    assert devpid_server.json("PATCH", f"/{stage}", auth=ROOT,
+                              json=["mirror_use_external_urls=True"]).ok
+    r = requests.get(file_url, timeout=10, allow_redirects=False)
+    assert r.status_code == 502 and "Location" not in r.headers, r.text
+    assert absolute_up.count("/files/") == before
+    # an admin's allowlist lets them through
+    other: Devpid = start_devpid("--mirror-file-hosts", "127.0.0.1", upstream_url=by_name)
+    page = requests.get(f"{other.url}/root/pypi/+simple/{name}/",
+                        headers={"Accept": JSON_ACCEPT}, timeout=10)
+    r = requests.get(requests.compat.urljoin(page.url, page.json()["files"][0]["url"]),
+                     timeout=10)
+    assert r.status_code == 200 and r.content.startswith(b"PK"), r.text[:200]
+
+
+def test_webhooks_never_reach_loopback(start_devpid: Any, tmp_path: Path, env: dict[str, str]
+                                       ) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    receiver = Receiver()
+    try:
+        server: Devpid = start_devpid(allow_private=False)
+        assert server.json("PUT", "/w", json={"password": "pw"}).status_code == 201
+        hooks = [receiver.url, receiver.url.replace("127.0.0.1", "localhost")]
+        assert server.json("PUT", "/w/dev", auth=("w", "pw"), json={"webhooks": hooks}).ok
+        run([tool("twine"), "upload", "--repository-url", server.url + "/w/dev/", "-u", "w",
+             "-p", "pw", str(make_wheel(tmp_path, "hooked", "1.0"))], env)
+
+        def refused() -> str | None:
+            hook = server.json("GET", "/+status").json()["result"]["event-hooks"]["webhooks"]
+            error = hook["last-error"] or ""
+            return error if "loopback" in error else None
+
+        error = wait_for(refused, what="the webhook to be refused")
+        assert "/hook" not in error  # the URL's path (a webhook's token) is not shown
+        assert receiver.bodies == []
+    finally:
+        receiver.close()
+
+
+# -- High 2: passwords ----------------------------------------------------------------------------
+def _hash(cost: int) -> str:
+    import bcrypt
+
+    if 4 <= cost <= 14:
+        return bcrypt.hashpw(b"chosen", bcrypt.gensalt(cost)).decode()
+    return f"$2b${cost:02d}$" + "a" * 53  # well-formed; never computed
+
+
+def test_only_root_sets_pwhash_and_only_sane_costs(
+    devpid_server: Devpid, alice: tuple[str, str], unique: str
+) -> None:
+    for auth in (None, alice):
+        r = devpid_server.json("PUT", f"/ph{unique}", auth=auth, json={"pwhash": _hash(4)})
+        assert r.status_code == 403 and "pwhash" in message(r), r.text
+    for cost in (31, 15, 3):
+        r = devpid_server.json("PUT", f"/ph{unique}", auth=ROOT, json={"pwhash": _hash(cost)})
+        assert r.status_code == 400 and "cost" in message(r), r.text
+    r = devpid_server.json("PUT", f"/ph{unique}", auth=ROOT, json={"pwhash": _hash(4)})
+    assert r.status_code == 201, r.text
+    assert devpid_server.login(f"ph{unique}", "chosen")
+
+
+def test_wrong_password_flood_is_cut_off_without_locking_out_tokens(start_devpid: Any) -> None:
+    server: Devpid = start_devpid("--max-login-failures", "3")
+    for name in ("victim", "bystander"):
+        assert server.json("PUT", f"/{name}", json={"password": "right"}).status_code == 201
+    token = server.login("victim", "right")
+    codes = [requests.post(server.url + "/+login", json={"user": "victim", "password": "x"}
+                           ).status_code for _ in range(5)]
+    assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429], codes
+    r = server.json("PUT", "/victim/x", auth=("victim", "wrong"), json={})
+    assert r.status_code == 429 and r.headers.get("Retry-After"), r.text
+    # a login token needs no bcrypt: the owner keeps working; other users are not affected
+    assert server.json("PUT", "/victim/dev", auth=("victim", token), json={}).ok
+    assert server.login("bystander", "right")
+
+
+def test_stored_hash_of_absurd_cost_is_never_computed(start_devpid: Any) -> None:
+    """A hash that got in before (an import, an old version) cannot stall a thread."""
+    server: Devpid = start_devpid()
+    assert server.json("PUT", "/slow", json={"password": "pw"}).status_code == 201
+    from devpid.store import keys, open_store
+
+    server.stop()
+    store, _ = open_store(server.serverdir)
+    with store.transaction() as tx:
+        tx.set(keys.user("slow"), {**store.get(keys.user("slow")), "pwhash": _hash(31)})
+    store.close()
+    server.start()
+    # (computing it would take days: the request would time out instead)
+    r = requests.post(server.url + "/+login", json={"user": "slow", "password": "pw"}, timeout=30)
+    assert r.status_code == 401, r.text
