@@ -180,3 +180,88 @@ def test_stored_hash_of_absurd_cost_is_never_computed(start_devpid: Any) -> None
     # (computing it would take days: the request would time out instead)
     r = requests.post(server.url + "/+login", json={"user": "slow", "password": "pw"}, timeout=30)
     assert r.status_code == 401, r.text
+
+
+# -- Medium 4: credentials in index configs -------------------------------------------------
+def test_credentials_in_configs_only_for_owner_and_root(
+    devpid_server: Devpid, alice: tuple[str, str], upstream: FakePyPI, tmp_path: Path,
+    env: dict[str, str], unique: str,
+) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    user, pw = alice
+    secret_url = upstream.url.replace("http://", "http://mirroruser:mirror-secret@")
+    assert devpid_server.json("PUT", f"/{user}/m", auth=ROOT,
+                              json={"type": "mirror", "mirror_url": secret_url + "?t=qtoken"}).ok
+    hook = "http://127.0.0.1:1/hooks/path-token?key=query-token"  # nothing listens: it fails
+    assert devpid_server.json("PUT", f"/{user}/dev", auth=alice, json={"webhooks": [hook]}).ok
+    run([tool("twine"), "upload", "--repository-url", f"{devpid_server.url}/{user}/dev/",
+         "-u", user, "-p", pw, str(make_wheel(tmp_path, f"cred-{unique}", "1.0"))], env)
+    wait_for(lambda: (devpid_server.json("GET", "/+status").json()["result"]["event-hooks"]
+                      ["webhooks"]["last-error"]), what="the webhook to fail")
+    secrets = ("mirror-secret", "qtoken", "path-token", "query-token")
+    bob = (f"bob{unique}", "pw")
+    assert devpid_server.json("PUT", f"/{bob[0]}", json={"password": "pw"}).ok
+    for who in (None, bob):
+        for path in ("/", f"/{user}", f"/{user}/m", f"/{user}/dev", "/+status"):
+            text = devpid_server.json("GET", path, auth=who).text
+            assert not [s for s in secrets if s in text], (who, path, text[:3000])
+    m = devpid_server.json("GET", f"/{user}/m").json()["result"]
+    assert m["mirror_url"].startswith("http://***@127.0.0.1:")  # where it points stays visible
+    for who in (alice, ROOT):
+        assert "mirror-secret" in devpid_server.json("GET", f"/{user}/m", auth=who).text
+        assert "path-token" in devpid_server.json("GET", f"/{user}", auth=who).text
+
+
+# -- Medium 7: ACL names ----------------------------------------------------------------------
+def test_acls_name_existing_users_only_and_forget_deleted_ones(
+    devpid_server: Devpid, alice: tuple[str, str], unique: str, tmp_path: Path,
+    env: dict[str, str],
+) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    user, _ = alice
+    ghost, bob = f"ghost{unique}", f"bob{unique}"
+    r = devpid_server.json("PUT", f"/{user}/dev", auth=alice, json={"acl_upload": [user, ghost]})
+    assert r.status_code == 400 and ghost in message(r), r.text
+    assert devpid_server.json("PUT", f"/{bob}", json={"password": "pw"}).status_code == 201
+    assert devpid_server.json("PUT", f"/{user}/dev", auth=alice, json={
+        "acl_upload": [user, bob, ":AUTHENTICATED:"], "acl_toxresult_upload": [":ANONYMOUS:"],
+    }).ok
+    r = devpid_server.json("PATCH", f"/{user}/dev", auth=alice, json=[f"acl_upload+={ghost}"])
+    assert r.status_code == 400 and ghost in message(r), r.text
+    assert devpid_server.json("DELETE", f"/{bob}", auth=(bob, "pw")).ok
+    acl = devpid_server.json("GET", f"/{user}/dev").json()["result"]["acl_upload"]
+    assert acl == [user, ":AUTHENTICATED:"]
+    # whoever registers the name again gets nothing of the old bob's rights
+    assert devpid_server.json("PUT", f"/{bob}", json={"password": "new"}).status_code == 201
+    assert devpid_server.json("PATCH", f"/{user}/dev", auth=alice,
+                              json=["acl_upload-=:AUTHENTICATED:"]).ok
+    proc = run([tool("twine"), "upload", "--repository-url", f"{devpid_server.url}/{user}/dev/",
+                "-u", bob, "-p", "new", str(make_wheel(tmp_path, f"acl-{unique}", "1.0"))],
+               env, check=False)
+    assert proc.returncode != 0 and "403" in proc.stdout + proc.stderr, proc.stdout
+
+
+# -- Low: who may delete and yank ---------------------------------------------------------------
+def test_open_upload_acl_grants_no_delete_or_yank(
+    devpid_server: Devpid, alice: tuple[str, str], unique: str, tmp_path: Path,
+    env: dict[str, str],
+) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    user, pw = alice
+    assert devpid_server.json("PUT", f"/{user}/open", auth=alice,
+                              json={"acl_upload": [":ANONYMOUS:"]}).ok
+    name = f"open-{unique}"
+    run([tool("twine"), "upload", "--repository-url", f"{devpid_server.url}/{user}/open/",
+         "-u", user, "-p", pw, str(make_wheel(tmp_path, name, "1.0"))], env)
+    mallory = (f"mallory{unique}", "pw")
+    assert devpid_server.json("PUT", f"/{mallory[0]}", json={"password": "pw"}).ok
+    for method, path in (("POST", f"/{user}/open/{name}/1.0/+yank"),
+                         ("DELETE", f"/{user}/open/{name}/1.0"),
+                         ("DELETE", f"/{user}/open/{name}")):
+        r = devpid_server.json(method, path, auth=mallory)
+        assert r.status_code == 403, (method, path, r.text)
+    assert devpid_server.json("GET", f"/{user}/open/{name}/1.0").ok
+    assert devpid_server.json("POST", f"/{user}/open/{name}/1.0/+yank", auth=alice).ok
