@@ -133,7 +133,8 @@ def _hash(cost: int) -> str:
 
     if 4 <= cost <= 14:
         return bcrypt.hashpw(b"chosen", bcrypt.gensalt(cost)).decode()
-    return f"$2b${cost:02d}$" + "a" * 53  # well-formed; never computed
+    # a well-formed hash bcrypt would happily spend 2**cost rounds on (never computed here)
+    return bcrypt.hashpw(b"chosen", bcrypt.gensalt(4)).decode().replace("$04$", f"${cost:02d}$")
 
 
 def test_only_root_sets_pwhash_and_only_sane_costs(
