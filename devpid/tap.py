@@ -85,6 +85,8 @@ class Options(usage.Options):
          "comma-separated extra hosts mirror file URLs may point at (* = any public host)"],
         ["mirror-admins", None, "root",
          "comma-separated users who may create mirror indexes and set mirror_url"],
+        ["body-timeout", None, 60.0,
+         "seconds a request body may take (plus one per 64 KiB); slower gets 408", float],
         ["max-login-failures", None, 10,
          "wrong passwords per user and minute before password checks get 429 (0 = no limit)",
          int],
@@ -106,6 +108,8 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["port"] < 0 or self["port"] > 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
+        if self["body-timeout"] <= 0:
+            raise usage.UsageError("--body-timeout must be positive")
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
@@ -227,6 +231,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         mirror_admins=options["mirror-admins"],
         restrict_modify=options["restrict-modify"],
         max_login_failures=options["max-login-failures"],
+        body_timeout=options["body-timeout"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)

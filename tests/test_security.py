@@ -266,3 +266,40 @@ def test_open_upload_acl_grants_no_delete_or_yank(
         assert r.status_code == 403, (method, path, r.text)
     assert devpid_server.json("GET", f"/{user}/open/{name}/1.0").ok
     assert devpid_server.json("POST", f"/{user}/open/{name}/1.0/+yank", auth=alice).ok
+
+
+# -- Low: oversized and trickling bodies ----------------------------------------------------------
+def _raw(server: Devpid, head: bytes, body: bytes = b"", timeout: float = 15.0) -> bytes:
+    """Send ``head`` (and ``body``), then read until the server closes (or ``timeout``)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_oversized_body_refused_before_reading_and_trickles_time_out(start_devpid: Any) -> None:
+    server: Devpid = start_devpid("--max-upload-size", "1k", "--body-timeout", "1")
+    head = (b"POST /root/pypi/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+    answer = _raw(server, head)  # not one byte of the body is sent
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"100 Continue" not in answer and b"upload limit" in answer
+    assert b"Connection: close" in answer
+    # a small body that never completes: 408 once its time is up, and the connection closed
+    head = (b"PUT /trickler HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
+    answer = _raw(server, head, b'{"password": ')
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert server.json("GET", "/trickler").status_code == 404
+    # honest requests still work
+    assert server.json("PUT", "/honest", json={"password": "pw"}).status_code == 201

@@ -35,6 +35,7 @@ from devpid.metrics import RequestCounters
 from devpid.store import keys
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
+from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
 from devpid.web.errors import JSON_TYPE, HTTPError, render_error, unauthorized
 
 log = Logger()
@@ -68,6 +69,7 @@ class Settings:
     mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
     max_login_failures: int = 10  # per user and minute before password checks get 429
+    body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
 
 
 class DevpidServer:
@@ -308,6 +310,8 @@ class DevpidRequest(twserver.Request):
 
     body_too_large = False
     max_body = DEFAULT_MAX_UPLOAD
+    devpid_body: BodyDeadline | None = None
+    devpid_answered = False  # an error went out before the body (devpid/web/bodies.py)
     devpid_serial_set = False
 
     def process(self) -> None:
@@ -331,14 +335,32 @@ class DevpidRequest(twserver.Request):
         super().write(data)
 
     def gotLength(self, length: int | None) -> None:
-        limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
-        if length is not None and length > limit:
+        site = getattr(self.channel, "site", None)
+        limit = getattr(site, "max_body", self.max_body)
+        if refuse_oversized(self, length, limit):  # 413 now, no "100 Continue"
             self.body_too_large = True
             self.content = _Discard()  # type: ignore[assignment]
             return
+        if length != 0:  # a body follows: it must not trickle
+            timeout = getattr(site, "body_timeout", DEFAULT_BODY_TIMEOUT)
+            self.devpid_body = BodyDeadline(self, length, timeout)
         super().gotLength(length)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        if self.devpid_answered:  # refused while the body arrived; the connection closes
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        super().connectionLost(reason)
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.got(len(data))
         if self.body_too_large:
             return
         super().handleContentChunk(data)
@@ -462,6 +484,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
         server.status_providers.append(fast.status)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
+    site.body_timeout = server.settings.body_timeout  # type: ignore[attr-defined]
     site.devpid_store = server.store  # type: ignore[attr-defined]
     site.displayTracebacks = False
     from devpid.accesslog import AccessLog
