@@ -303,3 +303,50 @@ def test_oversized_body_refused_before_reading_and_trickles_time_out(start_devpi
     assert server.json("GET", "/trickler").status_code == 404
     # honest requests still work
     assert server.json("PUT", "/honest", json={"password": "pw"}).status_code == 201
+
+
+# -- Low: doc-upload versions -----------------------------------------------------------------
+def test_doc_upload_versions_are_validated_like_file_versions(
+    devpid_server: Devpid, alice: tuple[str, str], tmp_path: Path, unique: str
+) -> None:
+    from tests.test_private_index import http_upload, make_doczip
+
+    user, _ = alice
+    assert devpid_server.json("PUT", f"/{user}/docs", auth=alice, json={}).ok
+    name = f"docs-{unique}"
+    doc = make_doczip(tmp_path / "d.zip", {"index.html": b"<p>docs</p>"})
+    for version in ("1.0\r\nX-Injected: 1", "1.0\x00", "1.0\x1b[31m", "..", "1.0 beta",
+                    "1.0/../x"):
+        r = http_upload(devpid_server, alice, f"{user}/docs", doc, name=name, version=version,
+                        action="doc_upload")
+        assert r.status_code == 400 and "version" in message(r), (version, r.text)
+    listed = devpid_server.json("GET", f"/{user}/docs/{name}")
+    assert listed.status_code == 404 or listed.json()["result"] == {}, listed.text
+    r = http_upload(devpid_server, alice, f"{user}/docs", doc, name=name, version="1.0",
+                    action="doc_upload")
+    assert r.status_code == 200, r.text
+
+
+# -- Low: file modes ------------------------------------------------------------------------------
+def test_database_files_are_owner_only(start_devpid: Any) -> None:
+    import os
+    import stat
+
+    from devpid.store import DB_NAME
+
+    server: Devpid = start_devpid()
+    assert server.json("PUT", "/modes", json={"password": "pw"}).status_code == 201
+    db = server.serverdir / DB_NAME
+    files = [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))]
+
+    def modes() -> dict[str, int]:
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()}
+
+    assert db.name in modes() and set(modes().values()) == {0o600}, modes()
+    server.stop()
+    for path in files:  # made by an older version, or a careless copy
+        if path.exists():
+            os.chmod(path, 0o644)
+    server.start()
+    assert server.json("PUT", "/modes2", json={"password": "pw"}).status_code == 201
+    assert set(modes().values()) == {0o600}, modes()
