@@ -350,3 +350,13 @@ def test_database_files_are_owner_only(start_devpid: Any) -> None:
     server.start()
     assert server.json("PUT", "/modes2", json={"password": "pw"}).status_code == 201
     assert set(modes().values()) == {0o600}, modes()
+
+
+# -- Low: no 500 for absolute-form targets -----------------------------------------------------
+def test_absolute_form_request_target_is_a_400(devpid_server: Devpid) -> None:
+    for target in (f"http://127.0.0.1:{devpid_server.port}/root/pypi", "http://x/"):
+        for method in ("GET", "PUT", "OPTIONS"):
+            answer = _raw(devpid_server, f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 400 "), (method, target, answer[:300])
+            assert b"application/json" in answer and b"request target" in answer

@@ -417,6 +417,9 @@ class RootResource(Resource):
 
     def render(self, request: Any) -> Any:
         server = self.devpid
+        if not request.uri.startswith(b"/"):
+            # absolute-form (a proxy's request) or "*": no route; werkzeug would fail on it
+            return render_error(request, HTTPError(400, "request target must be a path"))
         decoded = self.prepare(request, list(request.postpath))
         if isinstance(decoded, HTTPError):
             return render_error(request, decoded)
