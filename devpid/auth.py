@@ -57,6 +57,14 @@ def acceptable_pwhash(pwhash: object) -> str | None:
     return None
 
 
+def bcrypt_rounds(text: str | int) -> int:
+    """A --bcrypt-rounds value: a cost whose hashes check_password will accept."""
+    rounds = int(text)
+    if not BCRYPT_MIN_COST <= rounds <= BCRYPT_MAX_COST:
+        raise ValueError(f"bcrypt rounds must be {BCRYPT_MIN_COST}..{BCRYPT_MAX_COST}")
+    return rounds
+
+
 def check_password(password: str, pwhash: str) -> bool:
     """False for wrong passwords and for hashes of a cost we refuse to spend time on."""
     if acceptable_pwhash(pwhash) is not None:

@@ -110,6 +110,10 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if self["body-timeout"] <= 0:
             raise usage.UsageError("--body-timeout must be positive")
+        try:
+            auth.bcrypt_rounds(self["bcrypt-rounds"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bcrypt-rounds: {e}") from None
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))

@@ -360,3 +360,16 @@ def test_absolute_form_request_target_is_a_400(devpid_server: Devpid) -> None:
                           "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
             assert answer.startswith(b"HTTP/1.1 400 "), (method, target, answer[:300])
             assert b"application/json" in answer and b"request target" in answer
+
+
+def test_server_never_makes_hashes_it_would_refuse(tmp_path: Path) -> None:
+    """--bcrypt-rounds outside 4..14 would write hashes the password check refuses."""
+    from tests.conftest import client_env
+
+    for cmd in ([tool("twistd"), "-n", "--pidfile=", "devpid", "--serverdir", str(tmp_path / "s"),
+                 "--init", "--bcrypt-rounds", "31"],
+                [tool("devpid"), "init", "--serverdir", str(tmp_path / "s"),
+                 "--bcrypt-rounds", "3"]):
+        proc = run(cmd, client_env(tmp_path / "c"), check=False, timeout=60)
+        assert proc.returncode != 0 and "bcrypt" in proc.stdout + proc.stderr, proc.stdout
+    assert not (tmp_path / "s").exists()
