@@ -15,6 +15,7 @@ default upstream, that upstream's file host as pip publishes it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -144,6 +145,7 @@ def host_of(url: str) -> str | None:
     return host.lower().rstrip(".") if host else None
 
 
+@functools.cache
 def default_upstream_file_hosts() -> list[str]:
     """The file host of the default upstream, from pip's published index model (not our
     literal); empty if pip does not say (the admin then lists it in --mirror-file-hosts)."""

@@ -373,3 +373,18 @@ def test_server_never_makes_hashes_it_would_refuse(tmp_path: Path) -> None:
         proc = run(cmd, client_env(tmp_path / "c"), check=False, timeout=60)
         assert proc.returncode != 0 and "bcrypt" in proc.stdout + proc.stderr, proc.stdout
     assert not (tmp_path / "s").exists()
+
+
+def test_failures_per_address_count_the_proxys_client(start_devpid: Any) -> None:
+    """Behind the generated nginx every request comes from loopback: X-Real-IP names the
+    client, so one client's flood does not stop everyone's password logins."""
+    server: Devpid = start_devpid("--max-login-failures", "2")  # 6 per address
+
+    def login(user: str, client: str) -> int:
+        return requests.post(server.url + "/+login", json={"user": user, "password": "x"},
+                             headers={"X-Real-IP": client}).status_code
+
+    codes = [login(f"u{n}", "192.0.2.1") for n in range(3) for _ in range(2)]
+    assert codes == [401] * 6, codes
+    assert login("u9", "192.0.2.1") == 429  # this address is done for a minute
+    assert login("u9", "192.0.2.2") == 401  # another client is not

@@ -181,7 +181,7 @@ class DevpidServer:
         """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
         from devpid.passwords import Throttled
 
-        address = getattr(request.getClientAddress(), "host", None) if request else None
+        address = client_address(request) if request else None
         try:
             return await self.passwords.check(name, password, pwhash, address)
         except Throttled as e:
@@ -201,6 +201,17 @@ class DevpidServer:
 
 
 # -- response helpers ------------------------------------------------------------------------
+def client_address(request: Any) -> str | None:
+    """The client's address; behind a proxy on loopback (the generated nginx) the address it
+    names in ``X-Real-IP`` (no one else can choose that value)."""
+    peer = getattr(request.getClientAddress(), "host", None)
+    if peer in ("127.0.0.1", "::1"):
+        forwarded = header(request, b"x-real-ip")
+        if forwarded:
+            return forwarded.strip()[:64]
+    return peer if isinstance(peer, str) else None
+
+
 def header(request: Any, name: bytes) -> str | None:
     """A request header as text (latin-1, as HTTP defines it), or None."""
     value = request.requestHeaders.getRawHeaders(name)
