@@ -379,6 +379,8 @@ def test_failures_per_address_count_the_proxys_client(start_devpid: Any) -> None
     """Behind the generated nginx every request comes from loopback: X-Real-IP names the
     client, so one client's flood does not stop everyone's password logins."""
     server: Devpid = start_devpid("--max-login-failures", "2")  # 6 per address
+    for name in ("u0", "u1", "u2", "u9"):
+        assert server.json("PUT", f"/{name}", json={"password": "pw"}).status_code == 201
 
     def login(user: str, client: str) -> int:
         return requests.post(server.url + "/+login", json={"user": user, "password": "x"},
