@@ -1,8 +1,9 @@
 """Password checks that cannot take the server down: their own small thread pool, a bound
 on queued checks and a rate limit on failures per user and per client address.
 
-bcrypt is slow on purpose, so a flood of wrong passwords would otherwise fill the worker
-pool that also hashes uploads. Here checks run in ``devpid-bcrypt`` (two threads); while a
+bcrypt is slow on purpose, so a flood of wrong passwords (or of registrations) would
+otherwise fill the worker pool that also hashes uploads. Here checks and new hashes run in
+``devpid-bcrypt`` (two threads); while a
 user or an address has had too many recent failures, further checks for it are refused at
 once (429) without running bcrypt; more than ``MAX_PENDING`` queued checks are refused with
 503. Successful checks are remembered (auth.VerifiedPasswords), so twine's password on
@@ -92,21 +93,26 @@ class PasswordChecker:
         addr_key = address or "-"
         if self.limited and (self.users.blocked(user) or self.addresses.blocked(addr_key)):
             raise Throttled(429, "too many failed logins; try again in a minute")
-        if self.pending >= MAX_PENDING:
-            raise Throttled(503, "too many password checks in progress; try again")
-        self.pending += 1
-        try:
-            ok = await deferToThreadPool(
-                self.reactor, self.pool, auth.check_password, password, pwhash
-            )
-        finally:
-            self.pending -= 1
+        ok = await self._run(auth.check_password, password, pwhash)
         if ok:
             self.verified.remember(user, password, pwhash)
         elif self.limited:
             self.users.failed(user)
             self.addresses.failed(addr_key)
         return bool(ok)
+
+    async def hash(self, password: str, rounds: int) -> str:
+        """A new hash, in the same pool: registrations cannot flood the upload workers."""
+        return str(await self._run(auth.hash_password, password, rounds))
+
+    async def _run(self, f: Any, *args: Any) -> Any:
+        if self.pending >= MAX_PENDING:
+            raise Throttled(503, "too many password checks in progress; try again")
+        self.pending += 1
+        try:
+            return await deferToThreadPool(self.reactor, self.pool, f, *args)
+        finally:
+            self.pending -= 1
 
 
 __all__ = ["FailureLimiter", "PasswordChecker", "Throttled"]

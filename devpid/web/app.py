@@ -187,8 +187,13 @@ class DevpidServer:
         except Throttled as e:
             raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
-    def hash_password(self, password: str) -> Deferred[str]:
-        return self.in_thread(auth.hash_password, password, self.settings.bcrypt_rounds)
+    async def hash_password(self, password: str) -> str:
+        from devpid.passwords import Throttled
+
+        try:
+            return await self.passwords.hash(password, self.settings.bcrypt_rounds)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
     async def require_user(self, request: Any) -> str:
         user = await self.identify(request)
