@@ -13,7 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"']*@")
-_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s\"'?#]*)\?[^\s\"'#]*")
+# a query ends before trailing punctuation ("URL: reason" in error messages)
+_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s\"'?#]*)\?[^\s\"'#]*[^\s\"'#:,;.)]")
 
 
 def _netloc(parts: Any) -> str:
