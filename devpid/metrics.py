@@ -82,6 +82,14 @@ _GC = [
     ("blob_gc_freed_bytes_total", "counter", "Bytes freed by sweeps.", "freed_bytes_total"),
     ("blob_gc_failures", "gauge", "Failed sweeps in a row.", "failures"),
 ]
+_CONNECTIONS = [  # per process (see devpid.web.connections)
+    ("connections_open", "gauge", "Open client connections.", "open"),
+    ("connections_limit", "gauge", "The --max-connections in effect.", "limit"),
+    ("connections_evicted_total", "counter", "Idle connections dropped at the limit.",
+     "evicted"),
+    ("connections_refused_total", "counter", "Connections answered 503 at the limit.",
+     "refused"),
+]
 
 
 class _Families(dict[str, _Family]):
@@ -148,6 +156,8 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
             (gc.get("last") or {}).get("finished")
         )
         out.add_all(_GC, gc)
+    if isinstance(status.get("connections"), dict):
+        out.add_all(_CONNECTIONS, status["connections"])
     for name, kind, help_text, value in _process():
         family(name, kind, help_text).add(value)
     return "".join(_lines(out.values())).encode()

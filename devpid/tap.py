@@ -93,6 +93,12 @@ class Options(usage.Options):
         ["restrict-modify", None, None,
          "comma-separated users who may create users and indexes (default: anyone may "
          "register and create own indexes); root always may"],
+        ["header-timeout", None, 10.0,
+         "seconds a client may take to send a request's head (else 408 and close)", float],
+        ["idle-timeout", None, 60.0,
+         "seconds a keep-alive connection may wait for its next request", float],
+        ["max-connections", None, 4096,
+         "open client connections per process; beyond, idle ones are dropped, else 503", int],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
@@ -129,6 +135,11 @@ class Options(usage.Options):
             self[key] = _comma_list(self[key])
         if self["restrict-modify"] is not None:
             self["restrict-modify"] = _comma_list(self["restrict-modify"])
+        for key in ("header-timeout", "idle-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
@@ -236,6 +247,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         restrict_modify=options["restrict-modify"],
         max_login_failures=options["max-login-failures"],
         body_timeout=options["body-timeout"],
+        header_timeout=options["header-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)
@@ -250,7 +264,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
         return top
-    endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
+    # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
+    endpoint_desc = options["listen"] or (
+        f"tcp:{options['port']}:interface={options['host']}:backlog=1024")
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)

@@ -24,6 +24,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from devpid.store.base import write_failed
+
 log = Logger()
 READ_CHUNK = 256 * 1024
 
@@ -66,8 +68,14 @@ class Download:
 
     # -- fed by the upstream response protocol --------------------------------------------
     def data(self, chunk: bytes) -> None:
-        self._out.write(chunk)
-        self._out.flush()
+        if self.finished:
+            return  # failed already (e.g. the disk is full): the rest is dropped
+        try:
+            self._out.write(chunk)
+            self._out.flush()
+        except OSError as e:  # readers are cut off, the temp file goes now
+            self.end(str(write_failed("storing a mirror file", e)))
+            return
         self._sha256.update(chunk)
         for h in self._others.values():
             h.update(chunk)
@@ -75,7 +83,12 @@ class Download:
         self._wake()
 
     def end(self, error: str | None) -> None:
-        self._out.close()
+        if self.finished:
+            return
+        try:
+            self._out.close()
+        except OSError as e:  # its last flush failed
+            error = error or str(write_failed("storing a mirror file", e))
         if error is None:
             error = self._verify()
         self.error = error
@@ -122,6 +135,9 @@ class BodyToDownload(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.download.data(data)
+        transport: Any = self.transport
+        if self.download.finished and transport is not None:
+            transport.stopProducing()  # it failed: stop fetching the rest
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(ResponseDone):

@@ -526,7 +526,10 @@ class Mirror:
         def commit() -> str | None:
             from devpid.model.metadata import MetadataError, read_core_metadata
 
-            self.server.blobs.commit_temp(dl.tmp, sha)
+            try:
+                self.server.blobs.commit_temp(dl.tmp, sha)
+            finally:
+                self.server.blobs.discard(dl.tmp)  # gone after a commit, else removed now
             if filename.endswith(".whl"):
                 try:
                     meta = read_core_metadata(self.server.blobs.path(sha), filename)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from devpid.store.base import disk_full_as_out_of_space
+
 HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
 
@@ -54,24 +56,27 @@ class BlobStore:
 
     def new_temp(self) -> tuple[BinaryIO, Path]:
         """An open temp file in the blob area (same filesystem, so rename is atomic)."""
-        fd, name = tempfile.mkstemp(dir=self.tmpdir, prefix="in-")
+        with disk_full_as_out_of_space("creating a temp file"):
+            fd, name = tempfile.mkstemp(dir=self.tmpdir, prefix="in-")
         return os.fdopen(fd, "w+b"), Path(name)
 
     def commit_temp(self, tmp: Path, sha256: str) -> Path:
         """fsync and rename a fully written temp file into place under its digest.
 
-        Blocking: call from a worker thread for big files.
+        Blocking: call from a worker thread for big files. A full disk raises OutOfSpace
+        (the caller still owns, and discards, ``tmp``).
         """
         target = self.path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        dirfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        with disk_full_as_out_of_space("storing a file"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            dirfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
         return target
 
     def discard(self, tmp: Path) -> None:
@@ -83,9 +88,12 @@ class BlobStore:
         if self.reuse(digest):
             return digest
         f, tmp = self.new_temp()
-        with f:
-            f.write(data)
-        self.commit_temp(tmp, digest)
+        try:
+            with disk_full_as_out_of_space("writing a file"), f:
+                f.write(data)
+            self.commit_temp(tmp, digest)
+        finally:
+            self.discard(tmp)  # gone already after a commit; removed at once after a failure
         return digest
 
     def hash_file(self, path: Path) -> tuple[str, str, int]:

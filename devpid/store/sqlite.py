@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from devpid.store.base import Changes, CommitListener, StoreError
+from devpid.store.base import Changes, CommitListener, StoreError, write_failed
 from devpid.store.keys import paths_of
 
 log = Logger()
@@ -262,8 +262,16 @@ class SQLiteStore:
                         (path, key, filename),
                     )
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            # SQLite may have rolled back already (SQLITE_FULL, I/O errors): a second
+            # ROLLBACK would replace the real error with "no transaction is active".
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.failure("rollback after a failed commit failed")
+            if isinstance(e, sqlite3.Error):
+                raise write_failed("database commit", e, code=503) from e
             raise
         if current > self.serial:
             self._catch_up(current)  # another process committed before us

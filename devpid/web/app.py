@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import devpid
 from devpid import auth
 from devpid.metrics import RequestCounters
 from devpid.store import keys
+from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
 from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
@@ -63,6 +65,9 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    header_timeout: float = 10.0  # seconds a request head may take to arrive
+    idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
+    max_connections: int = 4096  # open client connections per process (see connections.py)
     # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
     allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
     mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
@@ -294,6 +299,26 @@ def _not_allowed(server: Any, request: Any, failure: Failure) -> bytes:
     return render_error(request, HTTPError(405, f"method {method} not allowed here"))
 
 
+@app.handle_errors(WriteFailed)  # type: ignore[arg-type]
+def _write_failed(server: Any, request: Any, failure: Failure) -> bytes:
+    """Storage failed, not the request: its real error, 507 for a full disk (else 503)."""
+    if isinstance(failure.value, OutOfSpace):  # an operator's condition: one line, no trace
+        log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
+                  uri=request.uri.decode("latin-1"), message=str(failure.value))
+    else:
+        log.failure("a write failed for {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+    return render_error(request, write_failed_error(failure.value))
+
+
+def write_failed_error(error: WriteFailed) -> HTTPError:
+    """The answer to a failed write, saying that nothing was stored and a retry may work."""
+    if isinstance(error, OutOfSpace):
+        return HTTPError(error.code, f"{error}; nothing was stored, retry once space is freed",
+                         headers={"Retry-After": "60"})
+    return HTTPError(error.code, f"{error}; nothing was stored", headers={"Retry-After": "10"})
+
+
 @app.handle_errors  # type: ignore[call-overload]
 def _unexpected(server: Any, request: Any, failure: Failure) -> bytes:
     log.failure("unhandled error for {method} {uri}", failure,
@@ -329,6 +354,7 @@ class DevpidRequest(twserver.Request):
     devpid_body: BodyDeadline | None = None
     devpid_answered = False  # an error went out before the body (devpid/web/bodies.py)
     devpid_serial_set = False
+    body_error: OutOfSpace | None = None  # the body could not be buffered: the disk is full
 
     def process(self) -> None:
         self.devpid_started = time.monotonic()
@@ -360,7 +386,20 @@ class DevpidRequest(twserver.Request):
         if length != 0:  # a body follows: it must not trickle
             timeout = getattr(site, "body_timeout", DEFAULT_BODY_TIMEOUT)
             self.devpid_body = BodyDeadline(self, length, timeout)
-        super().gotLength(length)
+        try:
+            with disk_full_as_out_of_space("buffering the request body"):
+                super().gotLength(length)
+        except OutOfSpace as e:
+            self._body_failed(e)
+
+    def _body_failed(self, error: OutOfSpace) -> None:
+        """Drop the body at once (its temp file goes with it); render() answers 507."""
+        self.body_error = error
+        content = self.content
+        self.content = _Discard()  # type: ignore[assignment]
+        if content is not None:
+            with contextlib.suppress(OSError):
+                content.close()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.devpid_body is not None:
@@ -377,9 +416,14 @@ class DevpidRequest(twserver.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.devpid_body is not None:
             self.devpid_body.got(len(data))
-        if self.body_too_large:
+        if self.body_too_large or self.body_error is not None:
             return
-        super().handleContentChunk(data)
+        try:
+            with disk_full_as_out_of_space("buffering the request body"):
+                super().handleContentChunk(data)
+        except OutOfSpace as e:
+            self._body_failed(e)
+            return
         limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
         content = self.content
         if content is not None and content.tell() > limit:
@@ -446,6 +490,10 @@ class RootResource(Resource):
                 request,
                 HTTPError(413, f"request body exceeds the upload limit of {limit} bytes"),
             )
+        if getattr(request, "body_error", None) is not None:
+            log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
+                      uri=request.uri.decode("latin-1"), message=str(request.body_error))
+            return render_error(request, write_failed_error(request.body_error))
         # -- replication (devpid/replica.py): a replica forwards writes to its primary --
         proxy = server.components.get("write_proxy")
         if proxy is not None and proxy.wants(request):
@@ -471,6 +519,19 @@ class DevpidSite(twserver.Site):
 
     access: Any = None
     counters: RequestCounters | None = None
+    devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
+    devpid_header_timeout: float | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, or a 503 answer when every connection slot is busy."""
+        limit = self.devpid_connections
+        if limit is not None and not limit.make_room():
+            from devpid.web.connections import Refused
+
+            refused = Refused()
+            refused.factory = self
+            return refused
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         started = getattr(request, "devpid_started", None)
@@ -491,11 +552,19 @@ class DevpidSite(twserver.Site):
 
 
 def make_site(server: DevpidServer) -> twserver.Site:
+    """The HTTP site of this process. Raises the process's open-file limit to fit
+    ``--max-connections`` (see devpid.web.connections)."""
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
+    from devpid.web.connections import ConnectionLimit, raise_fd_limit
     from devpid.web.fastchannel import FastAnswer, FastHTTPChannel
 
     root = server.resource()
-    site = DevpidSite(root, parsePOSTFormSubmission=False)
+    settings = server.settings
+    site = DevpidSite(root, parsePOSTFormSubmission=False, timeout=settings.idle_timeout)
+    site.devpid_header_timeout = settings.header_timeout
+    limit = ConnectionLimit(raise_fd_limit(settings.max_connections))
+    site.devpid_connections = limit
+    server.status_providers.append(limit.status)
     site.protocol = FastHTTPChannel  # type: ignore[assignment]
     if isinstance(root, RootResource):
         fast = FastAnswer(server, root.fast_paths, root.prepare)

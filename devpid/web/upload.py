@@ -30,6 +30,7 @@ from devpid.model.names import (
     validate_version,
 )
 from devpid.store import keys
+from devpid.store.base import is_out_of_space, write_failed
 from devpid.store.blobs import BlobStore
 from devpid.web import indexes as index_routes
 from devpid.web import toxresults
@@ -126,9 +127,14 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
     except HTTPError:
         _cleanup(out, tmp, blobs)
         raise
-    except Exception as e:  # the parser's errors: a malformed body is the client's fault
+    except ValueError as e:  # the parser's errors (MultipartError): the client's fault
         _cleanup(out, tmp, blobs)
         raise HTTPError(400, f"malformed multipart body: {e}") from None
+    except BaseException as e:  # ours: a full disk says so (507), anything else is a 500
+        _cleanup(out, tmp, blobs)
+        if is_out_of_space(e):
+            raise write_failed("receiving the upload", e) from e
+        raise
     if out is not None:
         out.close()
     if result.file is None and tmp is not None:
@@ -137,10 +143,15 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
 
 
 def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
-    if out is not None:
-        out.close()
-    if tmp is not None:
-        blobs.discard(tmp)
+    """Remove the temp file at once (its close may fail too on a full disk)."""
+    try:
+        if out is not None:
+            out.close()
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            blobs.discard(tmp)
 
 
 def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedUpload:
