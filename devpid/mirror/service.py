@@ -41,6 +41,7 @@ from devpid.mirror.fetcher import (
 )
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
+from devpid.netpolicy import mirror_file_hosts
 from devpid.store import keys
 
 log = Logger()
@@ -114,6 +115,8 @@ class Mirror:
                 list_timeout=max(self.server.settings.request_timeout, 30.0),
                 user_agent=f"devpid/{__version__}",
                 backoff=Backoff(self.reactor, name=stage),
+                allow_private=self.server.settings.allow_private_addresses,
+                file_hosts=mirror_file_hosts(url, self.server.settings.mirror_file_hosts),
             )
             self.clients[key] = client
         return client
@@ -431,6 +434,12 @@ class Mirror:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
         config = self.server.index_config(stage) or {}
         if config.get("mirror_use_external_urls"):
+            if not self.client(stage, config).file_host_allowed(entry["url"]):
+                # Not an open redirect: only to the upstream's own hosts (or the allowlist).
+                raise HTTPError(
+                    502, f"{filename}: its URL is neither on the upstream's host nor in "
+                    "--mirror-file-hosts",
+                )
             request.setResponseCode(302)
             request.setHeader(b"Location", entry["url"].encode())
             return b""
