@@ -28,7 +28,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, PartialDownloadError, ResponseDone
+from twisted.web.client import HTTPConnectionPool, PartialDownloadError, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -37,6 +37,7 @@ from devpid import __version__
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.pagecheck import check_project_list, check_project_page
 from devpid.mirror.parse import ParseError, UpstreamFile, parse_project_list, parse_project_page
+from devpid.netpolicy import guarded_agent
 
 __all__ = [
     "ACCEPT",
@@ -297,9 +298,14 @@ class UpstreamClient:
         user_agent: str = f"devpid/{__version__}",
         backoff: Backoff | None = None,
         max_persistent_per_host: int = 8,
+        allow_private: bool = False,
+        file_hosts: set[str] | None = None,
     ) -> None:
         """``reactor`` must provide TCP/TLS and time; credentials in ``base_url`` are
-        removed from it and sent as Basic auth to the upstream's own origin only."""
+        removed from it and sent as Basic auth to the upstream's own origin only.
+
+        Connections never reach private addresses unless ``allow_private`` (see
+        devpid/netpolicy.py); file URLs must be on one of ``file_hosts`` (None: any host)."""
         parts = urlsplit(base_url)
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"upstream URL must be http(s)://host/...: {base_url!r}")
@@ -318,11 +324,13 @@ class UpstreamClient:
         self.list_timeout = list_timeout
         self.user_agent = user_agent
         self.backoff = backoff if backoff is not None else Backoff(reactor, name=self.base_url)
+        self.file_hosts = file_hosts
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = max_persistent_per_host
-            http_client = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+            agent = guarded_agent(reactor, self._pool, allow_private=allow_private)
+            http_client = treq.client.HTTPClient(agent)
         self._http = http_client
 
     # -- helpers --------------------------------------------------------------------------
@@ -533,6 +541,10 @@ class UpstreamClient:
         clean, headers, on_upstream = self._prepare(url, "*/*")
         if _origin(clean) is None or urlsplit(clean).scheme.lower() not in _DEFAULT_PORTS:
             raise UpstreamError(f"upstream {clean}: not an http(s) URL")
+        if not self.file_host_allowed(clean):
+            raise UpstreamError(
+                f"upstream {clean}: the host is neither the upstream's nor in --mirror-file-hosts"
+            )
         if on_upstream and self.backoff.in_backoff():
             raise self._backoff_error(clean)
         try:
@@ -550,6 +562,13 @@ class UpstreamClient:
             raise FileNotFoundUpstream(clean)
         phrase = response.phrase.decode("latin-1", "replace")
         raise UpstreamError(f"upstream {clean}: HTTP {response.code} {phrase}".rstrip())
+
+    def file_host_allowed(self, url: str) -> bool:
+        """Whether a file URL (or an external-URL redirect) may point at this host."""
+        if self.file_hosts is None or "*" in self.file_hosts:
+            return True
+        origin = _origin(url)
+        return origin is not None and origin[1].rstrip(".") in self.file_hosts
 
     async def open_file(self, url: str) -> IResponse:
         """Start downloading a file; returns once headers arrived (the timeout covers only

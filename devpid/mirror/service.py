@@ -48,6 +48,7 @@ from devpid.mirror.fetcher import (
 )
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
+from devpid.netpolicy import mirror_file_hosts
 from devpid.store import keys
 from devpid.store.sqlite import encode_value
 
@@ -125,6 +126,8 @@ class Mirror:
                 list_timeout=max(self.server.settings.request_timeout, 30.0),
                 user_agent=f"devpid/{__version__}",
                 backoff=Backoff(self.reactor, name=stage),
+                allow_private=self.server.settings.allow_private_addresses,
+                file_hosts=mirror_file_hosts(url, self.server.settings.mirror_file_hosts),
             )
             client.max_page_size = self.server.settings.mirror_max_page_size
             self.clients[key] = client
@@ -429,6 +432,12 @@ class Mirror:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
         config = self.server.index_config(stage) or {}
         if config.get("mirror_use_external_urls"):
+            if not self.client(stage, config).file_host_allowed(entry["url"]):
+                # Not an open redirect: only to the upstream's own hosts (or the allowlist).
+                raise HTTPError(
+                    502, f"{filename}: its URL is neither on the upstream's host nor in "
+                    "--mirror-file-hosts",
+                )
             request.setResponseCode(302)
             request.setHeader(b"Location", entry["url"].encode())
             return b""
