@@ -18,8 +18,10 @@ __all__ = [
     "SIMPLE_JSON",
     "SIMPLE_JSON_LATEST",
     "TEXT_HTML",
+    "VIEW_JSON",
     "best_match",
     "choose_simple_format",
+    "choose_view",
     "is_installer",
     "parse_accept",
     "wants_json_api",
@@ -167,6 +169,28 @@ def choose_simple_format(accept: str | None, format_param: str | None) -> str:
     if chosen is None:
         return TEXT_HTML
     return _LATEST_ALIASES.get(chosen, chosen)
+
+
+VIEW_JSON = "application/json"
+
+
+def choose_view(accept: str | None, extra: Sequence[str] = ()) -> str | None:
+    """TEXT_HTML for a browser, VIEW_JSON for API clients, None for an unacceptable Accept.
+
+    HTML only when the client prefers it over JSON (``*/*``, a missing header and devpi-client's
+    ``application/json`` keep JSON, as before the web view existed); None (406) when neither is
+    acceptable, nor any of the ``extra`` types the resource also serves.
+    """
+    ranges = parse_accept(accept)
+    if not ranges:
+        return VIEW_JSON
+    q_html = _quality(ranges, TEXT_HTML)
+    q_json = _quality(ranges, VIEW_JSON)
+    if q_html > q_json:
+        return TEXT_HTML
+    if q_json > 0 or any(_quality(ranges, offer) > 0 for offer in extra):
+        return VIEW_JSON
+    return None
 
 
 def wants_json_api(accept: str | None) -> bool:

@@ -23,7 +23,7 @@ from devpid.web.app import (
     utc_timestamp,
 )
 from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
-from devpid.web.negotiate import is_installer, wants_json_api
+from devpid.web.negotiate import VIEW_JSON, choose_view, is_installer
 from devpid.web.simple import serve_project_page
 
 
@@ -136,8 +136,8 @@ async def get_project(
         return await serve_project_page(server, request, user, index, project, prefix)
     if server.index_config(stage) is None:
         raise not_found(f"The stage {stage} could not be found.")
-    if not wants_json_api(header(request, b"accept")):
-        raise HTTPError(415, "unsupported media type: this view answers Accept: application/json")
+    if choose_view(header(request, b"accept")) != VIEW_JSON:  # browsers: devpid/web/html
+        raise HTTPError(406, "not acceptable: this URL answers text/html or application/json")
     result = await project_versions(server, request, stage, project,
                                     query_flag(request, b"ignore_bases"))
     return json_response(request, result=result, type="projectconfig")

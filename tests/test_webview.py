@@ -1,0 +1,198 @@
+"""Issue 16: the web view, driven with requests against the real daemon.
+
+Browsers (Accept preferring text/html) get pages on the URLs clients use for JSON; API
+clients, installers and a missing Accept get exactly what they got before; an Accept that
+allows neither is 406. Everything taken from uploads (summaries, yank reasons, titles,
+descriptions) must come out escaped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import Devpid
+from tests.support.pkgbuild import make_wheel
+from tests.test_private_index import http_upload, make_index, make_user
+
+CHROME_ACCEPT = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+)
+BROWSER = {"Accept": CHROME_ACCEPT, "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120"}
+PIP_UA = "pip/23.0 CPython/3.11"
+PIP_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+    "text/html; q=0.01"
+)
+
+EVIL_SUMMARY = '<script>alert("summary")</script> & more'
+EVIL_REASON = "<img src=x onerror=alert('yank')>"
+EVIL_TITLE = "<b onmouseover=alert(1)>title</b>"
+DESCRIPTION = """\
+Evil Demo
+=========
+
+Some *emphasis* and a list:
+
+- one
+- two
+
+<script>alert("inline")</script>
+"""
+MARKDOWN = """# Markdown demo
+
+**strong** text <script>alert("md")</script>
+<a href="javascript:alert('href')">click</a>
+"""
+
+
+@dataclass
+class Site:
+    server: Devpid
+    user: str
+    stage: str
+    project: str
+
+    def get(self, path: str, **headers: str) -> requests.Response:
+        return requests.get(self.server.url + path, headers=headers, timeout=30,
+                            allow_redirects=False)
+
+
+@pytest.fixture(scope="module")
+def site(devpid_server: Devpid, tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """One private index with a release whose texts hold markup: 1.0 yanked, 2.0 not."""
+    tmp = tmp_path_factory.mktemp("webview")
+    auth = make_user(devpid_server, f"web{uuid.uuid4().hex[:8]}")
+    stage = make_index(devpid_server, auth, "dev", title=EVIL_TITLE, bases=["root/pypi"])
+    project = f"evil-demo-{uuid.uuid4().hex[:6]}"
+    for version in ("1.0", "2.0"):
+        wheel = make_wheel(Path(tmp), project, version, summary=EVIL_SUMMARY,
+                           requires_python=">=3.8")
+        r = http_upload(devpid_server, auth, stage, wheel, name=project, version=version)
+        assert r.status_code == 200, r.text
+    r = http_upload(devpid_server, auth, stage, None, name=project, version="2.0",
+                    action="submit", extra={"summary": EVIL_SUMMARY, "description": DESCRIPTION,
+                                            "description_content_type": "text/x-rst"})
+    assert r.status_code == 200, r.text
+    r = http_upload(devpid_server, auth, stage, None, name=project, version="1.0",
+                    action="submit", extra={"summary": EVIL_SUMMARY, "description": MARKDOWN,
+                                            "description_content_type": "text/markdown"})
+    assert r.status_code == 200, r.text
+    r = devpid_server.json("POST", f"/{stage}/{project}/1.0/+yank", auth=auth,
+                           json={"reason": EVIL_REASON})
+    assert r.status_code == 200, r.text
+    return Site(devpid_server, auth[0], stage, project)
+
+
+def _paths(site: Site) -> list[str]:
+    return ["/", f"/{site.user}", f"/{site.stage}", f"/{site.stage}/{site.project}",
+            f"/{site.stage}/{site.project}/2.0"]
+
+
+def test_browsers_get_pages(site: Site) -> None:
+    for path in _paths(site):
+        for shape in (path, path.rstrip("/") + "/"):
+            r = site.get(shape, **BROWSER)
+            assert r.status_code == 200, (shape, r.status_code, r.text[:300])
+            assert r.headers["Content-Type"] == "text/html; charset=utf-8", shape
+            assert r.text.startswith("<!DOCTYPE html>"), shape
+            assert "script-src" not in r.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+            assert "Accept" in r.headers["Vary"]
+    project = site.get(f"/{site.stage}/{site.project}", **BROWSER).text
+    assert "2.0" in project and "1.0" in project and ".whl" in project
+    assert "&gt;=3.8" in project  # requires-python, escaped
+    assert "yanked" in project
+
+
+def test_clients_keep_getting_json(site: Site) -> None:
+    expected = ["list:userconfig", "userconfig", "indexconfig", "projectconfig", "versiondata"]
+    for path, kind in zip(_paths(site), expected, strict=True):
+        for accept in ("application/json", "*/*", None,
+                       "text/html;q=0.5, application/json"):
+            headers = {"Accept": accept} if accept else {}
+            r = requests.get(site.server.url + path, headers=headers, timeout=30)
+            assert r.status_code == 200, (path, accept, r.text[:200])
+            assert r.headers["Content-Type"] == "application/json", (path, accept)
+            assert r.json()["type"] == kind, (path, accept)
+
+
+def test_browsers_get_pages_installers_do_not(site: Site) -> None:
+    """pip's user agent (even with a browser's Accept) gets simple pages, never the view."""
+    assert site.get(f"/{site.stage}", **BROWSER).headers["Content-Type"].startswith("text/html")
+    for path in (f"/{site.stage}", f"/{site.stage}/{site.project}",
+                 f"/{site.stage}/+simple/{site.project}/"):
+        r = site.get(path, **{"User-Agent": PIP_UA, "Accept": PIP_ACCEPT})
+        assert r.status_code == 200, path
+        assert r.headers["Content-Type"] == "application/vnd.pypi.simple.v1+json", path
+        r = site.get(path, **{"User-Agent": PIP_UA, "Accept": CHROME_ACCEPT})
+        assert r.status_code == 200, path
+        assert "links for" in r.text or "simple list" in r.text, path
+        assert "Content-Security-Policy" not in r.headers, path
+    # a browser on +simple/ sees the plain simple page, as before
+    r = site.get(f"/{site.stage}/+simple/{site.project}/", **BROWSER)
+    assert r.status_code == 200 and "links for" in r.text
+    assert "Content-Security-Policy" not in r.headers
+
+
+def test_unacceptable_accept_is_406(site: Site) -> None:
+    for path in _paths(site):
+        r = site.get(path, Accept="image/png")
+        assert r.status_code == 406, (path, r.status_code)
+        assert r.headers["Content-Type"] == "application/json"
+        assert "text/html or application/json" in r.json()["message"]
+    # the project view used to answer 415 to anything but application/json
+    r = site.get(f"/{site.stage}/{site.project}", Accept="text/plain")
+    assert r.status_code == 406
+
+
+def test_markup_from_uploads_is_escaped(site: Site) -> None:
+    bodies = [site.get(path, **BROWSER).text for path in _paths(site)]
+    everything = "\n".join(bodies)
+    assert "<script" not in everything.lower()
+    assert "onerror=" not in everything.replace("onerror=alert(&#x27;", "")
+    assert "<b onmouseover" not in everything
+    assert "&lt;script&gt;alert(&quot;summary&quot;)&lt;/script&gt; &amp; more" in bodies[3]
+    assert "&lt;img src=x onerror=alert(&#x27;yank&#x27;)&gt;" in bodies[3]
+    assert "&lt;b onmouseover=alert(1)&gt;title&lt;/b&gt;" in bodies[2]
+
+
+def test_long_description_is_rendered_and_sanitised(site: Site) -> None:
+    body = site.get(f"/{site.stage}/{site.project}/2.0", **BROWSER).text
+    assert "<em>emphasis</em>" in body
+    assert "<li><p>one</p></li>" in body
+    assert "&lt;script&gt;alert(“inline”)&lt;/script&gt;" in body
+    markdown = site.get(f"/{site.stage}/{site.project}/1.0", **BROWSER).text
+    assert "<strong>strong</strong>" in markdown
+    assert "<script" not in markdown and "javascript:" not in markdown
+    again = site.get(f"/{site.stage}/{site.project}/2.0", **BROWSER).text
+    assert again.count("<em>emphasis</em>") == 1
+
+
+def test_home_page_says_where_to_go(site: Site) -> None:
+    body = site.get("/", **BROWSER).text
+    simple = f"{site.server.url}/root/pypi/+simple/"
+    assert f"index-url = {simple}" in body  # pip.conf
+    assert f'url = &quot;{simple}&quot;' in body  # uv.toml
+    assert f"pip install --index-url {simple}" in body
+    assert f'href="{site.server.url}/{site.stage}"' in body
+    assert "serial" in body and "root/pypi" in body
+    # the outside URL a proxy announces is what the snippets show
+    r = site.get("/", **BROWSER, **{"X-Outside-Url": "https://pkgs.example.test/devpi"})
+    assert "index-url = https://pkgs.example.test/devpi/root/pypi/+simple/" in r.text
+
+
+def test_html_errors_and_redirects(site: Site) -> None:
+    r = site.get(f"/{site.user}/nosuchindex", **BROWSER)
+    assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
+    assert "could not be found" in r.text
+    r = site.get(f"/{site.stage}/{site.project.upper().replace('-', '_')}", **BROWSER)
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith(f"/{site.stage}/{site.project}")
+    # the internal route is not reachable from outside
+    assert site.get("/+html/", **BROWSER).status_code == 404
