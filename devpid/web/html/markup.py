@@ -40,6 +40,7 @@ h1{font-size:1.6rem;margin:.6rem 0}h2{font-size:1.2rem;margin:1.6rem 0 .5rem}
 .card{background:#fff;border:1px solid var(--line);border-radius:6px;padding:.8rem 1rem;
 margin:.6rem 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(16rem,1fr));gap:.8rem}
+.grid>*{min-width:0}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line)}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid var(--line);
 vertical-align:top}

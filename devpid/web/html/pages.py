@@ -104,7 +104,8 @@ def installer_snippets(base: str, stage: str) -> Safe:
     ])
 
 
-def status_summary(server: DevpidServer, base: str) -> Safe:
+def status_summary(server: DevpidServer, base: str,
+                   indexes: list[tuple[str, dict[str, Any]]]) -> Safe:
     """Serial, mirror upstream health and replica lag, from what ``/+status`` reports."""
     from devpid.web.users import status_result
 
@@ -120,18 +121,20 @@ def status_summary(server: DevpidServer, base: str) -> Safe:
         parts.append(f"<p>{badge('offline mode', 'warn')} upstreams are never asked; only "
                      "cached files are served.</p>")
     mirrors = status.get("mirrors") or {}
-    if mirrors:
+    mirror_stages = [stage for stage, config in indexes if config.get("type") == "mirror"]
+    if mirror_stages:
         items = []
-        for stage, info in sorted(mirrors.items()):
-            if not isinstance(info, dict):
-                continue
+        for stage in mirror_stages:
+            info = mirrors.get(stage)
+            info = info if isinstance(info, dict) else {}
             if info.get("in_backoff"):
                 state = badge("backing off", "bad")
             elif info.get("last_error") and not info.get("last_success"):
                 state = badge("failing", "bad")
+            elif info.get("last_success"):
+                state = badge("reachable", "ok")
             else:
-                state = badge("reachable" if info.get("last_success") else "not asked yet", "ok"
-                              if info.get("last_success") else "")
+                state = badge("not asked yet")
             listing = info.get("project_list") or {}
             detail = f"{listing.get('names', 0)} names listed" if listing.get("names") else ""
             error = info.get("last_error") or listing.get("error")
@@ -181,10 +184,8 @@ async def home(server: DevpidServer, request: Any) -> bytes:
     ]
     if stage:
         body.append(f'<div class="card">{installer_snippets(base, stage)}</div>')
-    body.append('<div class="grid"><div><h2>Indexes</h2>'
-                f"{index_table(base, indexes)}</div>"
-                f'<div><h2>Status</h2><div class="card">'
-                f"{status_summary(server, base)}</div></div></div>")
+    body.append(f'<h2>Status</h2><div class="card">{status_summary(server, base, indexes)}'
+                f"</div><h2>Indexes</h2>{index_table(base, indexes)}")
     return send(request, page(base, "devpid", join(body), serial=server.store.serial))
 
 
