@@ -8,9 +8,11 @@ descriptions) must come out escaped.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -196,3 +198,59 @@ def test_html_errors_and_redirects(site: Site) -> None:
     assert r.headers["Location"].endswith(f"/{site.stage}/{site.project}")
     # the internal route is not reachable from outside
     assert site.get("/+html/", **BROWSER).status_code == 404
+
+
+def _search(server: Devpid, query: str) -> list[dict[str, str]]:
+    r = requests.get(server.url + "/+search", params={"q": query},
+                     headers={"Accept": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "search"
+    hits: list[dict[str, str]] = r.json()["result"]
+    return hits
+
+
+def test_search_by_name_summary_and_description(site: Site) -> None:
+    suffix = site.project.rsplit("-", 1)[1]
+    for words in (suffix, f"evil demo {suffix}", "emphasis " + suffix, "summary more " + suffix):
+        hits = [h for h in _search(site.server, words) if h["stage"] == site.stage]
+        assert [h["name"] for h in hits] == [site.project], words
+        assert hits[0]["version"] == "2.0" and hits[0]["summary"] == EVIL_SUMMARY
+    assert _search(site.server, "nosuchwordanywhere") == []
+    assert _search(site.server, '"*) OR (') == []  # FTS5 syntax is not passed through
+    page = requests.get(site.server.url + "/+search", params={"q": f"<script> {suffix}"},
+                        headers=BROWSER, timeout=30)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "<script" not in page.text.lower()
+    assert "&lt;script&gt; " + suffix in page.text  # the query, echoed escaped
+    assert f'href="{site.server.url}/{site.stage}/{site.project}"' in page.text
+
+
+def test_search_is_kept_current_by_serial(devpid_server: Devpid, tmp_path: Path) -> None:
+    auth = make_user(devpid_server, f"srch{uuid.uuid4().hex[:8]}")
+    stage = make_index(devpid_server, auth, "dev")
+    word = f"quokka{uuid.uuid4().hex[:6]}"
+    assert _search(devpid_server, word) == []
+    wheel = make_wheel(tmp_path, f"{word}-tools", "1.0", summary="first summary")
+    assert http_upload(devpid_server, auth, stage, wheel, name=f"{word}-tools",
+                       version="1.0").status_code == 200
+    hits = _search(devpid_server, word)
+    assert [(h["name"], h["stage"], h["summary"]) for h in hits] == [
+        (f"{word}-tools", stage, "first summary")]
+    r = devpid_server.json("DELETE", f"/{stage}", auth=auth)
+    assert r.status_code == 201, r.text
+    assert _search(devpid_server, word) == []
+
+
+def test_search_finds_mirror_names(start_devpid: Any, upstream: Any) -> None:
+    name = f"zebrafish-{uuid.uuid4().hex[:6]}"
+    upstream.publish(name, "1.0")
+    server = start_devpid(upstream_url=upstream.url)
+    deadline = time.monotonic() + 20
+    hits: list[dict[str, str]] = []
+    while time.monotonic() < deadline:  # the list is fetched and indexed in the background
+        hits = _search(server, name.split("-")[1])
+        if hits:
+            break
+        time.sleep(0.2)
+    assert [(h["name"], h["stage"], h["mirror"]) for h in hits] == [(name, "root/pypi", True)]
+    assert [h["name"] for h in _search(server, "zebrafish")].count(name) == 1

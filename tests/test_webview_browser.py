@@ -79,7 +79,7 @@ def _no_alert(driver: Any) -> None:
         driver.switch_to.alert  # noqa: B018
 
 
-def test_click_through_the_web_view(browser: Any, site: Site) -> None:
+def test_click_through_the_web_view(browser: Any, site: Site) -> None:  # noqa: F811
     from selenium.webdriver.common.by import By
 
     browser.get(site.server.url + "/")

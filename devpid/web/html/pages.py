@@ -485,3 +485,80 @@ async def version_page(server: DevpidServer, request: Any, user: str, index: str
               (f"{base}/{stage}/{project}", project)]
     return send(request, page(base, f"{project} {version}", join(body), crumbs=crumbs,
                               serial=server.store.serial))
+
+
+# -- search ---------------------------------------------------------------------------------
+def _start_list_indexing(server: DevpidServer, indexes: list[tuple[str, dict[str, Any]]]) -> None:
+    """Have each readable mirror's project list indexed (in the background, never waited
+    for: a list not fetched yet is asked for and indexed when it arrives)."""
+    from twisted.internet.defer import ensureDeferred
+
+    from devpid.web.html.search import search
+
+    mirror = server.components.get("mirror")
+    if mirror is None:
+        return
+    index = search(server)
+    for stage, config in indexes:
+        if config.get("type") != "mirror":
+            continue
+        d = ensureDeferred(mirror.project_names_text(stage, config))
+        d.addCallback(lambda text, name: index.mirror_list(name, text), stage)
+        d.addErrback(lambda failure: None)  # the mirror logs its own fetch errors
+
+
+@app.route("/+search", methods=["GET", "HEAD"])
+async def search_page(server: DevpidServer, request: Any) -> bytes:
+    """``/+search?q=WORDS``: projects by name, summary and description words (HTML for
+    browsers, devpi-style JSON for clients)."""
+    from devpid.web.app import header, json_response
+    from devpid.web.html.search import SearchUnavailable, search
+    from devpid.web.negotiate import TEXT_HTML, VIEW_JSON, choose_view
+
+    choice = choose_view(header(request, b"accept"))
+    if choice is None:
+        raise HTTPError(406, "not acceptable: this URL answers text/html or application/json")
+    raw = (request.args.get(b"q") or [b""])[0]
+    query = raw.decode("utf-8", "replace").strip()[:200]
+    base = server.outside_url(request)
+    who = await viewer(server, request)
+    indexes = readable_indexes(server, who)
+    readable = dict(indexes)
+    _start_list_indexing(server, indexes)
+    index = search(server)
+    error = None
+    hits = []
+    if query:
+        try:
+            hits = [h for h in await index.query(query) if h.stage in readable]
+        except SearchUnavailable as e_:
+            error = str(e_)
+    if choice == VIEW_JSON:
+        if error:
+            raise HTTPError(503, error)
+        return json_response(request, type="search", result=[
+            {"name": h.name, "stage": h.stage, "version": h.version or None,
+             "summary": h.summary or None, "mirror": h.mirror} for h in hits])
+    assert choice == TEXT_HTML
+    rows = "".join(
+        f"<tr><td>{link(f'{base}/{h.stage}/{h.name}', h.name)}</td>"
+        f"<td>{link(f'{base}/{h.stage}', h.stage)}</td><td>{e(h.version)}</td>"
+        f"<td>{e(h.summary) if not h.mirror else Safe('<span class=muted>upstream name</span>')}"
+        "</td></tr>" for h in hits)
+    body = ["<h1>Search</h1>"]
+    if error:
+        body.append(f'<p>{badge("unavailable", "bad")} {e(error)}</p>')
+    elif query:
+        body.append(f"<p>{len(hits)} result{'s' if len(hits) != 1 else ''} for "
+                    f"<strong>{e(query)}</strong></p>")
+        if hits:
+            body.append("<table><thead><tr><th>project</th><th>index</th><th>latest</th>"
+                        f"<th>summary</th></tr></thead><tbody>{rows}</tbody></table>")
+    else:
+        body.append('<p class="muted">Type words of a project name, summary or description.</p>')
+    if index.listing:
+        body.append(f'<p class="small muted">Still indexing the project list of '
+                    f"{e(', '.join(sorted(index.listing)))}; its names will be found shortly.</p>")
+    return send(request, page(base, f"Search {query}" if query else "Search", join(body),
+                              crumbs=[(base + "/", "home")], query=query,
+                              serial=server.store.serial))
