@@ -104,3 +104,11 @@ def test_click_through_the_web_view(browser: Any, site: Site) -> None:  # noqa: 
     browser.get(f"{site.server.url}/{site.stage}/{site.project}/1.0")
     assert browser.find_element(By.CSS_SELECTOR, ".description strong").text == "strong"
     _no_alert(browser)
+    box = browser.find_element(By.CSS_SELECTOR, "header input[name=q]")
+    box.send_keys("emphasis " + site.project.rsplit("-", 1)[1])
+    box.submit()
+    assert "/+search?q=" in browser.current_url
+    results = browser.find_element(By.TAG_NAME, "main")
+    assert "1 result for" in results.text
+    assert results.find_element(By.LINK_TEXT, site.project)
+    _shot(browser, "search")

@@ -220,7 +220,7 @@ class SearchDB:
         hits += [Hit(n, s, mirror=True) for n, s in mirrored]
         # an exact name first, then private projects, then the mirrors' names (stable order)
         hits.sort(key=lambda h: (h.name != wanted, h.mirror))
-        return hits
+        return hits[:limit]
 
     def close(self) -> None:
         for conn in (self._writer, self._reader):
