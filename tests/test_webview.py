@@ -254,3 +254,26 @@ def test_search_finds_mirror_names(start_devpid: Any, upstream: Any) -> None:
         time.sleep(0.2)
     assert [(h["name"], h["stage"], h["mirror"]) for h in hits] == [(name, "root/pypi", True)]
     assert [h["name"] for h in _search(server, "zebrafish")].count(name) == 1
+
+
+def test_mirror_project_page(devpid_server: Devpid, upstream: Any) -> None:
+    """A project only upstream: its page lists the mirror's files, yanked with the reason."""
+    name = f"upstream-only-{uuid.uuid4().hex[:6]}"
+    upstream.publish(name, "1.0", requires_python=">=3.9")
+    upstream.publish(name, "1.1")
+    upstream.yank(f"{name.replace('-', '_')}-1.1-py3-none-any.whl", "<i>broken</i> build")
+    r = requests.get(f"{devpid_server.url}/root/pypi/{name}", headers=BROWSER, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert f"{name.replace('-', '_')}-1.0-py3-none-any.whl" in r.text
+    assert "&lt;i&gt;broken&lt;/i&gt; build" in r.text and "<i>broken" not in r.text
+    assert "&gt;=3.9" in r.text
+    version = requests.get(f"{devpid_server.url}/root/pypi/{name}/1.0", headers=BROWSER,
+                           timeout=30)
+    assert version.status_code == 200 and "&gt;=3.9" in version.text
+    index = requests.get(f"{devpid_server.url}/root/pypi", headers=BROWSER, timeout=30)
+    assert index.status_code == 200 and f">{name}</a>" in index.text  # cached now
+    missing = requests.get(f"{devpid_server.url}/root/pypi/no-such-{name}", headers=BROWSER,
+                           timeout=30)
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"].startswith("text/html")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, sro, version_key
@@ -17,6 +18,7 @@ from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
+from devpid.web.html import reading
 from devpid.web.html.access import may_read, readable_indexes, viewer
 from devpid.web.html.markup import (
     Safe,
@@ -216,20 +218,6 @@ def _acl(values: Any) -> str:
     return ", ".join(":ANONYMOUS:" if v == ":ANONYMOUS:" else str(v) for v in values)
 
 
-def _latest_summaries(server: DevpidServer, stage: str,
-                      names: list[str]) -> dict[str, tuple[str, str]]:
-    """project -> (latest version, summary) from the stored release records."""
-    out: dict[str, tuple[str, str]] = {}
-    for name in names:
-        releases = server.store.items(keys.release_prefix(stage, name))
-        if not releases:
-            continue
-        key, meta = max(releases, key=lambda kv: version_key(kv[0].rsplit("/", 1)[1]))
-        summary = meta.get("summary") if isinstance(meta, dict) else None
-        out[name] = (key.rsplit("/", 1)[1], summary if isinstance(summary, str) else "")
-    return out
-
-
 @app.route("/+html/<user>/<index>", methods=["GET", "HEAD"])
 @app.route("/+html/<user>/<index>/", methods=["GET", "HEAD"])
 @html_view
@@ -258,29 +246,25 @@ async def index_page(server: DevpidServer, request: Any, user: str, index: str) 
             + (("<p>bases: " + ", ".join(link(f"{base}/{b}", b) for b in bases) + "</p>")
                if bases else "") + "</div>",
             f'<div class="card">{installer_snippets(base, stage)}</div>']
+    db = Path(server.store.path)
     if mirror:
-        prefix = f"mirror/{stage}/"
-        cached = sorted(k[len(prefix):] for k in server.store.keys(prefix))
-        body.append(f"<h2>Cached projects ({len(cached)})</h2>"
+        count, cached = await server.in_thread(reading.cached_names, db, stage, MAX_LISTED)
+        body.append(f"<h2>Cached projects ({count})</h2>"
                     '<p class="muted small">Any upstream project can be installed; search '
                     "finds names in the upstream list.</p>")
-        body.append("<p>" + " · ".join(link(f"{base}/{stage}/{n}", n)
-                                       for n in cached[:MAX_LISTED]) + "</p>")
+        body.append("<p>" + " · ".join(link(f"{base}/{stage}/{n}", n) for n in cached)
+                    + "</p>")
     else:
-        prefix = f"project/{stage}/"
-        names = sorted(k[len(prefix):] for k in server.store.keys(prefix))
-        shown = names[:MAX_LISTED]
-        latest = _latest_summaries(server, stage, shown)
+        count, listing = await server.in_thread(reading.stage_listing, db, stage, MAX_LISTED)
         rows = "".join(
-            f"<tr><td>{link(f'{base}/{stage}/{n}', n)}</td>"
-            f"<td>{e(latest.get(n, ('', ''))[0])}</td><td>{e(latest.get(n, ('', ''))[1])}</td>"
-            "</tr>" for n in shown)
-        body.append(f"<h2>Projects ({len(names)})</h2>")
+            f"<tr><td>{link(f'{base}/{stage}/{name}', name)}</td>"
+            f"<td>{e(latest)}</td><td>{e(summary)}</td></tr>" for name, latest, summary in listing)
+        body.append(f"<h2>Projects ({count})</h2>")
         body.append("<table><thead><tr><th>project</th><th>latest</th><th>summary</th></tr>"
-                    f"</thead><tbody>{rows}</tbody></table>" if names else
+                    f"</thead><tbody>{rows}</tbody></table>" if listing else
                     '<p class="muted">No projects uploaded here yet.</p>')
-        if len(names) > MAX_LISTED:
-            body.append(f'<p class="muted">{len(names) - MAX_LISTED} more: use search.</p>')
+    if count > MAX_LISTED:
+        body.append(f'<p class="muted">{count - MAX_LISTED} more: use search.</p>')
     crumbs = [(base + "/", "home"), (f"{base}/{user}", user)]
     return send(request, page(base, stage, join(body), crumbs=crumbs, serial=server.store.serial))
 
@@ -293,6 +277,12 @@ def _redirect(request: Any, location: str) -> bytes:
 
 
 async def _project_links(server: DevpidServer, stage: str, project: str) -> list[Link]:
+    """The links a simple page would list (mirrors asked first, as serve_project_page does)."""
+    mirror = server.components.get("mirror")
+    if mirror is not None:
+        for name, config in resolve(server, stage, project).stages:
+            if config.get("type") == "mirror":
+                await mirror.ensure(name, config, project)
     try:
         links, known = await collect_links(server, stage, project)
     except UpstreamUnavailable as error:
