@@ -19,7 +19,7 @@ import requests
 
 from tests.conftest import Devpid
 from tests.support.pkgbuild import make_wheel
-from tests.test_private_index import http_upload, make_index, make_user
+from tests.test_private_index import http_upload, make_doczip, make_index, make_user
 
 CHROME_ACCEPT = (
     "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
@@ -88,6 +88,17 @@ def site(devpid_server: Devpid, tmp_path_factory: pytest.TempPathFactory) -> Sit
     r = devpid_server.json("POST", f"/{stage}/{project}/1.0/+yank", auth=auth,
                            json={"reason": EVIL_REASON})
     assert r.status_code == 200, r.text
+    docs = make_doczip(Path(tmp) / f"{project}-2.0.doc.zip",
+                       {"index.html": b"<html><body><h1>Demo docs</h1></body></html>"})
+    r = http_upload(devpid_server, auth, stage, docs, name=project, version="2.0",
+                    action="doc_upload")
+    assert r.status_code == 200, r.text
+    (wheel_link,) = [link for link in devpid_server.json(
+        "GET", f"/{stage}/{project}/2.0").json()["result"]["+links"]
+        if link["rel"] == "releasefile"]
+    r = requests.post(wheel_link["href"], json={"reportversion": "1", "testenvs": {}},
+                      headers={"Accept": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
     return Site(devpid_server, auth[0], stage, project)
 
 
@@ -110,6 +121,12 @@ def test_browsers_get_pages(site: Site) -> None:
     assert "2.0" in project and "1.0" in project and ".whl" in project
     assert "&gt;=3.8" in project  # requires-python, escaped
     assert "yanked" in project
+    assert f'href="{site.server.url}/{site.stage}/{site.project}/2.0/+docs"' in project
+    assert ".whl.toxresult-" in project and ">tox result 1</a>" in project
+    framed = site.get(f"/{site.stage}/{site.project}/2.0/+docs", **BROWSER)
+    assert framed.status_code == 200
+    assert f'<iframe src="{site.server.url}/{site.stage}/{site.project}/2.0/+doc/"' in framed.text
+    assert "Demo docs" in site.get(f"/{site.stage}/{site.project}/2.0/+doc/", **BROWSER).text
 
 
 def test_clients_keep_getting_json(site: Site) -> None:

@@ -101,6 +101,11 @@ def test_click_through_the_web_view(browser: Any, site: Site) -> None:  # noqa: 
     assert description.find_element(By.TAG_NAME, "em").text == "emphasis"
     _no_alert(browser)
     _shot(browser, "version")
+    browser.find_element(By.LINK_TEXT, "documentation").click()
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Demo docs"
+    browser.switch_to.default_content()
+    _shot(browser, "docs")
     browser.get(f"{site.server.url}/{site.stage}/{site.project}/1.0")
     assert browser.find_element(By.CSS_SELECTOR, ".description strong").text == "strong"
     _no_alert(browser)

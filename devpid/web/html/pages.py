@@ -302,12 +302,20 @@ def _release_meta(server: DevpidServer, stage: str, project: str,
     return None
 
 
-def _docs_link(server: DevpidServer, base: str, stage: str, project: str,
-               version: str) -> Safe | None:
+def _docs_stage(server: DevpidServer, stage: str, project: str, version: str) -> str | None:
+    """The first stage in resolution order holding docs for this release."""
     for name, _config in sro(server, stage):
         if server.store.get(keys.doc(name, project, version)) is not None:
-            return link(f"{base}/{name}/{project}/{version}/+doc/", "documentation")
+            return name
     return None
+
+
+def _docs_link(server: DevpidServer, base: str, stage: str, project: str,
+               version: str) -> Safe | None:
+    found = _docs_stage(server, stage, project, version)
+    if found is None:
+        return None
+    return link(f"{base}/{found}/{project}/{version}/+docs", "documentation")
 
 
 def _tox_reports(server: DevpidServer, stage: str, project: str) -> dict[str, list[dict[str, Any]]]:
@@ -475,6 +483,34 @@ async def version_page(server: DevpidServer, request: Any, user: str, index: str
               (f"{base}/{stage}/{project}", project)]
     return send(request, page(base, f"{project} {version}", join(body), crumbs=crumbs,
                               serial=server.store.serial))
+
+
+@app.route("/<user>/<index>/<project>/<version>/+docs", methods=["GET", "HEAD"])
+async def framed_docs(server: DevpidServer, request: Any, user: str, index: str,
+                      project: str, version: str) -> bytes:
+    """The uploaded docs (``+doc/``, sandboxed by its own CSP) framed by the site."""
+    base = server.outside_url(request)
+    stage = f"{user}/{index}"
+    project = normalize_name(project)
+    who = await viewer(server, request)
+    try:
+        _stage_or_404(server, who, stage)
+        if server.store.get(keys.doc(stage, project, version)) is None:
+            raise not_found(f"no documentation for {project} {version} in {stage}")
+    except HTTPError as error:
+        return error_page(server, request, error)
+    docs = f"{base}/{stage}/{project}/{version}/+doc/"
+    body = join([
+        f"<p>{e(project)} {e(version)} documentation · {link(docs, 'open without the frame')}"
+        "</p>",
+        f'<iframe src="{e(docs)}" title="documentation" '
+        'style="width:100%;height:80vh;border:1px solid var(--line);background:#fff">'
+        "</iframe>",
+    ])
+    crumbs = [(base + "/", "home"), (f"{base}/{user}", user), (f"{base}/{stage}", stage),
+              (f"{base}/{stage}/{project}", project),
+              (f"{base}/{stage}/{project}/{version}", version)]
+    return send(request, page(base, f"{project} {version} docs", body, crumbs=crumbs))
 
 
 # -- search ---------------------------------------------------------------------------------
