@@ -79,7 +79,9 @@ def site(devpid_server: Devpid, tmp_path_factory: pytest.TempPathFactory) -> Sit
         assert r.status_code == 200, r.text
     r = http_upload(devpid_server, auth, stage, None, name=project, version="2.0",
                     action="submit", extra={"summary": EVIL_SUMMARY, "description": DESCRIPTION,
-                                            "description_content_type": "text/x-rst"})
+                                            "description_content_type": "text/x-rst",
+                                            "home_page": "javascript:alert('home')",
+                                            "project_urls": "Source, https://src.test/x"})
     assert r.status_code == 200, r.text
     r = http_upload(devpid_server, auth, stage, None, name=project, version="1.0",
                     action="submit", extra={"summary": EVIL_SUMMARY, "description": MARKDOWN,
@@ -117,6 +119,8 @@ def test_browsers_get_pages(site: Site) -> None:
             assert "script-src" not in r.headers["Content-Security-Policy"]
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
             assert "Accept" in r.headers["Vary"]
+        json_answer = site.get(path, Accept="application/json")
+        assert "Accept" in json_answer.headers.get("Vary", ""), path  # caches must tell
     project = site.get(f"/{site.stage}/{site.project}", **BROWSER).text
     assert "2.0" in project and "1.0" in project and ".whl" in project
     assert "&gt;=3.8" in project  # requires-python, escaped
@@ -188,6 +192,9 @@ def test_long_description_is_rendered_and_sanitised(site: Site) -> None:
     assert "&lt;script&gt;alert(“inline”)&lt;/script&gt;" in body
     markdown = site.get(f"/{site.stage}/{site.project}/1.0", **BROWSER).text
     assert "<strong>strong</strong>" in markdown
+    # metadata URLs: http(s) become links, anything else stays text
+    assert '<a href="https://src.test/x" rel="nofollow noopener">Source</a>' in body
+    assert 'href="javascript:' not in body and "Homepage: javascript:alert" in body
     assert "<script" not in markdown and "javascript:" not in markdown
     again = site.get(f"/{site.stage}/{site.project}/2.0", **BROWSER).text
     assert again.count("<em>emphasis</em>") == 1

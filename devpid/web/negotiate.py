@@ -177,20 +177,19 @@ VIEW_JSON = "application/json"
 def choose_view(accept: str | None, extra: Sequence[str] = ()) -> str | None:
     """TEXT_HTML for a browser, VIEW_JSON for API clients, None for an unacceptable Accept.
 
-    HTML only when the client prefers it over JSON (``*/*``, a missing header and devpi-client's
-    ``application/json`` keep JSON, as before the web view existed); None (406) when neither is
-    acceptable, nor any of the ``extra`` types the resource also serves.
+    HTML only when the client prefers it over JSON and over the ``extra`` types the resource
+    also serves (``*/*``, a missing header and devpi-client's ``application/json`` keep JSON,
+    as before the web view existed); None (406) when none of them is acceptable. VIEW_JSON
+    then means "not the web view": the resource's own negotiation decides.
     """
     ranges = parse_accept(accept)
     if not ranges:
         return VIEW_JSON
     q_html = _quality(ranges, TEXT_HTML)
-    q_json = _quality(ranges, VIEW_JSON)
-    if q_html > q_json:
+    q_other = max([_quality(ranges, VIEW_JSON), *(_quality(ranges, o) for o in extra)])
+    if q_html > q_other:
         return TEXT_HTML
-    if q_json > 0 or any(_quality(ranges, offer) > 0 for offer in extra):
-        return VIEW_JSON
-    return None
+    return VIEW_JSON if q_other > 0 else None
 
 
 def wants_json_api(accept: str | None) -> bool:

@@ -37,8 +37,8 @@ def browser_route(server: Any, request: Any, segments: list[bytes]) -> HTTPError
     if is_installer(_header(request, b"user-agent")):
         return None
     choice = choose_view(_header(request, b"accept"), _ALSO_SERVED)
+    request.setHeader(b"Vary", b"Accept, User-Agent")  # JSON or HTML: caches must tell
     if choice is None:
-        request.setHeader(b"Vary", b"Accept, User-Agent")
         return HTTPError(406, "not acceptable: this URL answers text/html or application/json")
     if choice == TEXT_HTML:
         request.devpid_html = True
