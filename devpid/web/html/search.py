@@ -238,7 +238,7 @@ class Search:
         self.db = SearchDB(Path(server.settings.serverdir) / DB_NAME, Path(server.store.path))
         self.indexed = -1
         self._waiters: list[Deferred[None]] | None = None
-        self._lists: dict[str, int] = {}  # mirror stage -> id of the names text indexed
+        self._lists: dict[str, str] = {}  # mirror stage -> the names text indexed (same object)
         self.listing: set[str] = set()  # mirror stages whose list is being indexed
 
     async def current(self) -> None:
@@ -267,7 +267,7 @@ class Search:
 
     def mirror_list(self, stage: str, names_text: str) -> None:
         """Index a mirror's list in the background when it is one not indexed yet."""
-        if not names_text or self._lists.get(stage) == id(names_text) or stage in self.listing:
+        if not names_text or self._lists.get(stage) is names_text or stage in self.listing:
             return
         self.listing.add(stage)
 
@@ -276,7 +276,7 @@ class Search:
             if isinstance(result, Failure):
                 log.failure("indexing the project list of {stage} failed", result, stage=stage)
                 return
-            self._lists[stage] = id(names_text)
+            self._lists[stage] = names_text
 
         self.server.in_thread(self.db.index_list, stage, names_text).addBoth(finished)
 
