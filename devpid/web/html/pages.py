@@ -343,7 +343,7 @@ def files_table(base: str, links: list[Link], tox: dict[str, list[dict[str, Any]
         sha = item.hashes.get("sha256") or next(iter(item.hashes.values()), "")
         algo = "sha256" if "sha256" in item.hashes else next(iter(item.hashes), "")
         reports = " ".join(
-            link(f"{base}/{report['path']}", f"tox result {i + 1}")
+            link(f"{base}/{report['path']}", f"tox result {i + 1}", style="white-space:nowrap")
             for i, report in enumerate(tox.get(item.filename, [])) if report.get("path"))
         rows.append(
             f"<tr><td>{link(f'{base}/{item.path}', item.filename)}"
@@ -398,13 +398,14 @@ async def project_page(server: DevpidServer, request: Any, user: str, index: str
         docs = _docs_link(server, base, stage, project, version)
         rows.append(
             f"<tr><td>{link(f'{base}/{stage}/{project}/{version}', version)}</td>"
-            f'<td class="num">{len(files)}</td>'
+            f"<td>{len(files)}</td>"
             f"<td>{badge('yanked', 'warn') if yanked else ''}</td><td>{docs or ''}</td></tr>")
     body = [
         f"<h1>{e(title)}</h1>",
         f'<p class="muted">{e(summary)}</p>' if summary else "",
         f"<pre>pip install --index-url {e(base)}/{e(stage)}/+simple/ {e(project)}</pre>",
-        "<h2>Versions</h2><table><thead><tr><th>version</th><th>files</th><th></th><th>docs</th>"
+        "<h2>Versions</h2><table><thead><tr><th>version</th><th>files</th><th>state</th>"
+        "<th>docs</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>",
         "<h2>Files</h2>",
         files_table(base, sorted(links, key=lambda item: (version_key(item.version),
