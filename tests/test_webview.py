@@ -301,3 +301,32 @@ def test_mirror_project_page(devpid_server: Devpid, upstream: Any) -> None:
                            timeout=30)
     assert missing.status_code == 404
     assert missing.headers["Content-Type"].startswith("text/html")
+    home = requests.get(devpid_server.url + "/", headers=BROWSER, timeout=30).text
+    assert "reachable</span>" in home
+
+
+def test_unreachable_upstream_shows_on_the_pages(start_devpid: Any) -> None:
+    server = start_devpid("--request-timeout", "1", upstream_url="http://127.0.0.1:9/simple/")
+    r = requests.get(server.url + "/root/pypi/anything", headers=BROWSER, timeout=30)
+    assert r.status_code in (502, 503, 504), r.status_code
+    assert r.headers["Content-Type"].startswith("text/html")
+    home = requests.get(server.url + "/", headers=BROWSER, timeout=30).text
+    assert "backing off</span>" in home or "failing</span>" in home
+
+
+def test_home_page_of_a_replica_shows_its_lag(start_devpid: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "replication.secret"
+    secret.write_bytes(uuid.uuid4().bytes * 2)
+    secret.chmod(0o600)
+    primary = start_devpid("--secretfile", str(secret), name="primary")
+    replica = start_devpid("--primary-url", primary.url, "--secretfile", str(secret),
+                           init=False, name="replica")
+    deadline = time.monotonic() + 20
+    body = ""
+    while time.monotonic() < deadline:  # the replica copies the primary, then is in sync
+        body = requests.get(replica.url + "/", headers=BROWSER, timeout=30).text
+        if "in sync" in body:
+            break
+        time.sleep(0.2)
+    assert f"Replica of</strong> {primary.url}" in body
+    assert "in sync" in body and "replica" in body
