@@ -147,10 +147,12 @@ def test_upload_to_a_full_disk_gets_507_and_works_once_space_is_freed(
 
 def test_failed_database_commit_gets_503_with_its_real_error(
         disk: FullDisk, tmp_path: Path) -> None:
-    """The files fit, the record (a 3 MB description) does not: SQLite fails the commit."""
+    """The files fit, the record (2 MB: summary and description within the 1 MiB a field
+    may have) does not: SQLite fails the commit."""
     project = "fulldb"
-    wheel = make_wheel(tmp_path, project, "1.0", description="x" * 3_000_000)
-    disk.fill(leave=8_000_000)  # room for the body (buffered) and the 3 MB METADATA blob
+    wheel = make_wheel(tmp_path, project, "1.0", summary="s" * 1_000_000,
+                       description="x" * 1_000_000)
+    disk.fill(leave=6_000_000)  # room for the body (buffered) and the 2 MB METADATA blob
     try:
         result = disk.twine(wheel)
         _assert_out_of_space(result, 503)

@@ -421,9 +421,10 @@ class Mirror:
             return serve_blob(self.server, request, stored["sha256"], filename)
         if entry is None:
             raise HTTPError(404, "no such file")
-        # A replica (or a primary that lost a record) may hold the verified blob already.
-        upstream_sha = (entry.get("hashes") or {}).get("sha256")
-        if upstream_sha and len(upstream_sha) == 64 and self.server.blobs.exists(upstream_sha):
+        # A replica (or a primary that lost a record) may hold the verified blob already;
+        # only if this mirror fetched it from its upstream (not another index's upload).
+        upstream_sha = str((entry.get("hashes") or {}).get("sha256") or "").lower()
+        if upstream_sha and self.server.blobs.fetched_by(stage, upstream_sha):
             return serve_blob(self.server, request, upstream_sha, filename)
         if self.offline:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
@@ -517,16 +518,20 @@ class Mirror:
         def commit() -> str | None:
             from devpid.model.metadata import MetadataError, read_core_metadata
 
+            blobs = self.server.blobs
             try:
-                self.server.blobs.commit_temp(dl.tmp, sha)
+                blobs.commit_temp(dl.tmp, sha)
             finally:
-                self.server.blobs.discard(dl.tmp)  # gone after a commit, else removed now
+                blobs.discard(dl.tmp)  # gone after a commit, else removed now
+            blobs.mark_fetched(stage, sha)
             if filename.endswith(".whl"):
                 try:
-                    meta = read_core_metadata(self.server.blobs.path(sha), filename)
+                    meta = read_core_metadata(blobs.path(sha), filename)
                 except MetadataError:
                     return None
-                return self.server.blobs.put_bytes(meta.raw)
+                meta_sha = blobs.put_bytes(meta.raw)
+                blobs.mark_fetched(stage, meta_sha)
+                return meta_sha
             return None
 
         metadata_sha = await self.server.in_thread(commit)
@@ -565,10 +570,9 @@ class Mirror:
         if entry is None:
             raise HTTPError(404, "no such file")
         meta = entry.get("core_metadata") or entry.get("core-metadata")
-        if isinstance(meta, dict) and meta.get("sha256") and self.server.blobs.exists(
-            meta["sha256"]
-        ):
-            return serve_blob(self.server, request, meta["sha256"], filename + ".metadata")
+        meta_sha = str(meta.get("sha256") or "").lower() if isinstance(meta, dict) else ""
+        if meta_sha and self.server.blobs.fetched_by(stage, meta_sha):
+            return serve_blob(self.server, request, meta_sha, filename + ".metadata")
         if not meta or self.offline:
             raise HTTPError(404, "no core metadata for this file")
         config = self.server.index_config(stage) or {}
@@ -580,7 +584,10 @@ class Mirror:
         if isinstance(meta, dict) and meta.get("sha256"):
             if hashlib.sha256(data).hexdigest() != meta["sha256"].lower():
                 raise HTTPError(502, "upstream metadata does not match its published hash")
-            await self.server.in_thread(self.server.blobs.put_bytes, data)
+            def keep() -> None:
+                self.server.blobs.mark_fetched(stage, self.server.blobs.put_bytes(data))
+
+            await self.server.in_thread(keep)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         return data
 

@@ -99,6 +99,42 @@ class BlobStore:
     def hash_file(self, path: Path) -> tuple[str, str, int]:
         return hash_file(path)
 
+    # -- provenance of mirror downloads ----------------------------------------------------
+    # A blob is content-addressed, so any index may hold the bytes a mirror page names by
+    # sha256 (a private upload, say). A mirror serves or keeps a blob under a digest its page
+    # declares only if it fetched those bytes from its own upstream: an empty marker file
+    # ``origins/<h(stage)>/<sha[:2]>/<sha>`` records that (outside the ``ab/cd`` tree).
+
+    def _origin_path(self, origin: str, sha256: str) -> Path:
+        self.relpath(sha256)  # validates the digest
+        tag = hashlib.sha256(origin.encode()).hexdigest()[:32]
+        return self.root / "origins" / tag / sha256[:2] / sha256
+
+    def mark_fetched(self, origin: str, sha256: str) -> None:
+        """Record that ``origin`` (a mirror's stage) fetched this blob upstream. Blocking."""
+        path = self._origin_path(origin, sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def fetched_by(self, origin: str, sha256: str) -> bool:
+        """Whether the blob is stored and ``origin`` fetched it from its own upstream."""
+        try:
+            return self._origin_path(origin, sha256).is_file() and self.exists(sha256)
+        except ValueError:
+            return False
+
+    def forget_stale_origins(self) -> int:
+        """Remove provenance markers of blobs no longer stored (after a gc sweep). Blocking."""
+        removed = 0
+        top = self.root / "origins"
+        if not top.is_dir():
+            return 0
+        for marker in top.glob("*/*/*"):
+            if HEX64.fullmatch(marker.name) and not self.exists(marker.name):
+                marker.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def clean_temp(self) -> int:
         """Remove temp files left by a crash (called at start-up, before serving)."""
         removed = 0

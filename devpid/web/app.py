@@ -213,15 +213,58 @@ def json_response(
         body["type"] = type
     if message:
         body["message"] = message
-    return json.dumps(body, indent=2).encode() + b"\n"
+    return json.dumps(body, indent=2, allow_nan=False).encode() + b"\n"
+
+
+# User-supplied JSON (configs, custom_data, login, push, yank) is stored and rendered back,
+# often to anonymous readers: bound its size and nesting so that neither parsing nor the
+# pages that embed it grow without limit (and deep nesting never hits Python's recursion
+# limit).
+MAX_JSON_BODY = 1024 * 1024
+MAX_JSON_DEPTH = 20
 
 
 def read_json(request: Any) -> Any:
+    """The request body as JSON, or a 400 if it is not JSON or exceeds the bounds."""
+    request.content.seek(0)
+    raw = request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise HTTPError(400, f"Bad request: JSON body larger than {MAX_JSON_BODY} bytes")
     try:
-        request.content.seek(0)
-        return json.loads(request.content.read() or b"null")
+        value = json.loads(raw or b"null", parse_constant=reject_constant)
+    except RecursionError:
+        value = None
+        depth_ok = False
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "Bad request: could not decode json") from None
+    else:
+        depth_ok = json_depth_within(value, MAX_JSON_DEPTH)
+    if not depth_ok:
+        raise HTTPError(400, f"Bad request: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259): refuse them rather than store them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value``'s containers nest at most ``limit`` deep (iterative, early exit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return True
 
 
 def query_flag(request: Any, name: bytes) -> bool:

@@ -680,6 +680,15 @@ class FakePyPI:
         with self._lock:
             self._faults[filename] = "truncate"
 
+    def claim(self, filename: str, sha256: str, metadata_sha256: str | None = None) -> None:
+        """Advertise hashes the file does not have (a lying upstream); bytes stay the same."""
+        with self._lock:
+            entry = self._files[filename]
+            entry.sha256 = sha256
+            if metadata_sha256 is not None:
+                entry.metadata_sha256 = metadata_sha256
+            self._bump()
+
     def clear_faults(self) -> None:
         """Back to normal: mode "ok" and no per-file faults."""
         with self._lock:
