@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import requests
+
 import devpid
 from tests.conftest import run, tool
 
@@ -40,9 +42,13 @@ def test_first_screen(start_devpid: Any) -> None:
     assert "Starting factory" not in log
 
 
-def test_first_screen_without_offline_mode(start_devpid: Any) -> None:
-    server = start_devpid()  # initialised with a given password: none is printed
+def test_first_screen_without_offline_mode(start_devpid: Any, upstream: Any) -> None:
+    server = start_devpid(upstream_url=upstream.url)  # given a password: none is printed
+    upstream.publish("factory-quiet", "1.0")
+    r = requests.get(server.url + "/root/pypi/+simple/factory-quiet/", timeout=30)
+    assert r.status_code == 200  # an upstream connection was made (a client factory started)
+    server.stop()  # ... and stopped
     log = server.log()
     assert f"serving {server.url}/" in log
     assert "offline mode" not in log and "root password" not in log
-    assert "Starting factory" not in log
+    assert "Starting factory" not in log and "Stopping factory" not in log
