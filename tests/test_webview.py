@@ -330,3 +330,24 @@ def test_home_page_of_a_replica_shows_its_lag(start_devpid: Any, tmp_path: Path)
         time.sleep(0.2)
     assert f"Replica of</strong> {primary.url}" in body
     assert "in sync" in body and "replica" in body
+
+
+def test_project_page_lists_files_of_the_newest_versions(devpid_server: Devpid,
+                                                         tmp_path: Path) -> None:
+    auth = make_user(devpid_server, f"many{uuid.uuid4().hex[:8]}")
+    stage = make_index(devpid_server, auth, "dev")
+    project = f"many-{uuid.uuid4().hex[:6]}"
+    for minor in range(22):
+        wheel = make_wheel(tmp_path, project, f"1.{minor}")
+        assert http_upload(devpid_server, auth, stage, wheel, name=project,
+                           version=f"1.{minor}").status_code == 200
+    body = requests.get(f"{devpid_server.url}/{stage}/{project}", headers=BROWSER,
+                        timeout=30).text
+    stem = project.replace("-", "_")
+    assert f"{stem}-1.21-py3-none-any.whl" in body and f"{stem}-1.2-py3-none-any.whl" in body
+    assert f"{stem}-1.1-py3-none-any.whl" not in body  # on its version page instead
+    assert ">1.1</a>" in body and ">1.0</a>" in body  # every version is listed
+    assert "Files of older versions are on their version pages." in body
+    version = requests.get(f"{devpid_server.url}/{stage}/{project}/1.1", headers=BROWSER,
+                           timeout=30).text
+    assert f"{stem}-1.1-py3-none-any.whl" in version

@@ -36,6 +36,7 @@ from devpid.web.html.markup import (
 from devpid.web.html.readme import description_cache
 
 MAX_LISTED = 500  # projects listed on an index page (the rest: use search)
+FILES_OF_VERSIONS = 20  # a project page lists the files of this many newest versions
 
 View = Callable[..., Awaitable[bytes]]
 
@@ -400,6 +401,9 @@ async def project_page(server: DevpidServer, request: Any, user: str, index: str
             f"<tr><td>{link(f'{base}/{stage}/{project}/{version}', version)}</td>"
             f"<td>{len(files)}</td>"
             f"<td>{badge('yanked', 'warn') if yanked else ''}</td><td>{docs or ''}</td></tr>")
+    shown = set(versions[:FILES_OF_VERSIONS])
+    newest = [item for item in links if item.version in shown]
+    older = len(versions) > FILES_OF_VERSIONS
     body = [
         f"<h1>{e(title)}</h1>",
         f'<p class="muted">{e(summary)}</p>' if summary else "",
@@ -407,10 +411,13 @@ async def project_page(server: DevpidServer, request: Any, user: str, index: str
         "<h2>Versions</h2><table><thead><tr><th>version</th><th>files</th><th>state</th>"
         "<th>docs</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>",
-        "<h2>Files</h2>",
-        files_table(base, sorted(links, key=lambda item: (version_key(item.version),
-                                                            item.filename), reverse=True),
+        f"<h2>Files{' of the newest ' + str(FILES_OF_VERSIONS) + ' versions' if older else ''}"
+        "</h2>",
+        files_table(base, sorted(newest, key=lambda item: (version_key(item.version),
+                                                             item.filename), reverse=True),
                     _tox_reports(server, stage, project)),
+        '<p class="muted small">Files of older versions are on their version pages.</p>'
+        if older else "",
     ]
     crumbs = [(base + "/", "home"), (f"{base}/{user}", user), (f"{base}/{stage}", stage)]
     return send(request, page(base, f"{title} on {stage}", join(body), crumbs=crumbs,
