@@ -67,3 +67,23 @@ def test_search_db_indexes_serials_and_lists(tmp_path: Path) -> None:
     assert [h.name for h in db.query("frob") if h.mirror] == []
     db.close()
     store.close()
+
+
+def test_two_processes_share_the_search_db(tmp_path: Path) -> None:
+    """--workers: each process catches up on the same database; no duplicate rows."""
+    store, _ = open_store(tmp_path)
+    with store.transaction() as tx:
+        tx.set("project/u/dev/shared-thing", {"name": "shared-thing"})
+        tx.set("release/u/dev/shared-thing/1.0", {"summary": "one"})
+    first = SearchDB(tmp_path / "web-search.sqlite", store.path)
+    second = SearchDB(tmp_path / "web-search.sqlite", store.path)
+    assert first.catch_up(store.uuid) == store.serial
+    with store.transaction() as tx:
+        tx.set("release/u/dev/shared-thing/2.0", {"summary": "two"})
+    assert second.catch_up(store.uuid) == store.serial
+    assert first.catch_up(store.uuid) == store.serial  # nothing left to do
+    assert [(h.name, h.summary) for h in first.query("shared")] == [("shared-thing", "two")]
+    assert [(h.name, h.summary) for h in second.query("shared")] == [("shared-thing", "two")]
+    for db in (first, second):
+        db.close()
+    store.close()

@@ -31,6 +31,7 @@ DB_NAME = "web-search.sqlite"
 SCHEMA_VERSION = "1"
 MAX_DESCRIPTION = 50_000  # characters of a description that are indexed
 MAX_RESULTS = 50
+CHANGELOG_BATCH = 100  # changelog entries read at a time (entries carry whole records)
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 SCHEMA = """
@@ -119,45 +120,55 @@ class SearchDB:
                 self._store = SQLiteStore(self.store_path, readonly=True)
             store = self._store
             target = store.refresh_serial()
-            indexed = int(self._get(conn, "serial") or -1)
-            if self._get(conn, "uuid") != uuid or indexed > target:  # another serverdir
-                conn.execute("DELETE FROM private")
-                indexed = -1
-            dirty: set[tuple[str, str]] = set()
-            gone: set[str] = set()
-            if indexed < 0:
-                for key in store.keys("project/"):
-                    _, user, index, project = key.split("/", 3)
-                    dirty.add((f"{user}/{index}", project))
-            else:
-                since = indexed + 1
-                while since <= target:
-                    entries = store.changelog_since(since, 1000)
-                    if not entries:
-                        break
-                    for serial, changes in entries:
-                        since = serial + 1
-                        for key, value in changes.items():
-                            parts = key.split("/")
-                            if parts[0] in ("project", "release") and len(parts) >= 4:
-                                dirty.add((f"{parts[1]}/{parts[2]}", parts[3]))
-                            elif parts[0] == "index" and len(parts) == 3 and value is None:
-                                gone.add(f"{parts[1]}/{parts[2]}")
-            conn.execute("BEGIN")
+            # IMMEDIATE: another process (--workers) catching up waits here, then sees our serial
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                for stage in gone:
-                    conn.execute("DELETE FROM private WHERE stage=?", (stage,))
-                    conn.execute("DELETE FROM names WHERE stage=?", (stage,))
-                    conn.execute("DELETE FROM meta WHERE key=?", (f"list:{stage}",))
-                for stage, project in dirty:
-                    self._reindex(conn, store, stage, project)
-                self._set(conn, "serial", str(target))
-                self._set(conn, "uuid", uuid)
+                indexed = self._apply(conn, store, uuid, target)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return target
+            return indexed
+
+    def _apply(self, conn: sqlite3.Connection, store: SQLiteStore, uuid: str,
+               target: int) -> int:
+        """Inside the caller's transaction: index every change since the indexed serial;
+        returns the serial indexed now."""
+        indexed = int(self._get(conn, "serial") or -1)
+        if self._get(conn, "uuid") != uuid:  # a new or another serverdir: start again
+            conn.execute("DELETE FROM private")
+            indexed = -1
+        if indexed >= target:  # (another process may have indexed further already)
+            return indexed
+        dirty: set[tuple[str, str]] = set()
+        gone: set[str] = set()
+        if indexed < 0:
+            for key in store.keys("project/"):
+                _, user, index, project = key.split("/", 3)
+                dirty.add((f"{user}/{index}", project))
+        else:
+            since = indexed + 1
+            while since <= target:
+                entries = store.changelog_since(since, CHANGELOG_BATCH)
+                if not entries:
+                    break
+                for serial, changes in entries:
+                    since = serial + 1
+                    for key, value in changes.items():
+                        parts = key.split("/")
+                        if parts[0] in ("project", "release") and len(parts) >= 4:
+                            dirty.add((f"{parts[1]}/{parts[2]}", parts[3]))
+                        elif parts[0] == "index" and len(parts) == 3 and value is None:
+                            gone.add(f"{parts[1]}/{parts[2]}")
+        for stage in gone:
+            conn.execute("DELETE FROM private WHERE stage=?", (stage,))
+            conn.execute("DELETE FROM names WHERE stage=?", (stage,))
+            conn.execute("DELETE FROM meta WHERE key=?", (f"list:{stage}",))
+        for stage, project in dirty:
+            self._reindex(conn, store, stage, project)
+        self._set(conn, "serial", str(target))
+        self._set(conn, "uuid", uuid)
+        return target
 
     @staticmethod
     def _reindex(conn: sqlite3.Connection, store: SQLiteStore, stage: str,
@@ -191,8 +202,11 @@ class SearchDB:
             conn = self.writer()
             if self._get(conn, f"list:{stage}") == marker:
                 return
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             try:
+                if self._get(conn, f"list:{stage}") == marker:  # another process did it
+                    conn.execute("ROLLBACK")
+                    return
                 conn.execute("DELETE FROM names WHERE stage=?", (stage,))
                 conn.executemany("INSERT INTO names(name, stage) VALUES (?, ?)",
                                  ((name, stage) for name in names_text.split("\n") if name))
