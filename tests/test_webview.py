@@ -351,3 +351,18 @@ def test_project_page_lists_files_of_the_newest_versions(devpid_server: Devpid,
     version = requests.get(f"{devpid_server.url}/{stage}/{project}/1.1", headers=BROWSER,
                            timeout=30).text
     assert f"{stem}-1.1-py3-none-any.whl" in version
+
+
+def test_json_project_view_of_a_mirror_project_not_cached_yet(devpid_server: Devpid,
+                                                               upstream: Any) -> None:
+    """It answered 404 until an installer had fetched the project (the web view shares the
+    fix: both ask the mirrors first)."""
+    name = f"json-first-{uuid.uuid4().hex[:6]}"
+    upstream.publish(name, "3.1")
+    r = devpid_server.json("GET", f"/root/pypi/{name}")
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "projectconfig" and list(r.json()["result"]) == ["3.1"]
+    other = f"json-first-{uuid.uuid4().hex[:6]}"
+    upstream.publish(other, "0.9")
+    r = requests.get(f"{devpid_server.url}/root/pypi/pypi/{other}/json", timeout=30)
+    assert r.status_code == 200 and r.json()["info"]["version"] == "0.9"

@@ -6,7 +6,14 @@ import json
 from typing import Any
 
 from devpid.auth import can_delete_entry, can_upload
-from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, version_key
+from devpid.links import (
+    Link,
+    UpstreamUnavailable,
+    collect_links,
+    ensure_mirrors,
+    resolve,
+    version_key,
+)
 from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web import indexes as index_routes
@@ -102,6 +109,7 @@ def _stage_versions(
 async def project_versions(
     server: DevpidServer, request: Any, stage: str, project: str, ignore_bases: bool
 ) -> dict[str, dict[str, Any]]:
+    await ensure_mirrors(server, stage, project)  # a project not cached yet is not a 404
     try:
         links, known = await collect_links(server, stage, project)
     except UpstreamUnavailable as e:
@@ -419,6 +427,7 @@ async def pypi_json(server: DevpidServer, request: Any, user: str, index: str, p
     if server.index_config(stage) is None:
         raise not_found(f"The stage {stage} could not be found.")
     normal = normalize_name(project)
+    await ensure_mirrors(server, stage, normal)
     try:
         links, known = await collect_links(server, stage, normal)
     except UpstreamUnavailable as e:

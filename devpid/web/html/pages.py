@@ -13,7 +13,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, sro, version_key
+from devpid.links import (
+    Link,
+    UpstreamUnavailable,
+    collect_links,
+    ensure_mirrors,
+    resolve,
+    sro,
+    version_key,
+)
 from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app
@@ -279,11 +287,7 @@ def _redirect(request: Any, location: str) -> bytes:
 
 async def _project_links(server: DevpidServer, stage: str, project: str) -> list[Link]:
     """The links a simple page would list (mirrors asked first, as serve_project_page does)."""
-    mirror = server.components.get("mirror")
-    if mirror is not None:
-        for name, config in resolve(server, stage, project).stages:
-            if config.get("type") == "mirror":
-                await mirror.ensure(name, config, project)
+    await ensure_mirrors(server, stage, project)
     try:
         links, known = await collect_links(server, stage, project)
     except UpstreamUnavailable as error:
