@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-password", help="root's password (default: generate and print one)")
     p.add_argument("--no-root-pypi", action="store_true", help="do not create root/pypi")
     p.add_argument("--mirror-url", help="upstream simple index for root/pypi (default: PyPI)")
-    p.add_argument("--bcrypt-rounds", type=int, default=auth.DEFAULT_BCRYPT_ROUNDS,
+    p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
+                   default=auth.DEFAULT_BCRYPT_ROUNDS,
                    help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_init)
 
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serverdir(p)
     p.add_argument("user")
     p.add_argument("--password", help="the new password (default: prompt, or read stdin)")
-    p.add_argument("--bcrypt-rounds", type=int, default=auth.DEFAULT_BCRYPT_ROUNDS,
+    p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
+                   default=auth.DEFAULT_BCRYPT_ROUNDS,
                    help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_passwd)
 

@@ -65,6 +65,12 @@ _SERVER = [
 _MIRROR = [  # labelled with the mirror's stage
     ("mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row.",
      "consecutive_failures"),
+    ("mirror_upstream_failures_total", "counter",
+     "Failed upstream requests (errors, timeouts, answers that are no valid page).",
+     "failures_total"),
+    ("mirror_download_failures_total", "counter",
+     "File downloads that failed (stalled, too slow, cut off, wrong hash, disk full).",
+     "download_failures"),
     ("mirror_upstream_last_success_timestamp_seconds", "gauge",
      "When the upstream last answered.", "last_success"),
     ("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.",

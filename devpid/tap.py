@@ -49,6 +49,10 @@ def parse_size(text: str) -> int:
         raise usage.UsageError(f"not a size: {text!r} (use e.g. 500M or 1G)") from None
 
 
+def _comma_list(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
 class Options(usage.Options):
     """Options of ``twistd devpid``."""
 
@@ -64,6 +68,9 @@ class Options(usage.Options):
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
         ["outside-url", None, None, "URL under which clients reach this server"],
         ["request-timeout", None, 5.0, "seconds to wait for an upstream or primary", float],
+        ["mirror-min-rate", None, 1024.0,
+         "bytes/s a mirror file download must average over each --request-timeout window; "
+         "slower ones are aborted (0 = only a full stall aborts)", float],
         ["secretfile", None, None, "file holding the token secret (default SERVERDIR/.secret)"],
         ["log-format", None, "text", "log format on stdout: text or json"],
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
@@ -77,6 +84,18 @@ class Options(usage.Options):
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["mirror-file-hosts", None, "",
+         "comma-separated extra hosts mirror file URLs may point at (* = any public host)"],
+        ["mirror-admins", None, "root",
+         "comma-separated users who may create mirror indexes and set mirror_url"],
+        ["body-timeout", None, 60.0,
+         "seconds a request body may take (plus one per 64 KiB); slower gets 408", float],
+        ["max-login-failures", None, 10,
+         "wrong passwords per user and minute before password checks get 429 (0 = no limit)",
+         int],
+        ["restrict-modify", None, None,
+         "comma-separated users who may create users and indexes (default: anyone may "
+         "register and create own indexes); root always may"],
         ["header-timeout", None, 10.0,
          "seconds a client may take to send a request's head (else 408 and close)", float],
         ["idle-timeout", None, 60.0,
@@ -88,6 +107,8 @@ class Options(usage.Options):
         ["init", None, "initialise the server directory if it is new"],
         ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
         ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+        ["allow-private-addresses", None,
+         "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
 
     def opt_version(self) -> None:
@@ -101,8 +122,16 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["port"] < 0 or self["port"] > 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
+        if self["body-timeout"] <= 0:
+            raise usage.UsageError("--body-timeout must be positive")
+        try:
+            auth.bcrypt_rounds(self["bcrypt-rounds"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bcrypt-rounds: {e}") from None
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
+        if self["mirror-min-rate"] < 0:
+            raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
@@ -112,6 +141,10 @@ class Options(usage.Options):
         for key in ("gc-interval", "gc-grace"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("mirror-file-hosts", "mirror-admins"):
+            self[key] = _comma_list(self[key])
+        if self["restrict-modify"] is not None:
+            self["restrict-modify"] = _comma_list(self["restrict-modify"])
         for key in ("header-timeout", "idle-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
@@ -221,6 +254,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         port=options["port"],
         outside_url=options["outside-url"],
         request_timeout=options["request-timeout"],
+        mirror_min_rate=options["mirror-min-rate"],
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],
@@ -231,6 +265,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         workers=options["workers"],
         gc_interval=options["gc-interval"],
         gc_grace=options["gc-grace"],
+        allow_private_addresses=bool(options["allow-private-addresses"]),
+        mirror_file_hosts=options["mirror-file-hosts"],
+        mirror_admins=options["mirror-admins"],
+        restrict_modify=options["restrict-modify"],
+        max_login_failures=options["max-login-failures"],
+        body_timeout=options["body-timeout"],
         header_timeout=options["header-timeout"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
@@ -241,6 +281,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = DevpidService(options["log-format"])
     StoreService(store).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(server.passwords.pool).setServiceParent(top)
     for extra in _extra_services(server):
         extra.setServiceParent(top)
 

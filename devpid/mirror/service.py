@@ -41,6 +41,7 @@ from devpid.mirror.fetcher import (
 )
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
+from devpid.netpolicy import mirror_file_hosts
 from devpid.store import keys
 
 log = Logger()
@@ -97,6 +98,7 @@ class Mirror:
         self.lists: dict[str, ListState] = {}
         self.downloads: dict[str, Download] = {}
         self.starting: dict[str, Shared] = {}
+        self.download_failures: dict[str, int] = {}  # per stage, for /+status and /+metrics
 
     # -- upstream clients ---------------------------------------------------------------------
     def client(self, stage: str, config: dict[str, Any]) -> UpstreamClient:
@@ -113,6 +115,8 @@ class Mirror:
                 list_timeout=max(self.server.settings.request_timeout, 30.0),
                 user_agent=f"devpid/{__version__}",
                 backoff=Backoff(self.reactor, name=stage),
+                allow_private=self.server.settings.allow_private_addresses,
+                file_hosts=mirror_file_hosts(url, self.server.settings.mirror_file_hosts),
             )
             self.clients[key] = client
         return client
@@ -430,6 +434,12 @@ class Mirror:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
         config = self.server.index_config(stage) or {}
         if config.get("mirror_use_external_urls"):
+            if not self.client(stage, config).file_host_allowed(entry["url"]):
+                # Not an open redirect: only to the upstream's own hosts (or the allowlist).
+                raise HTTPError(
+                    502, f"{filename}: its URL is neither on the upstream's host nor in "
+                    "--mirror-file-hosts",
+                )
             request.setResponseCode(302)
             request.setHeader(b"Location", entry["url"].encode())
             return b""
@@ -495,6 +505,7 @@ class Mirror:
             expected=dict(entry.get("hashes") or {}),
             expected_size=length if length is not None else entry.get("size"),
             on_done=on_done,
+            on_failed=lambda _: self._count_download_failure(stage),
         )
         self.downloads[path] = download
 
@@ -505,8 +516,16 @@ class Mirror:
 
         download.committed.addBoth(forget)
         download.committed.addErrback(lambda f: f.trap(DownloadFailed))
-        response.deliverBody(BodyToDownload(download))
+        body = BodyToDownload(download)
+        response.deliverBody(body)
+        settings = self.server.settings
+        download.watch(
+            self.reactor, settings.request_timeout, settings.mirror_min_rate, body.stop
+        )
         return download
+
+    def _count_download_failure(self, stage: str) -> None:
+        self.download_failures[stage] = self.download_failures.get(stage, 0) + 1
 
     async def _record_download(
         self, stage: str, project: str, entry: dict[str, Any], dl: Download
@@ -606,6 +625,7 @@ class Mirror:
                 "downloads_in_progress": sum(
                     1 for p in self.downloads if p.startswith(stage + "/")
                 ),
+                "download_failures": self.download_failures.get(stage, 0),
             }
         return {"mirrors": out, "offline-mode": self.offline}
 

@@ -13,6 +13,7 @@ processes (export, ``devpid passwd``) never wait for the writer.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid as uuidlib
@@ -62,6 +63,24 @@ def encode_value(value: Any) -> str:
     return _dumps(value)
 
 
+def _private_file(path: Path) -> None:
+    """The database holds every bcrypt hash: owner-only (0600), also for databases created
+    before this rule. SQLite gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        try:
+            if extra.stat().st_mode & 0o077:
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SQLiteStore:
     """Store implementation over one SQLite database in the server directory."""
 
@@ -72,6 +91,7 @@ class SQLiteStore:
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
         else:
+            _private_file(path)
             self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
