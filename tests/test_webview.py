@@ -367,3 +367,24 @@ def test_json_project_view_of_a_mirror_project_not_cached_yet(devpid_server: Dev
     upstream.publish(other, "0.9")
     r = requests.get(f"{devpid_server.url}/root/pypi/pypi/{other}/json", timeout=30)
     assert r.status_code == 200 and r.json()["info"]["version"] == "0.9"
+
+
+def test_credentials_in_configs_are_shown_only_to_owner_and_root(devpid_server: Devpid,
+                                                                 upstream: Any) -> None:
+    """As in the JSON API (devpid/redact.py): mirror_url's user:password and query are masked
+    for everyone but the owner and root."""
+    from tests.conftest import ROOT_PASSWORD
+
+    stage = f"root/cred{uuid.uuid4().hex[:6]}"
+    secret_url = upstream.url.replace("://", "://mirroruser:hunter2@") + "?token=s3cr3t"
+    r = devpid_server.json("PUT", f"/{stage}", auth=("root", ROOT_PASSWORD),
+                           json={"type": "mirror", "mirror_url": secret_url})
+    assert r.status_code == 200, r.text
+    for path in (f"/{stage}", "/root", "/"):
+        anonymous = requests.get(devpid_server.url + path, headers=BROWSER, timeout=30).text
+        assert "hunter2" not in anonymous and "s3cr3t" not in anonymous, path
+    shown = requests.get(devpid_server.url + f"/{stage}", headers=BROWSER, timeout=30).text
+    assert "***@" in shown
+    as_root = requests.get(devpid_server.url + f"/{stage}", headers=BROWSER, timeout=30,
+                           auth=("root", ROOT_PASSWORD)).text
+    assert "hunter2" in as_root

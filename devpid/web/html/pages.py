@@ -27,7 +27,13 @@ from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
 from devpid.web.html import reading
-from devpid.web.html.access import may_read, readable_indexes, viewer
+from devpid.web.html.access import (
+    may_read,
+    readable_indexes,
+    viewer,
+    visible_config,
+    visible_status,
+)
 from devpid.web.html.markup import (
     Safe,
     badge,
@@ -75,10 +81,11 @@ def error_page(server: DevpidServer, request: Any, error: HTTPError) -> bytes:
 
 
 def _stage_or_404(server: DevpidServer, who: str | None, stage: str) -> dict[str, Any]:
+    """The index config as ``who`` may see it, or 404 (also when ``who`` may not read it)."""
     config = server.index_config(stage)
     if config is None or not may_read(server, who, stage, config):
         raise not_found(f"The stage {stage} could not be found.")
-    return config
+    return visible_config(who, stage, config)
 
 
 def _index_kind(config: dict[str, Any]) -> Safe:
@@ -115,12 +122,12 @@ def installer_snippets(base: str, stage: str) -> Safe:
     ])
 
 
-def status_summary(server: DevpidServer, base: str,
-                   indexes: list[tuple[str, dict[str, Any]]]) -> Safe:
+def status_summary(server: DevpidServer, base: str, indexes: list[tuple[str, dict[str, Any]]],
+                   who: str | None) -> Safe:
     """Serial, mirror upstream health and replica lag, from what ``/+status`` reports."""
     from devpid.web.users import status_result
 
-    status = status_result(server)
+    status = visible_status(who, status_result(server))
     rows: list[tuple[str, Any]] = [
         ("serial", status.get("serial")),
         ("last change", when(status.get("last-commit-timestamp"))),
@@ -195,7 +202,7 @@ async def home(server: DevpidServer, request: Any) -> bytes:
     ]
     if stage:
         body.append(f'<div class="card">{installer_snippets(base, stage)}</div>')
-    body.append(f'<h2>Status</h2><div class="card">{status_summary(server, base, indexes)}'
+    body.append(f'<h2>Status</h2><div class="card">{status_summary(server, base, indexes, who)}'
                 f"</div><h2>Indexes</h2>{index_table(base, indexes)}")
     return send(request, page(base, "devpid", join(body), serial=server.store.serial))
 
