@@ -13,6 +13,7 @@ import getpass
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from devpid import auth
 from devpid.tap import default_serverdir
@@ -42,6 +43,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"devpid: initialised {serverdir}")
     if args.root_password is None:
         print(f"devpid: root password (shown once, keep it): {password}")
+        print(f"devpid: to set a new one: devpid passwd root --serverdir {serverdir}")
     print(f"devpid: start it with: twistd -n --pidfile= devpid --serverdir {serverdir}")
     return 0
 
@@ -83,12 +85,24 @@ def _add_serverdir(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistyped option: the error and a hint, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        from devpid.firstscreen import usage_hint
+
+        self.exit(2, usage_hint(self.prog, Exception(message)) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from devpid.firstscreen import version_text
+
+    parser = _Parser(
         prog="devpid",
         description="Administer a devpid server directory. "
         "Run the server with: twistd -n devpid --serverdir DIR",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a server directory with root and root/pypi")

@@ -27,7 +27,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from devpid import auth
+from devpid import auth, firstscreen
 from devpid.store import is_initialised, open_store
 
 log = Logger()
@@ -115,6 +115,11 @@ class Options(usage.Options):
          "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
 
+    def opt_version(self) -> None:
+        """Print devpid's version and exit."""
+        print(firstscreen.version_text())
+        sys.exit(0)
+
     def postOptions(self) -> None:
         self["serverdir"] = Path(self["serverdir"] or default_serverdir()).expanduser().resolve()
         if self["log-format"] not in ("text", "json"):
@@ -156,6 +161,19 @@ class Options(usage.Options):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
 
 
+class TwistdOptions(Options):
+    """The options as ``twistd devpid`` parses them (see twisted/plugins/devpid_plugin.py)."""
+
+    def parseOptions(self, options: Any = None) -> None:
+        """A mistyped option: the error and a hint, not twistd's whole option table (which
+        twistd prints before the error when a UsageError reaches it)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            print(firstscreen.usage_hint("twistd devpid", e), file=sys.stderr)
+            raise SystemExit(2) from None
+
+
 class DevpidService(service.MultiService):
     """The root service; installs devpid's log observer on the twistd application."""
 
@@ -171,7 +189,7 @@ class DevpidService(service.MultiService):
                 if self.log_format == "json"
                 else textFileLogObserver(sys.stdout)
             )
-            setComponent(ILogObserver, observer)
+            setComponent(ILogObserver, firstscreen.quiet(observer))
         super().setServiceParent(parent)
 
 
@@ -225,7 +243,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             bcrypt_rounds=options["bcrypt-rounds"],
         )
         if options["root-password"] is None:
-            print(f"devpid: generated root password: {password}", flush=True)
+            print(firstscreen.generated_password_text(password, serverdir), flush=True)
 
     secretfile = Path(options["secretfile"]) if options["secretfile"] else serverdir / ".secret"
     try:
@@ -276,6 +294,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
+        firstscreen.Announcement(server).setServiceParent(top)
         return top
     # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
     endpoint_desc = options["listen"] or (
@@ -283,6 +302,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)
+    firstscreen.Announcement(server, site_service).setServiceParent(top)
     if options["portfile"]:
         _write_port_when_listening(site_service, Path(options["portfile"]), server)
     return top
@@ -364,4 +384,4 @@ def _write_port_when_listening(site_service: Any, path: Path, server: Any) -> No
     site_service.privilegedStartService = start
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "TwistdOptions", "makeService"]

@@ -490,6 +490,9 @@ class RootResource(Resource):
         from devpid.web.fastpath import try_cached_page, try_file_check, try_stored_file
 
         self.fast_paths = (try_file_check, try_cached_page, try_stored_file)
+        from devpid.web.html.dispatch import browser_route
+
+        self.browser_route = browser_route  # the web view for people (devpid/web/html)
         self.shared_store = server.settings.workers > 1
         self.server_version = f"devpid {devpid.__version__}".encode()
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
@@ -557,6 +560,9 @@ class RootResource(Resource):
                 break
             if fast is not None:
                 return fast
+        refused = self.browser_route(server, request, decoded)
+        if refused is not None:
+            return render_error(request, refused)
         return self.klein.render(request)
 
 
