@@ -27,7 +27,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from devpid import auth
+from devpid import auth, firstscreen
 from devpid.store import is_initialised, open_store
 
 log = Logger()
@@ -47,6 +47,10 @@ def parse_size(text: str) -> int:
         return int(text)
     except ValueError:
         raise usage.UsageError(f"not a size: {text!r} (use e.g. 500M or 1G)") from None
+
+
+def _comma_list(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
 class Options(usage.Options):
@@ -72,6 +76,8 @@ class Options(usage.Options):
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
         ["mirror-cache-expiry", None, 1800, "default seconds before mirror pages refresh", int],
         ["max-upload-size", None, "1G", "largest accepted upload (e.g. 500M, 2G)"],
+        ["mirror-max-page-size", None, "64M",
+         "largest upstream project page a mirror accepts (bounds memory per page)"],
         ["bcrypt-rounds", None, auth.DEFAULT_BCRYPT_ROUNDS, "bcrypt cost for new passwords", int],
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
@@ -83,6 +89,20 @@ class Options(usage.Options):
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["event-retry-horizon", None, 6 * 3600.0,
+         "seconds a failing event hook retries one serial before giving it up", float],
+        ["mirror-file-hosts", None, "",
+         "comma-separated extra hosts mirror file URLs may point at (* = any public host)"],
+        ["mirror-admins", None, "root",
+         "comma-separated users who may create mirror indexes and set mirror_url"],
+        ["body-timeout", None, 60.0,
+         "seconds a request body may take (plus one per 64 KiB); slower gets 408", float],
+        ["max-login-failures", None, 10,
+         "wrong passwords per user and minute before password checks get 429 (0 = no limit)",
+         int],
+        ["restrict-modify", None, None,
+         "comma-separated users who may create users and indexes (default: anyone may "
+         "register and create own indexes); root always may"],
         ["header-timeout", None, 10.0,
          "seconds a client may take to send a request's head (else 408 and close)", float],
         ["idle-timeout", None, 60.0,
@@ -94,7 +114,14 @@ class Options(usage.Options):
         ["init", None, "initialise the server directory if it is new"],
         ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
         ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+        ["allow-private-addresses", None,
+         "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
+
+    def opt_version(self) -> None:
+        """Print devpid's version and exit."""
+        print(firstscreen.version_text())
+        sys.exit(0)
 
     def postOptions(self) -> None:
         self["serverdir"] = Path(self["serverdir"] or default_serverdir()).expanduser().resolve()
@@ -102,20 +129,31 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["port"] < 0 or self["port"] > 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
+        if self["body-timeout"] <= 0:
+            raise usage.UsageError("--body-timeout must be positive")
+        try:
+            auth.bcrypt_rounds(self["bcrypt-rounds"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bcrypt-rounds: {e}") from None
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
         if self["mirror-min-rate"] < 0:
             raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
         self["mirror-max-bytes"] = parse_size(str(self["mirror-max-bytes"]))
+        self["mirror-max-page-size"] = parse_size(str(self["mirror-max-page-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
         if self["primary-url"] and self["init"]:
             raise usage.UsageError("a replica needs no --init: it copies the primary")
-        for key in ("gc-interval", "gc-grace"):
+        for key in ("gc-interval", "gc-grace", "event-retry-horizon"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("mirror-file-hosts", "mirror-admins"):
+            self[key] = _comma_list(self[key])
+        if self["restrict-modify"] is not None:
+            self["restrict-modify"] = _comma_list(self["restrict-modify"])
         for key in ("header-timeout", "idle-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
@@ -125,6 +163,19 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
+
+
+class TwistdOptions(Options):
+    """The options as ``twistd devpid`` parses them (see twisted/plugins/devpid_plugin.py)."""
+
+    def parseOptions(self, options: Any = None) -> None:
+        """A mistyped option: the error and a hint, not twistd's whole option table (which
+        twistd prints before the error when a UsageError reaches it)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            print(firstscreen.usage_hint("twistd devpid", e), file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class DevpidService(service.MultiService):
@@ -142,7 +193,7 @@ class DevpidService(service.MultiService):
                 if self.log_format == "json"
                 else textFileLogObserver(sys.stdout)
             )
-            setComponent(ILogObserver, observer)
+            setComponent(ILogObserver, firstscreen.quiet(observer))
         super().setServiceParent(parent)
 
 
@@ -196,7 +247,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             bcrypt_rounds=options["bcrypt-rounds"],
         )
         if options["root-password"] is None:
-            print(f"devpid: generated root password: {password}", flush=True)
+            print(firstscreen.generated_password_text(password, serverdir), flush=True)
 
     secretfile = Path(options["secretfile"]) if options["secretfile"] else serverdir / ".secret"
     try:
@@ -216,6 +267,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],
+        mirror_max_page_size=options["mirror-max-page-size"],
         primary_url=options["primary-url"],
         role="replica" if replica else "standalone",
         bcrypt_rounds=options["bcrypt-rounds"],
@@ -224,6 +276,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         gc_interval=options["gc-interval"],
         mirror_max_bytes=options["mirror-max-bytes"],
         gc_grace=options["gc-grace"],
+        event_retry_horizon=options["event-retry-horizon"],
+        allow_private_addresses=bool(options["allow-private-addresses"]),
+        mirror_file_hosts=options["mirror-file-hosts"],
+        mirror_admins=options["mirror-admins"],
+        restrict_modify=options["restrict-modify"],
+        max_login_failures=options["max-login-failures"],
+        body_timeout=options["body-timeout"],
         header_timeout=options["header-timeout"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
@@ -234,11 +293,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = DevpidService(options["log-format"])
     StoreService(store).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(server.passwords.pool).setServiceParent(top)
     for extra in _extra_services(server):
         extra.setServiceParent(top)
 
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
+        firstscreen.Announcement(server).setServiceParent(top)
         return top
     # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
     endpoint_desc = options["listen"] or (
@@ -246,6 +307,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)
+    firstscreen.Announcement(server, site_service).setServiceParent(top)
     if options["portfile"]:
         _write_port_when_listening(site_service, Path(options["portfile"]), server)
     return top
@@ -327,4 +389,4 @@ def _write_port_when_listening(site_service: Any, path: Path, server: Any) -> No
     site_service.privilegedStartService = start
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "TwistdOptions", "makeService"]

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
+from tests.conftest import (
+    ROOT_PASSWORD,
+    Devpid,
+    client_env,
+    init_serverdir,
+    run,
+    tool,
+    twine_upload,
+)
 from tests.support.fakepypi import FakePyPI
 from tests.support.pkgbuild import make_wheel
 from tests.test_mirror import pip_download
@@ -174,7 +182,7 @@ def test_mirror_download_onto_a_full_disk_fails_cleanly(
     name = f"fullmirror{uuid.uuid4().hex[:6]}"
     wheel = upstream.publish(name, "1.0", extra_bytes=2_000_000)
     server, auth = disk.server, disk.auth
-    r = server.json("PUT", f"/{auth[0]}/mirror", auth=auth,
+    r = server.json("PUT", f"/{auth[0]}/mirror", auth=("root", ROOT_PASSWORD),  # root's to make
                     json={"type": "mirror", "mirror_url": upstream.url})
     assert r.status_code == 200, r.text
     index = f"{server.url}/{auth[0]}/mirror/+simple/"

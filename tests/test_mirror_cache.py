@@ -13,8 +13,10 @@ import requests
 
 from devpid.mirror.cache import choose_victims
 from devpid.mirror.policy import PolicyError, parse_size
-from tests.conftest import Devpid, run, tool, twine_upload
+from tests.conftest import ROOT_PASSWORD, Devpid, run, tool, twine_upload
 from tests.support.fakepypi import FakePyPI
+
+ROOT = ("root", ROOT_PASSWORD)  # mirrors are root's to create (--mirror-admins)
 
 
 def test_sizes_and_the_eviction_order() -> None:
@@ -71,7 +73,7 @@ def test_bounded_cache_evicts_least_recently_downloaded_never_private(
     bound = sum(sizes.values()) - 1  # all three do not fit
     user = f"c{unique}"
     assert devpid_server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    r = devpid_server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    r = devpid_server.json("PUT", f"/{user}/mirror", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url, "mirror_max_bytes": str(bound)})
     assert r.status_code == 200 and r.json()["result"]["mirror_max_bytes"] == bound, r.text
     stage = f"{user}/mirror"
@@ -123,10 +125,10 @@ def test_evicted_blob_is_deleted_and_bad_bounds_are_400(
     up.publish(name, "2", extra_bytes=20_000)
     user = f"g{unique}"
     assert devpid_server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    r = devpid_server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    r = devpid_server.json("PUT", f"/{user}/mirror", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url, "mirror_max_bytes": "10Q"})
     assert r.status_code == 400 and "mirror_max_bytes" in r.json()["message"]
-    assert devpid_server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    assert devpid_server.json("PUT", f"/{user}/mirror", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url}).ok
     stage = f"{user}/mirror"
     requests.get(f"{devpid_server.url}/{stage}/+simple/{name}/")
@@ -155,7 +157,7 @@ def test_cache_cli_lists_and_prunes_by_project_and_age(
     up.publish(drop, "1")
     user = f"l{unique}"
     assert devpid_server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    assert devpid_server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    assert devpid_server.json("PUT", f"/{user}/mirror", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url}).ok
     assert devpid_server.json("PUT", f"/{user}/dev", auth=(user, "pw"), json={}).ok
     stage = f"{user}/mirror"
@@ -199,7 +201,7 @@ def test_server_total_bound_evicts_across_mirrors(
         bound = sum(sizes.values()) - 1
         server: Devpid = start_devpid("--mirror-max-bytes", str(bound), upstream_url=fake.url)
         assert server.json("PUT", "/u", json={"password": "pw"}).ok
-        assert server.json("PUT", "/u/other", auth=("u", "pw"), json={
+        assert server.json("PUT", "/u/other", auth=ROOT, json={
             "type": "mirror", "mirror_url": fake.url}).ok
         for stage, v, n in (("root/pypi", "1", 1), ("u/other", "2", 1)):
             requests.get(f"{server.url}/{stage}/+simple/total/")

@@ -180,7 +180,8 @@ async def make_client() -> AsyncIterator[Callable[..., UpstreamClient]]:
     clients: list[UpstreamClient] = []
 
     def make(base_url: str, **kw: Any) -> UpstreamClient:
-        client = UpstreamClient(base_url, reactor=reactor, **kw)
+        # The fake upstreams listen on loopback, which the address policy refuses by default.
+        client = UpstreamClient(base_url, reactor=reactor, **{"allow_private": True, **kw})
         clients.append(client)
         return client
 

@@ -23,11 +23,12 @@ from devpid.mirror.policy import (
     parse_duration,
     refusal_message,
 )
-from tests.conftest import Devpid, run, tool
+from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
 from tests.support.fakepypi import FakePyPI
 
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 NOW = 1_800_000_000.0
+ROOT = ("root", ROOT_PASSWORD)  # mirrors are root's to create (--mirror-admins)
 
 
 # -- pure rules ---------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def ago(**kw: float) -> datetime:
 def make_mirror(server: Devpid, up: FakePyPI, unique: str, **config: object) -> str:
     user = f"p{unique}"
     assert server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    r = server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    r = server.json("PUT", f"/{user}/mirror", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url, "mirror_cache_expiry": "1", **config})
     assert r.status_code == 200, r.text
     return f"{user}/mirror"
@@ -296,7 +297,7 @@ def test_bad_policy_values_are_a_400_naming_the_option(
                                json={option: value})
         assert r.status_code == 400, (option, value, r.text)
         assert option in r.json()["message"]
-    r = devpid_server.json("PUT", f"/{user}/m2", auth=(user, "pw"), json={
+    r = devpid_server.json("PUT", f"/{user}/m2", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url, "mirror_min_age": "soon"})
     assert r.status_code == 400 and "mirror_min_age" in r.json()["message"]
     # policy options are mirror options: a stage index refuses them

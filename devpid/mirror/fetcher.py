@@ -28,7 +28,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, PartialDownloadError, ResponseDone
+from twisted.web.client import HTTPConnectionPool, PartialDownloadError, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -37,6 +37,7 @@ from devpid import __version__
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.pagecheck import check_project_list, check_project_page
 from devpid.mirror.parse import ParseError, UpstreamFile, parse_project_list, parse_project_page
+from devpid.netpolicy import guarded_agent
 
 __all__ = [
     "ACCEPT",
@@ -58,6 +59,7 @@ ACCEPT = (
 _NORMALIZE_RE = re.compile(r"[-_.]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ERROR_BODY_LIMIT = 64 * 1024  # read small error bodies so the connection can be reused
+_PARSE_INLINE = 64 * 1024  # bodies up to this size are parsed on the reactor (fast enough)
 
 
 class UpstreamError(Exception):
@@ -66,6 +68,10 @@ class UpstreamError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class PageTooLarge(UpstreamError):
+    """The upstream's answer is larger than we accept (``max_page_size``): no backoff."""
 
 
 class ProjectNotFound(Exception):
@@ -292,9 +298,14 @@ class UpstreamClient:
         user_agent: str = f"devpid/{__version__}",
         backoff: Backoff | None = None,
         max_persistent_per_host: int = 8,
+        allow_private: bool = False,
+        file_hosts: set[str] | None = None,
     ) -> None:
         """``reactor`` must provide TCP/TLS and time; credentials in ``base_url`` are
-        removed from it and sent as Basic auth to the upstream's own origin only."""
+        removed from it and sent as Basic auth to the upstream's own origin only.
+
+        Connections never reach private addresses unless ``allow_private`` (see
+        devpid/netpolicy.py); file URLs must be on one of ``file_hosts`` (None: any host)."""
         parts = urlsplit(base_url)
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"upstream URL must be http(s)://host/...: {base_url!r}")
@@ -313,11 +324,13 @@ class UpstreamClient:
         self.list_timeout = list_timeout
         self.user_agent = user_agent
         self.backoff = backoff if backoff is not None else Backoff(reactor, name=self.base_url)
+        self.file_hosts = file_hosts
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = max_persistent_per_host
-            http_client = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+            agent = guarded_agent(reactor, self._pool, allow_private=allow_private)
+            http_client = treq.client.HTTPClient(agent)
         self._http = http_client
 
     # -- helpers --------------------------------------------------------------------------
@@ -373,6 +386,8 @@ class UpstreamClient:
             raise UpstreamError(
                 f"upstream {url}: timeout after {deadline.seconds:g} s (reading body)"
             ) from None
+        except _TooLarge as e:
+            raise PageTooLarge(f"upstream {url}: {_reason_text(e)}") from e
         except Exception as e:
             raise UpstreamError(f"upstream {url}: {_reason_text(e)}") from e
 
@@ -427,6 +442,11 @@ class UpstreamClient:
                     await self._discard(response, deadline)
                     phrase = response.phrase.decode("latin-1", "replace")
                     raise UpstreamError(f"upstream {clean}: HTTP {code} {phrase}".rstrip())
+            except PageTooLarge:
+                # The upstream answered; the page is over our bound. Other projects are fine.
+                self.backoff.succeeded()
+                verdict = True
+                raise
             except UpstreamError as e:
                 self.backoff.failed(e.message)
                 verdict = True
@@ -456,11 +476,15 @@ class UpstreamClient:
             response: IResponse, body: bytes, delimited: bool
         ) -> tuple[str, list[UpstreamFile]]:
             content_type = _header(response, b"Content-Type") or ""
-            display, files = parse_project_page(
-                body, content_type, _final_url(response, url), name
-            )
-            check_project_page(body, content_type, len(files), delimited)
-            return display, files
+            base = _final_url(response, url)
+
+            def work() -> tuple[str, list[UpstreamFile]]:
+                display, files = parse_project_page(body, content_type, base, name)
+                check_project_page(body, content_type, len(files), delimited)
+                return display, files
+
+            # A page of a project with 50,000 files takes seconds to parse: off the reactor.
+            return await self._parse_off_reactor(len(body), work)
 
         response, parsed = await self._get_index(
             url, etag, self.timeout, self.max_page_size, parse
@@ -477,6 +501,14 @@ class UpstreamClient:
             return ProjectPage(name, [], new_etag or etag, serial, not_modified=True)
         display, files = parsed
         return ProjectPage(display, files, new_etag, serial, not_modified=False)
+
+    async def _parse_off_reactor(self, size: int, f: Callable[..., T], *args: Any) -> T:
+        """``f(*args)`` in the reactor's thread pool, unless the input is small."""
+        if size <= _PARSE_INLINE:
+            return f(*args)
+        reactor: Any = self._reactor
+        result: T = await deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return result
 
     async def get_project_list(
         self, etag: str | None = None
@@ -509,6 +541,10 @@ class UpstreamClient:
         clean, headers, on_upstream = self._prepare(url, "*/*")
         if _origin(clean) is None or urlsplit(clean).scheme.lower() not in _DEFAULT_PORTS:
             raise UpstreamError(f"upstream {clean}: not an http(s) URL")
+        if not self.file_host_allowed(clean):
+            raise UpstreamError(
+                f"upstream {clean}: the host is neither the upstream's nor in --mirror-file-hosts"
+            )
         if on_upstream and self.backoff.in_backoff():
             raise self._backoff_error(clean)
         try:
@@ -526,6 +562,13 @@ class UpstreamClient:
             raise FileNotFoundUpstream(clean)
         phrase = response.phrase.decode("latin-1", "replace")
         raise UpstreamError(f"upstream {clean}: HTTP {response.code} {phrase}".rstrip())
+
+    def file_host_allowed(self, url: str) -> bool:
+        """Whether a file URL (or an external-URL redirect) may point at this host."""
+        if self.file_hosts is None or "*" in self.file_hosts:
+            return True
+        origin = _origin(url)
+        return origin is not None and origin[1].rstrip(".") in self.file_hosts
 
     async def open_file(self, url: str) -> IResponse:
         """Start downloading a file; returns once headers arrived (the timeout covers only

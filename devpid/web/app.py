@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -37,6 +37,7 @@ from devpid.store import keys
 from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
+from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
 from devpid.web.errors import JSON_TYPE, HTTPError, render_error, unauthorized
 
 log = Logger()
@@ -66,9 +67,18 @@ class Settings:
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     mirror_max_bytes: int = 0  # bound on all mirror caches together (0: none)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    event_retry_horizon: float = 6 * 3600.0  # seconds a failing hook retries one serial
+    mirror_max_page_size: int = 64 * 1024 * 1024  # bigger upstream project pages are refused
     header_timeout: float = 10.0  # seconds a request head may take to arrive
     idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
     max_connections: int = 4096  # open client connections per process (see connections.py)
+    # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
+    allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
+    mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
+    mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
+    restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
+    max_login_failures: int = 10  # per user and minute before password checks get 429
+    body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
 
 
 class DevpidServer:
@@ -92,6 +102,10 @@ class DevpidServer:
         self.cpu_pool = cpu_pool
         self.tokens = auth.TokenSigner(secret, clock=reactor)
         self.verified = auth.VerifiedPasswords(secret)
+        from devpid.passwords import PasswordChecker
+
+        # bcrypt in its own bounded pool (started by the process's service tree)
+        self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
         self.secret = secret
         self.started = time.time()
         self.request_counters = RequestCounters()
@@ -166,20 +180,29 @@ class DevpidServer:
                 "authentication token expired or invalid, please log in again",
                 headers={"WWW-Authenticate": 'Basic realm="pypi"', "Location": "/+login"},
             )
-        if await self.check_password(name, secret, pwhash):
+        if await self.check_password(name, secret, pwhash, request):
             return name
         raise unauthorized(f"user {name!r} could not be authenticated")
 
-    async def check_password(self, name: str, password: str, pwhash: str) -> bool:
-        if self.verified.known(name, password, pwhash):
-            return True
-        ok = await self.in_thread(auth.check_password, password, pwhash)
-        if ok:
-            self.verified.remember(name, password, pwhash)
-        return bool(ok)
+    async def check_password(
+        self, name: str, password: str, pwhash: str, request: Any = None
+    ) -> bool:
+        """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
+        from devpid.passwords import Throttled
 
-    def hash_password(self, password: str) -> Deferred[str]:
-        return self.in_thread(auth.hash_password, password, self.settings.bcrypt_rounds)
+        address = client_address(request) if request else None
+        try:
+            return await self.passwords.check(name, password, pwhash, address)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
+
+    async def hash_password(self, password: str) -> str:
+        from devpid.passwords import Throttled
+
+        try:
+            return await self.passwords.hash(password, self.settings.bcrypt_rounds)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
     async def require_user(self, request: Any) -> str:
         user = await self.identify(request)
@@ -192,6 +215,17 @@ class DevpidServer:
 
 
 # -- response helpers ------------------------------------------------------------------------
+def client_address(request: Any) -> str | None:
+    """The client's address; behind a proxy on loopback (the generated nginx) the address it
+    names in ``X-Real-IP`` (no one else can choose that value)."""
+    peer = getattr(request.getClientAddress(), "host", None)
+    if peer in ("127.0.0.1", "::1"):
+        forwarded = header(request, b"x-real-ip")
+        if forwarded:
+            return forwarded.strip()[:64]
+    return peer if isinstance(peer, str) else None
+
+
 def header(request: Any, name: bytes) -> str | None:
     """A request header as text (latin-1, as HTTP defines it), or None."""
     value = request.requestHeaders.getRawHeaders(name)
@@ -364,6 +398,8 @@ class DevpidRequest(twserver.Request):
 
     body_too_large = False
     max_body = DEFAULT_MAX_UPLOAD
+    devpid_body: BodyDeadline | None = None
+    devpid_answered = False  # an error went out before the body (devpid/web/bodies.py)
     devpid_serial_set = False
     body_error: OutOfSpace | None = None  # the body could not be buffered: the disk is full
 
@@ -388,11 +424,15 @@ class DevpidRequest(twserver.Request):
         super().write(data)
 
     def gotLength(self, length: int | None) -> None:
-        limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
-        if length is not None and length > limit:
+        site = getattr(self.channel, "site", None)
+        limit = getattr(site, "max_body", self.max_body)
+        if refuse_oversized(self, length, limit):  # 413 now, no "100 Continue"
             self.body_too_large = True
             self.content = _Discard()  # type: ignore[assignment]
             return
+        if length != 0:  # a body follows: it must not trickle
+            timeout = getattr(site, "body_timeout", DEFAULT_BODY_TIMEOUT)
+            self.devpid_body = BodyDeadline(self, length, timeout)
         try:
             with disk_full_as_out_of_space("buffering the request body"):
                 super().gotLength(length)
@@ -408,7 +448,21 @@ class DevpidRequest(twserver.Request):
             with contextlib.suppress(OSError):
                 content.close()
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        if self.devpid_answered:  # refused while the body arrived; the connection closes
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        super().connectionLost(reason)
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.got(len(data))
         if self.body_too_large or self.body_error is not None:
             return
         try:
@@ -437,6 +491,9 @@ class RootResource(Resource):
         from devpid.web.fastpath import try_cached_page, try_file_check, try_stored_file
 
         self.fast_paths = (try_file_check, try_cached_page, try_stored_file)
+        from devpid.web.html.dispatch import browser_route
+
+        self.browser_route = browser_route  # the web view for people (devpid/web/html)
         self.shared_store = server.settings.workers > 1
         self.server_version = f"devpid {devpid.__version__}".encode()
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
@@ -470,6 +527,9 @@ class RootResource(Resource):
 
     def render(self, request: Any) -> Any:
         server = self.devpid
+        if not request.uri.startswith(b"/"):
+            # absolute-form (a proxy's request) or "*": no route; werkzeug would fail on it
+            return render_error(request, HTTPError(400, "request target must be a path"))
         decoded = self.prepare(request, list(request.postpath))
         if isinstance(decoded, HTTPError):
             return render_error(request, decoded)
@@ -501,6 +561,9 @@ class RootResource(Resource):
                 break
             if fast is not None:
                 return fast
+        refused = self.browser_route(server, request, decoded)
+        if refused is not None:
+            return render_error(request, refused)
         return self.klein.render(request)
 
 
@@ -562,6 +625,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
         server.status_providers.append(fast.status)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
+    site.body_timeout = server.settings.body_timeout  # type: ignore[attr-defined]
     site.devpid_store = server.store  # type: ignore[attr-defined]
     site.displayTracebacks = False
     from devpid.accesslog import AccessLog

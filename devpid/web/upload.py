@@ -32,6 +32,7 @@ from devpid.model.names import (
     normalize_name,
     parse_dist_filename,
     validate_project_name,
+    validate_version,
 )
 from devpid.store import keys
 from devpid.store.base import is_out_of_space, write_failed
@@ -298,8 +299,11 @@ def _name_version(parsed: ParsedUpload) -> tuple[str, str]:
     error = validate_project_name(name)
     if error:
         raise HTTPError(400, f"invalid metadata: {error}")
-    if any(c in name + version for c in '<>%#"/\\') or any(ord(c) < 32 for c in version):
+    if any(c in name for c in '<>%#"/\\'):
         raise HTTPError(400, "invalid metadata: name or version contains invalid characters")
+    error = validate_version(version)
+    if error:
+        raise HTTPError(400, f"invalid metadata: {error}")
     return name, version
 
 
@@ -475,8 +479,9 @@ async def _doc_upload(ctx: Upload) -> bytes:
         from devpid.links import version_key
 
         version = max(versions, key=version_key)
-    if any(c in version for c in '<>%#"/\\'):
-        raise HTTPError(400, "invalid version")
+    error = validate_version(version)  # the same rules as for release files
+    if error:
+        raise HTTPError(400, f"invalid version: {error}")
     await server.in_thread(check_doc_zip, upload.tmp)
     doc_key = keys.doc(stage, project, version)
     existing = server.store.get(doc_key)
