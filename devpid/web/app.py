@@ -65,6 +65,7 @@ class Settings:
     workers: int = 1
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
+    mirror_max_bytes: int = 0  # bound on all mirror caches together (0: none)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
     event_retry_horizon: float = 6 * 3600.0  # seconds a failing hook retries one serial
     mirror_max_page_size: int = 64 * 1024 * 1024  # bigger upstream project pages are refused
