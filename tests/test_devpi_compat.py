@@ -215,3 +215,42 @@ def test_status_names_the_devpi_server_api_level(
     assert f"devpid {devpid.__version__}" in out, out
     info = devpid_server.json("GET", "/+status").json()["result"]["versioninfo"]
     assert info == {"devpi-server": devpid.DEVPI_SERVER_COMPAT, "devpid": devpid.__version__}
+
+
+def test_mirror_links_without_hash_use_devpis_layout(
+    devpid_server: Devpid, env: dict[str, str], alice: tuple[str, str], tmp_path: Path
+) -> None:
+    """Hash-less upstream links are served under ``+e/{scheme_host_port_dirs}/`` (spec 4.5);
+    a file the upstream lost answers devpi's "error 404 getting URL"."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "plain-upstream"
+    (root / "simple" / "hashless").mkdir(parents=True)
+    (root / "files").mkdir()
+    (root / "files" / "hashless-1.0.zip").write_bytes(b"legacy zip bytes")
+    (root / "simple" / "index.html").write_text('<a href="hashless/">hashless</a>')
+    (root / "simple" / "hashless" / "index.html").write_text(
+        '<a href="../../files/hashless-1.0.zip">hashless-1.0.zip</a>'
+        '<a href="../../files/hashless-2.0.zip">hashless-2.0.zip</a>')
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        stage = make_index(devpid_server, alice, "plainmirror", type="mirror",
+                           mirror_url=f"http://127.0.0.1:{port}/simple/")
+        client_logged_in(devpid_server, env, alice, stage)
+        out = devpi(env, "list", "hashless")
+        expected = f"{devpid_server.url}/{stage}/+e/http_127.0.0.1_{port}_files/hashless-1.0.zip"
+        assert expected in out.split(), out
+        r = requests.get(expected, timeout=30)
+        assert (r.status_code, r.content) == (200, b"legacy zip bytes")
+        r = requests.get(expected.replace("1.0", "2.0"), timeout=30)
+        assert r.status_code == 404
+        assert f"error 404 getting http://127.0.0.1:{port}/files/hashless-2.0.zip" in (
+            r.json()["message"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
