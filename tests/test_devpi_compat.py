@@ -254,3 +254,20 @@ def test_mirror_links_without_hash_use_devpis_layout(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_mirror_without_url_mirrors_the_default_upstream(
+    devpid_server: Devpid, env: dict[str, str], alice: tuple[str, str]
+) -> None:
+    """As devpi: ``devpi index -c NAME type=mirror`` alone makes a mirror of the default
+    upstream (root/pypi's), which is not contacted until a project is asked for."""
+    from devpid.init import default_upstream_url
+
+    client_logged_in(devpid_server, env, alice)
+    out = devpi(env, "index", "-c", "plain", "type=mirror")
+    assert f"mirror_url={default_upstream_url()}" in out, out
+    out = devpi(env, "use", "plain")
+    assert f"current devpi index: {devpid_server.url}/{alice[0]}/plain" in out, out
+    status = devpid_server.json("GET", "/+status").json()["result"]
+    state = status.get("mirrors", {}).get(f"{alice[0]}/plain", {})
+    assert not state.get("last_success") and not state.get("last_failure"), state
