@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -91,9 +92,9 @@ def test_missing_target_is_404_before_credentials_and_anonymous_write_is_403(
     assert devpid_server.json("GET", f"/{stage}").json()["result"]["volatile"] is True
 
 
-def test_empty_password_can_be_set_back(start_devpid: object) -> None:
+def test_empty_password_can_be_set_back(start_devpid: Any) -> None:
     """devpi-client's suite changes root's password and then restores the empty one."""
-    server: Devpid = start_devpid()  # type: ignore[operator]
+    server: Devpid = start_devpid()
     token = server.login("root", ROOT_PASSWORD)
     r = server.json("PATCH", "/root", auth=("root", token), json={"password": ""})
     assert r.status_code == 200, r.text
