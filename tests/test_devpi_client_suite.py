@@ -107,7 +107,8 @@ def suite_server(tmp_path: Path, start_devpid: Any) -> Iterator[Devpid]:
 
 @pytest.mark.slow
 def test_devpi_client_suite_passes(
-    client_suite: Path, suite_server: Devpid, tmp_path: Path
+    client_suite: Path, suite_server: Devpid, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     shimbin = tmp_path / "shimbin"
     devpi_server_shim.install(shimbin)
@@ -129,7 +130,8 @@ def test_devpi_client_suite_passes(
     )
     assert junit.exists(), f"the suite did not run:\n{proc.stdout}\n{proc.stderr}"
     result = parse_junit(junit)
-    print(result.summary())
+    with capsys.disabled():  # the counts show in every run, not only with -s
+        print(f"\n{result.summary()}")
     print(proc.stdout[proc.stdout.find("slowest"):].split("\n\n")[0])
     for name, reason in result.skipped:
         print(f"skipped {name}: {reason}")
