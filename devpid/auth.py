@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -31,8 +32,42 @@ def hash_password(password: str, rounds: int = DEFAULT_BCRYPT_ROUNDS) -> str:
     return bcrypt.hashpw(_prepare(password), bcrypt.gensalt(rounds)).decode("ascii")
 
 
+# Costs a stored hash may have: below is no protection, above stalls a thread for minutes
+# to hours per check (a caller-chosen cost-31 hash was a denial of service).
+BCRYPT_MIN_COST = 4
+BCRYPT_MAX_COST = 14
+_BCRYPT_RE = re.compile(r"\$2[abxy]?\$(\d\d)\$[./A-Za-z0-9]{53}")
+
+
+def bcrypt_cost(pwhash: str) -> int | None:
+    """The cost of a well-formed bcrypt hash, else None."""
+    match = _BCRYPT_RE.fullmatch(pwhash)
+    return int(match.group(1)) if match else None
+
+
+def acceptable_pwhash(pwhash: object) -> str | None:
+    """Why ``pwhash`` may not be stored, or None if it may."""
+    if not isinstance(pwhash, str):
+        return "pwhash must be a bcrypt hash"
+    cost = bcrypt_cost(pwhash)
+    if cost is None:
+        return "pwhash must be a bcrypt hash"
+    if not BCRYPT_MIN_COST <= cost <= BCRYPT_MAX_COST:
+        return f"bcrypt cost {cost} is outside {BCRYPT_MIN_COST}..{BCRYPT_MAX_COST}"
+    return None
+
+
+def bcrypt_rounds(text: str | int) -> int:
+    """A --bcrypt-rounds value: a cost whose hashes check_password will accept."""
+    rounds = int(text)
+    if not BCRYPT_MIN_COST <= rounds <= BCRYPT_MAX_COST:
+        raise ValueError(f"bcrypt rounds must be {BCRYPT_MIN_COST}..{BCRYPT_MAX_COST}")
+    return rounds
+
+
 def check_password(password: str, pwhash: str) -> bool:
-    if not pwhash.startswith("$2"):
+    """False for wrong passwords and for hashes of a cost we refuse to spend time on."""
+    if acceptable_pwhash(pwhash) is not None:
         return False
     try:
         return bcrypt.checkpw(_prepare(password), pwhash.encode("ascii"))
@@ -167,12 +202,28 @@ def acl_allows(acl: list[str], user: str | None) -> bool:
     return False
 
 
-def can_manage_user(actor: str | None, target: str) -> bool:
-    return actor is not None and (actor == "root" or actor == target)
+def can_manage_user(actor: str | None, target: str, restrict: list[str] | None = None) -> bool:
+    """root and the user itself; with --restrict-modify, root and the listed users instead."""
+    if actor is None:
+        return False
+    if restrict is not None:
+        return actor == "root" or actor in restrict
+    return actor == "root" or actor == target
 
 
-def can_manage_index(actor: str | None, owner: str) -> bool:
-    return can_manage_user(actor, owner)
+def can_manage_index(actor: str | None, owner: str, restrict: list[str] | None = None) -> bool:
+    return can_manage_user(actor, owner, restrict)
+
+
+def can_create_user(actor: str | None, restrict: list[str] | None) -> bool:
+    """Open registration unless --restrict-modify names who may create users."""
+    return restrict is None or can_manage_user(actor, "", restrict)
+
+
+def can_set_mirror(actor: str | None, mirror_admins: list[str]) -> bool:
+    """Creating mirror indexes and choosing mirror_url (what devpid connects to): root and
+    --mirror-admins (``:AUTHENTICATED:`` there restores devpi's "any user")."""
+    return actor is not None and (actor == "root" or acl_allows(mirror_admins, actor))
 
 
 def can_upload(actor: str | None, owner: str, acl_upload: list[str]) -> bool:
@@ -182,4 +233,10 @@ def can_upload(actor: str | None, owner: str, acl_upload: list[str]) -> bool:
 
 
 def can_delete_entry(actor: str | None, owner: str, acl_upload: list[str]) -> bool:
-    return can_manage_index(actor, owner) or (actor is not None and acl_allows(acl_upload, actor))
+    """Delete and yank: root, the owner and users *named* in acl_upload. Unlike devpi, the
+    special principals (``:ANONYMOUS:``, ``:AUTHENTICATED:``) grant uploads only, so an open
+    upload index does not let every logged-in user delete its releases."""
+    if can_manage_index(actor, owner):
+        return True
+    named = [p for p in acl_upload if not p.startswith(":")]
+    return actor is not None and actor in named

@@ -15,8 +15,9 @@ safe while the server runs:
 
 What counts as live: the ``sha256`` and ``metadata_sha256`` of every ``file/``, ``doc/`` and
 ``toxresult/`` record (what export and replication copy), and the upstream-declared hashes of
-the files and core metadata on cached mirror pages (a replica keeps mirror files it fetched
-itself under those digests, before the primary's record arrives).
+the files and core metadata on cached mirror pages, for blobs that mirror fetched from its own
+upstream (a replica keeps mirror files it fetched itself under those digests, before the
+primary's record arrives; another index's blob under a digest a page claims is not kept).
 """
 
 from __future__ import annotations
@@ -66,14 +67,23 @@ class SweepReport:
         )
 
 
-def live_blobs(view: ReadView) -> set[str]:
-    """Every digest a current record names (see the module docstring)."""
+def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
+    """Every digest a current record names (see the module docstring).
+
+    A digest a mirror page declares counts only if that mirror fetched the blob from its
+    own upstream (``BlobStore.fetched_by``): a page cannot keep another index's blob alive.
+    """
     live: set[str] = set()
     for kind in keys.RECORD_KINDS:
         for key, value in view.items(kind + "/"):
             live.update(keys.record_blobs(key, value))
-    for _key, value in view.items("mirror/"):
-        live.update(keys.mirror_page_blobs(value))
+    if blobs is None:
+        return live
+    for key, value in view.items("mirror/"):
+        parts = key.split("/")
+        stage = "/".join(parts[1:3])
+        live.update(d for d in keys.mirror_page_blobs(value)
+                    if d not in live and blobs.fetched_by(stage, d))
     return live
 
 
@@ -144,6 +154,8 @@ def sweep(
                 continue
         report.removed += 1
         report.freed_bytes += st.st_size
+    if not dry_run and report.removed:
+        blobs.forget_stale_origins()
     return report
 
 
@@ -152,13 +164,14 @@ def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
 
     Its own connection, so a sweep in a worker thread never shares the server's.
     """
+    blobs = BlobStore(db.parent / "+blobs")  # the server directory's layout (open_store)
 
     def read() -> tuple[int, set[str]]:
         store = SQLiteStore(db, readonly=True)
         try:
             # One read transaction: the live set is of one serial, never half of a commit.
             with store.read_snapshot() as serial:
-                return serial, live_blobs(store)
+                return serial, live_blobs(store, blobs)
         finally:
             store.close()
 

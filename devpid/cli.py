@@ -13,6 +13,7 @@ import getpass
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from devpid import auth
 from devpid.tap import default_serverdir
@@ -42,6 +43,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"devpid: initialised {serverdir}")
     if args.root_password is None:
         print(f"devpid: root password (shown once, keep it): {password}")
+        print(f"devpid: to set a new one: devpid passwd root --serverdir {serverdir}")
     print(f"devpid: start it with: twistd -n --pidfile= devpid --serverdir {serverdir}")
     return 0
 
@@ -83,12 +85,24 @@ def _add_serverdir(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistyped option: the error and a hint, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        from devpid.firstscreen import usage_hint
+
+        self.exit(2, usage_hint(self.prog, Exception(message)) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from devpid.firstscreen import version_text
+
+    parser = _Parser(
         prog="devpid",
         description="Administer a devpid server directory. "
         "Run the server with: twistd -n devpid --serverdir DIR",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a server directory with root and root/pypi")
@@ -96,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-password", help="root's password (default: generate and print one)")
     p.add_argument("--no-root-pypi", action="store_true", help="do not create root/pypi")
     p.add_argument("--mirror-url", help="upstream simple index for root/pypi (default: PyPI)")
-    p.add_argument("--bcrypt-rounds", type=int, default=auth.DEFAULT_BCRYPT_ROUNDS,
+    p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
+                   default=auth.DEFAULT_BCRYPT_ROUNDS,
                    help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_init)
 
@@ -104,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serverdir(p)
     p.add_argument("user")
     p.add_argument("--password", help="the new password (default: prompt, or read stdin)")
-    p.add_argument("--bcrypt-rounds", type=int, default=auth.DEFAULT_BCRYPT_ROUNDS,
+    p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
+                   default=auth.DEFAULT_BCRYPT_ROUNDS,
                    help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_passwd)
 

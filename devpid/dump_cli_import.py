@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hard-link files from the dump instead of copying them")
     parser.add_argument("--root-password",
                         help="set root's password (default: keep the one in the dump)")
-    parser.add_argument("--bcrypt-rounds", type=int, default=auth.DEFAULT_BCRYPT_ROUNDS,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
+                        default=auth.DEFAULT_BCRYPT_ROUNDS, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:

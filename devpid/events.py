@@ -28,8 +28,10 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
+from devpid.netpolicy import guarded_agent
+from devpid.redact import redact_webhook
 from devpid.store.base import Changes
 
 log = Logger()
@@ -267,7 +269,10 @@ class WebhookHook:
         self._pool: HTTPConnectionPool | None = None
         if http is None:
             self._pool = HTTPConnectionPool(server.reactor, persistent=True)
-            http = HTTPClient(Agent(server.reactor, pool=self._pool))
+            # Same address rules as mirrors: a webhook URL is no way into the inside.
+            agent = guarded_agent(server.reactor, self._pool,
+                                  allow_private=server.settings.allow_private_addresses)
+            http = HTTPClient(agent)
         self.http = http
         self._delivered: tuple[int, set[tuple[str, str]]] = (-1, set())
 
@@ -328,7 +333,8 @@ class WebhookHook:
                         raise RuntimeError(f"answered {response.code}")
                     done.add((stage, url))
                 except Exception as e:
-                    failures.append(f"{url}: {type(e).__name__}: {e}")
+                    # /+status shows this: never the URL's path or query (the token)
+                    failures.append(f"{redact_webhook(url)}: {type(e).__name__}: {e}")
         if failures:
             raise RuntimeError("webhook delivery failed: " + "; ".join(failures))
 

@@ -68,6 +68,9 @@ class GenConfigOptions:
     # files or uploads, and doubles memory (bench/RESULTS-workers2.md). --workers N opts in.
     workers: int = 1
     cache_dir: Path = Path("/var/cache/nginx/devpid")
+    # Who may create users and indexes (twistd's --restrict-modify): a public-facing
+    # deployment has no open registration unless asked for ("" = anyone may register).
+    restrict_modify: str = "root"
 
     def effective_outside_url(self) -> str:
         """The explicit outside URL, else the nginx site's own address."""
@@ -200,7 +203,20 @@ def values(opts: GenConfigOptions) -> dict[str, str]:
         "page_cache": _page_cache(opts.page_cache_seconds),
         "file_check_cache": _file_check_cache(opts.page_cache_seconds),
         "workers": _check_workers(opts.workers),
+        "restrict_modify": _restrict_modify(opts.restrict_modify),
     }
+
+
+_PRINCIPALS = re.compile(r"(:?[A-Za-z0-9][A-Za-z0-9._@-]*:?)(,:?[A-Za-z0-9][A-Za-z0-9._@-]*:?)*")
+
+
+def _restrict_modify(value: str) -> str:
+    """`` --restrict-modify a,b`` for ExecStart, or nothing for open registration."""
+    if value == "":
+        return ""
+    if not _PRINCIPALS.fullmatch(value):
+        raise ValueError(f"restrict_modify must be user names separated by commas, got {value!r}")
+    return f" --restrict-modify {value}"
 
 
 def _check_workers(workers: int) -> str:
@@ -343,6 +359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=d.workers,
                         help=f"devpid processes sharing the port (default {d.workers}; more "
                         "help only page-heavy loads, see README)")
+    parser.add_argument("--restrict-modify", default=d.restrict_modify,
+                        help="users who may create users and indexes (default "
+                        f"{d.restrict_modify}; '' = anyone may register)")
     parser.add_argument("--output", default="gen-config",
                         help="directory to write the files to (default ./gen-config)")
 
@@ -377,6 +396,7 @@ def main(args: argparse.Namespace) -> int:
         page_cache_seconds=args.page_cache_seconds,
         workers=args.workers,
         cache_dir=Path(os.path.abspath(Path(args.cache_dir).expanduser())),
+        restrict_modify=args.restrict_modify,
     )
     try:
         paths = write(opts, Path(args.output))

@@ -138,6 +138,17 @@ def resolve(server: Any, stage: str, project: str) -> Resolution:
     return Resolution(contributing, blocked, private_hit)
 
 
+async def ensure_mirrors(server: Any, stage: str, project: str) -> None:
+    """Have every mirror in ``stage``'s resolution order fetched (or refreshed) ``project``,
+    as a simple page does before collect_links; views that show a project need it too."""
+    mirror = server.components.get("mirror")
+    if mirror is None:
+        return
+    for name, config in resolve(server, stage, project).stages:
+        if config.get("type") == "mirror":
+            await mirror.ensure(name, config, project)
+
+
 async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Link], bool]:
     """All links of ``project`` as seen through ``stage``; and whether anything knows it.
 

@@ -65,6 +65,12 @@ _SERVER = [
 _MIRROR = [  # labelled with the mirror's stage
     ("mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row.",
      "consecutive_failures"),
+    ("mirror_upstream_failures_total", "counter",
+     "Failed upstream requests (errors, timeouts, answers that are no valid page).",
+     "failures_total"),
+    ("mirror_download_failures_total", "counter",
+     "File downloads that failed (stalled, too slow, cut off, wrong hash, disk full).",
+     "download_failures"),
     ("mirror_upstream_last_success_timestamp_seconds", "gauge",
      "When the upstream last answered.", "last_success"),
     ("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.",
@@ -81,6 +87,14 @@ _GC = [
     ("blob_gc_removed_total", "counter", "Unreferenced files removed.", "removed_total"),
     ("blob_gc_freed_bytes_total", "counter", "Bytes freed by sweeps.", "freed_bytes_total"),
     ("blob_gc_failures", "gauge", "Failed sweeps in a row.", "failures"),
+]
+_CONNECTIONS = [  # per process (see devpid.web.connections)
+    ("connections_open", "gauge", "Open client connections.", "open"),
+    ("connections_limit", "gauge", "The --max-connections in effect.", "limit"),
+    ("connections_evicted_total", "counter", "Idle connections dropped at the limit.",
+     "evicted"),
+    ("connections_refused_total", "counter", "Connections answered 503 at the limit.",
+     "refused"),
 ]
 
 
@@ -148,6 +162,8 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
             (gc.get("last") or {}).get("finished")
         )
         out.add_all(_GC, gc)
+    if isinstance(status.get("connections"), dict):
+        out.add_all(_CONNECTIONS, status["connections"])
     for name, kind, help_text, value in _process():
         family(name, kind, help_text).add(value)
     return "".join(_lines(out.values())).encode()

@@ -17,6 +17,7 @@ within +-60 s of the primary's clock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -32,6 +33,7 @@ from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredQueue
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,11 +41,14 @@ from twisted.web import server as twserver
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.static import File
+from twisted.web.resource import Resource
+from twisted.web.static import File, NoRangeStaticProducer
+from zope.interface import implementer
 
 from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
+from devpid.store.sqlite import ChangelogReader, encode_value
 from devpid.web.app import DevpidServer, app, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, status_reason
 
@@ -56,7 +61,11 @@ HOLD_SECONDS = 30.0  # how long the primary keeps a caught-up changelog response
 HEARTBEAT_SECONDS = 5.0  # blank line written while holding, so replicas detect dead peers
 IDLE_TIMEOUT = 3 * HEARTBEAT_SECONDS  # replica aborts a stream silent for this long
 MAX_ENTRIES = 1000  # entries per response; a replica further behind re-polls at once
-MAX_LINE = 256 * 1024 * 1024
+BATCH = 16  # entries read from the database and written at once
+# Entries up to INLINE_MAX bytes travel inline as one line; larger ones (any size the store
+# holds) as a reference line the replica follows with GET /+changelog/N, spooled to disk.
+INLINE_MAX = 1024 * 1024
+MAX_LINE = INLINE_MAX + 1024  # so a misbehaving primary cannot make a replica buffer more
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 WRITE_METHODS = frozenset({b"PUT", b"POST", b"PATCH", b"DELETE", b"PUSH"})
@@ -144,8 +153,10 @@ class PrimaryFeed:
         return stream.done
 
 
+@implementer(IPushProducer)
 class _FeedStream:
-    """One held-open changelog response."""
+    """One held-open changelog response; a push producer, so a slow replica pauses the
+    feed instead of having entries pile up in the transport's buffer."""
 
     def __init__(self, feed: PrimaryFeed, request: Any, since: int) -> None:
         self.feed = feed
@@ -157,6 +168,19 @@ class _FeedStream:
         self.done: Deferred[bytes] = Deferred(lambda _d: self._cleanup())
         self._pending_wake: Any = None
         self._timers: list[Any] = []
+        self.paused = False
+        self._registered = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.pump()
+
+    def stopProducing(self) -> None:
+        self._cleanup()
 
     def start(self) -> None:
         request = self.request
@@ -166,6 +190,8 @@ class _FeedStream:
         request.setHeader(b"X-Devpid-Serial", str(self.feed.server.store.serial).encode())
         self._timers.append(self.clock.callLater(HOLD_SECONDS, self.end))
         self._timers.append(self.clock.callLater(HEARTBEAT_SECONDS, self._heartbeat))
+        request.registerProducer(self, True)
+        self._registered = True
         self.pump()
 
     def wake(self) -> None:
@@ -182,16 +208,13 @@ class _FeedStream:
             return
         try:
             store = self.feed.server.store
-            while self.next <= store.serial:
-                rows = store.changelog_since(self.next, min(100, MAX_ENTRIES - self.sent))
+            while not self.paused and self.next <= store.serial:
+                # At most BATCH entries (of up to INLINE_MAX each) in memory at a time.
+                rows = store.changelog_rows_since(
+                    self.next, min(BATCH, MAX_ENTRIES - self.sent), INLINE_MAX)
                 if not rows:
                     break
-                lines = [
-                    json.dumps({"serial": s, "changes": c}, separators=(",", ":")).encode()
-                    + b"\n"
-                    for s, c in rows
-                ]
-                self.request.write(b"".join(lines))
+                self.request.write(b"".join(entry_line(*row) for row in rows))
                 self.next = rows[-1][0] + 1
                 self.sent += len(rows)
                 if self.sent >= MAX_ENTRIES:
@@ -221,11 +244,40 @@ class _FeedStream:
     def _cleanup(self) -> None:
         self.finished = True
         self.feed.streams.discard(self)
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                self.request.unregisterProducer()
         for timer in [*self._timers, self._pending_wake]:
             if timer is not None and timer.active():
                 timer.cancel()
         self._timers.clear()
         self._pending_wake = None
+
+
+def entry_line(serial: int, size: int, text: str | None) -> bytes:
+    """One changelog line: the stored JSON text as is (no re-encoding on the reactor), or,
+    for an entry larger than INLINE_MAX, a reference the replica fetches as a stream."""
+    if text is None:
+        return b'{"serial":%d,"size":%d}\n' % (serial, size)
+    return b'{"serial":%d,"changes":%s}\n' % (serial, text.encode("ascii"))
+
+
+class _EntryResource(Resource):
+    """``GET /+changelog/N``: one entry's JSON text, streamed from the database in chunks."""
+
+    isLeaf = True
+
+    def __init__(self, reader: ChangelogReader) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", str(self.reader.size).encode())
+        NoRangeStaticProducer(request, self.reader).start()
+        return twserver.NOT_DONE_YET
 
 
 def _feed(server: DevpidServer) -> PrimaryFeed:
@@ -246,6 +298,15 @@ def changelog_feed(server: DevpidServer, request: Any) -> Deferred[bytes]:
     if since < 0:
         raise HTTPError(400, "since must not be negative")
     return _feed(server).open_stream(request, replica_uuid, since)
+
+
+@app.route("/+changelog/<int:serial>", methods=["GET"])
+def changelog_entry(server: DevpidServer, request: Any, serial: int) -> Any:
+    check_auth(server, request, f"/+changelog/{serial}")
+    reader = server.store.open_changelog(serial)
+    if reader is None:
+        raise not_found(f"serial {serial} is not in the changelog")
+    return _EntryResource(reader)
 
 
 @app.route("/+blob/<sha256>", methods=["GET"])
@@ -556,21 +617,25 @@ class ReplicaFollower(service.Service):
     async def _apply_line(self, line: bytes) -> None:
         try:
             entry = json.loads(line)
-            serial, changes = entry["serial"], entry["changes"]
+            serial = entry["serial"]
+            changes = entry["changes"] if "size" not in entry else None
         except (ValueError, KeyError, TypeError):
             raise ReplicationError(f"garbage in the changelog: {line[:80]!r}") from None
-        if not isinstance(serial, int) or not isinstance(changes, dict):
+        if not isinstance(serial, int) or not isinstance(changes, dict | None):
             raise ReplicationError(f"malformed changelog entry: {line[:80]!r}")
         current = self.store.serial
         if serial <= current:
             return  # already applied (e.g. a repeated entry after a reconnect)
         if serial != current + 1:
             raise ReplicationError(f"gap in the changelog: got {serial}, expected {current + 1}")
+        encoded: dict[str, str] | None = None
+        if changes is None:  # a large entry: streamed on its own request
+            changes, encoded = await self.fetch_entry(serial)
         for sha256 in blobs_of(changes):
             await self.fetch_blob(sha256)
         if self.store.serial != current:  # cannot happen (one loop), but never double-apply
             return
-        self.store.apply_serial(serial, changes)
+        self.store.apply_serial(serial, changes, encoded)
         if self.primary_serial is None or serial > self.primary_serial:
             self.primary_serial = serial
         self._healthy()
@@ -580,6 +645,42 @@ class ReplicaFollower(service.Service):
         self.last_contact = time.time()
         self.last_error = None
         self.backoff = BACKOFF_START
+
+    async def fetch_entry(self, serial: int) -> tuple[Changes, dict[str, str]]:
+        """A large changelog entry: spooled to a temp file, parsed and its values encoded
+        for the store in a worker thread (so applying it only writes on the reactor)."""
+        blobs = self.server.blobs
+        path = f"/+changelog/{serial}"
+        response = await self.http.get(
+            self.primary_url + path,
+            headers=self._auth(path),
+            unbuffered=True,
+            timeout=self.server.settings.request_timeout,
+        )
+        if response.code != 200:
+            body = await _read_small(response, self.clock)
+            raise ReplicationError(
+                f"fetching serial {serial}: primary answered {response.code}: {_message(body)}"
+            )
+        f, tmp = blobs.new_temp()
+        try:
+            def on_data(data: bytes) -> None:
+                f.write(data)
+
+            reader = _BodyReader(self.clock, IDLE_TIMEOUT, on_data)
+            response.deliverBody(reader)
+            try:
+                await reader.done
+            finally:
+                reader.abort()
+            f.close()
+            changes, encoded = await self.server.in_thread(_load_entry, tmp)
+        finally:
+            f.close()
+            blobs.discard(tmp)
+        if not isinstance(changes, dict):
+            raise ReplicationError(f"serial {serial} arrived malformed (not a JSON object)")
+        return changes, encoded
 
     async def fetch_blob(self, sha256: str) -> None:
         """Copy one blob from the primary, verifying its hash before it gets its name."""
@@ -642,6 +743,18 @@ class ReplicaFollower(service.Service):
         self.primary_uuid = uuid
         self.server.components["primary_uuid"] = uuid
         log.info("replicating primary {uuid} at {url}", uuid=uuid, url=self.primary_url)
+
+
+def _load_entry(path: Path) -> tuple[Any, dict[str, str]]:
+    """Parse a spooled changelog entry and encode its values as the store will. Thread."""
+    try:
+        with open(path, "rb") as f:
+            changes = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReplicationError(f"a streamed changelog entry is not valid JSON: {e}") from None
+    if not isinstance(changes, dict):
+        return changes, {}
+    return changes, {key: encode_value(value) for key, value in changes.items()}
 
 
 def blobs_of(changes: Changes) -> list[str]:

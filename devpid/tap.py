@@ -27,7 +27,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from devpid import auth
+from devpid import auth, firstscreen
 from devpid.store import is_initialised, open_store
 
 log = Logger()
@@ -49,6 +49,10 @@ def parse_size(text: str) -> int:
         raise usage.UsageError(f"not a size: {text!r} (use e.g. 500M or 1G)") from None
 
 
+def _comma_list(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
 class Options(usage.Options):
     """Options of ``twistd devpid``."""
 
@@ -64,6 +68,9 @@ class Options(usage.Options):
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
         ["outside-url", None, None, "URL under which clients reach this server"],
         ["request-timeout", None, 5.0, "seconds to wait for an upstream or primary", float],
+        ["mirror-min-rate", None, 1024.0,
+         "bytes/s a mirror file download must average over each --request-timeout window; "
+         "slower ones are aborted (0 = only a full stall aborts)", float],
         ["secretfile", None, None, "file holding the token secret (default SERVERDIR/.secret)"],
         ["log-format", None, "text", "log format on stdout: text or json"],
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
@@ -77,12 +84,37 @@ class Options(usage.Options):
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["mirror-file-hosts", None, "",
+         "comma-separated extra hosts mirror file URLs may point at (* = any public host)"],
+        ["mirror-admins", None, "root",
+         "comma-separated users who may create mirror indexes and set mirror_url"],
+        ["body-timeout", None, 60.0,
+         "seconds a request body may take (plus one per 64 KiB); slower gets 408", float],
+        ["max-login-failures", None, 10,
+         "wrong passwords per user and minute before password checks get 429 (0 = no limit)",
+         int],
+        ["restrict-modify", None, None,
+         "comma-separated users who may create users and indexes (default: anyone may "
+         "register and create own indexes); root always may"],
+        ["header-timeout", None, 10.0,
+         "seconds a client may take to send a request's head (else 408 and close)", float],
+        ["idle-timeout", None, 60.0,
+         "seconds a keep-alive connection may wait for its next request", float],
+        ["max-connections", None, 4096,
+         "open client connections per process; beyond, idle ones are dropped, else 503", int],
     ]
     optFlags = [
         ["init", None, "initialise the server directory if it is new"],
         ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
         ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+        ["allow-private-addresses", None,
+         "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
+
+    def opt_version(self) -> None:
+        """Print devpid's version and exit."""
+        print(firstscreen.version_text())
+        sys.exit(0)
 
     def postOptions(self) -> None:
         self["serverdir"] = Path(self["serverdir"] or default_serverdir()).expanduser().resolve()
@@ -90,8 +122,16 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["port"] < 0 or self["port"] > 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
+        if self["body-timeout"] <= 0:
+            raise usage.UsageError("--body-timeout must be positive")
+        try:
+            auth.bcrypt_rounds(self["bcrypt-rounds"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bcrypt-rounds: {e}") from None
         if self["request-timeout"] <= 0:
             raise usage.UsageError("--request-timeout must be positive")
+        if self["mirror-min-rate"] < 0:
+            raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
@@ -101,10 +141,32 @@ class Options(usage.Options):
         for key in ("gc-interval", "gc-grace"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("mirror-file-hosts", "mirror-admins"):
+            self[key] = _comma_list(self[key])
+        if self["restrict-modify"] is not None:
+            self["restrict-modify"] = _comma_list(self["restrict-modify"])
+        for key in ("header-timeout", "idle-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
+
+
+class TwistdOptions(Options):
+    """The options as ``twistd devpid`` parses them (see twisted/plugins/devpid_plugin.py)."""
+
+    def parseOptions(self, options: Any = None) -> None:
+        """A mistyped option: the error and a hint, not twistd's whole option table (which
+        twistd prints before the error when a UsageError reaches it)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            print(firstscreen.usage_hint("twistd devpid", e), file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class DevpidService(service.MultiService):
@@ -122,7 +184,7 @@ class DevpidService(service.MultiService):
                 if self.log_format == "json"
                 else textFileLogObserver(sys.stdout)
             )
-            setComponent(ILogObserver, observer)
+            setComponent(ILogObserver, firstscreen.quiet(observer))
         super().setServiceParent(parent)
 
 
@@ -176,7 +238,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             bcrypt_rounds=options["bcrypt-rounds"],
         )
         if options["root-password"] is None:
-            print(f"devpid: generated root password: {password}", flush=True)
+            print(firstscreen.generated_password_text(password, serverdir), flush=True)
 
     secretfile = Path(options["secretfile"]) if options["secretfile"] else serverdir / ".secret"
     try:
@@ -192,6 +254,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         port=options["port"],
         outside_url=options["outside-url"],
         request_timeout=options["request-timeout"],
+        mirror_min_rate=options["mirror-min-rate"],
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],
@@ -202,6 +265,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         workers=options["workers"],
         gc_interval=options["gc-interval"],
         gc_grace=options["gc-grace"],
+        allow_private_addresses=bool(options["allow-private-addresses"]),
+        mirror_file_hosts=options["mirror-file-hosts"],
+        mirror_admins=options["mirror-admins"],
+        restrict_modify=options["restrict-modify"],
+        max_login_failures=options["max-login-failures"],
+        body_timeout=options["body-timeout"],
+        header_timeout=options["header-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
     )
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     server = DevpidServer(settings, store, blobs, secret, reactor, pool)
@@ -209,16 +281,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = DevpidService(options["log-format"])
     StoreService(store).setServiceParent(top)
     ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(server.passwords.pool).setServiceParent(top)
     for extra in _extra_services(server):
         extra.setServiceParent(top)
 
     if options["workers"] > 1:
         _add_workers(options, server, top, reactor, secretfile)
+        firstscreen.Announcement(server).setServiceParent(top)
         return top
-    endpoint_desc = options["listen"] or f"tcp:{options['port']}:interface={options['host']}"
+    # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
+    endpoint_desc = options["listen"] or (
+        f"tcp:{options['port']}:interface={options['host']}:backlog=1024")
     endpoint = serverFromString(reactor, endpoint_desc)
     site_service = StreamServerEndpointService(endpoint, make_site(server))
     site_service.setServiceParent(top)
+    firstscreen.Announcement(server, site_service).setServiceParent(top)
     if options["portfile"]:
         _write_port_when_listening(site_service, Path(options["portfile"]), server)
     return top
@@ -300,4 +377,4 @@ def _write_port_when_listening(site_service: Any, path: Path, server: Any) -> No
     site_service.privilegedStartService = start
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "TwistdOptions", "makeService"]

@@ -203,6 +203,7 @@ def worker_main(config: dict[str, Any]) -> None:
         lambda: {"workers": {"count": config["settings"]["workers"], "this": config["index"]}})
     top = service.MultiService()
     ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(server.passwords.pool).setServiceParent(top)
     ExternalCommits(store).setServiceParent(top)
     for extra in services.build(server, worker=True):
         extra.setServiceParent(top)

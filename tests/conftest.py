@@ -94,6 +94,9 @@ class Devpid:
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     logfile: Path | None = None
+    # The fake upstreams and webhook receivers listen on loopback, which devpid refuses to
+    # connect to by default; and one daemon serves many tests' wrong passwords.
+    allow_private: bool = True
 
     @property
     def url(self) -> str:
@@ -108,6 +111,8 @@ class Devpid:
             tool("twistd"), "-n", "--pidfile=", "devpid",
             "--serverdir", str(self.serverdir), "--host", "127.0.0.1",
             "--portfile", str(portfile), "--bcrypt-rounds", "4",
+            *(["--allow-private-addresses", "--max-login-failures", "0"]
+              if self.allow_private else []),
             *port_args, *self.args,
         ]
         log = open(self.logfile, "ab")  # noqa: SIM115 (kept open for the process)
@@ -201,12 +206,12 @@ def start_devpid(tmp_path: Path) -> Iterator[Any]:
 
     def start(
         *args: str, upstream_url: str | None = None, init: bool = True, name: str = "server",
-        root_pypi: bool = True,
+        root_pypi: bool = True, allow_private: bool = True,
     ) -> Devpid:
         serverdir = tmp_path / name
         if init and not serverdir.exists():
             init_serverdir(serverdir, upstream_url, root_pypi=root_pypi)
-        server = Devpid(serverdir, args=list(args)).start()
+        server = Devpid(serverdir, args=list(args), allow_private=allow_private).start()
         started.append(server)
         return server
 

@@ -179,3 +179,46 @@ def test_global_headers_and_api(devpid_server: Devpid) -> None:
     r = requests.get(devpid_server.url + "/+api",
                      headers={"X-Outside-Url": "https://pkgs.example.test/sub"})
     assert r.json()["result"]["login"] == "https://pkgs.example.test/sub/+login"
+
+
+def test_deep_big_and_non_standard_json_is_a_400(devpid_server: Devpid,
+                                                 alice: tuple[str, str]) -> None:
+    """Issue 19: JSON nested ~1,000 deep was a RecursionError 500; nesting and size of any
+    user-supplied JSON are bounded, and NaN/Infinity (not JSON) are refused."""
+    name = alice[0]
+    r = devpid_server.json("PUT", f"/{name}/deep", auth=alice, json={})
+    assert r.status_code == 200, r.text
+    before = snapshot(devpid_server)
+
+    def config(custom: str) -> str:
+        return '{"custom_data": ' + custom + ', "password": "x"}'
+
+    bodies = {
+        "nested 1000": (config("[" * 1000 + "]" * 1000), "nested deeper"),
+        "nested 25": (config("[" * 25 + "]" * 25), "nested deeper"),
+        "too big": (config('"' + "x" * (1024 * 1024 + 1) + '"'), "larger than"),
+        "NaN": (config("NaN"), "could not decode"),
+        "Infinity": (config("[Infinity]"), "could not decode"),
+    }
+    routes = [
+        ("PUT", f"/newuser{name}"),
+        ("POST", "/+login"),
+        ("PATCH", f"/{name}"),
+        ("PUT", f"/{name}/other"),
+        ("PATCH", f"/{name}/deep"),
+        ("POST", f"/{name}/deep/some-pkg/1.0/+yank"),
+        ("POST", f"/{name}/deep"),  # push
+    ]
+    headers = {"Content-Type": "application/json"}
+    for label, (body, fragment) in bodies.items():
+        for method, path in routes:
+            r = devpid_server.json(method, path, auth=alice, data=body.encode(), headers=headers)
+            assert r.status_code == 400, (label, method, path, r.status_code, r.text[:200])
+            assert_json_error(r, 400, fragment)
+    assert snapshot(devpid_server) == before
+    # moderate nesting is fine
+    ok = {"custom_data": {"a": [[{"b": [1, 2, {"c": None}]}]]}}
+    r = devpid_server.json("PATCH", f"/{name}", auth=alice, json=ok)
+    assert r.status_code == 200, r.text
+    assert devpid_server.json("GET", f"/{name}").json()["result"]["custom_data"] == ok[
+        "custom_data"]

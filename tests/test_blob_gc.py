@@ -65,7 +65,12 @@ def test_sweep_keeps_what_records_name_and_removes_the_rest(tmp_path: Path) -> N
              "hashes": {"sha256": mirrored.upper()}, "core_metadata": {"sha256": mirrored_meta}},
             {"filename": "b-2.whl", "path": "root/pypi/+f/x/z/b-2.whl", "hashes": {}},
         ]})
-    assert live_blobs(store) == {wheel, meta, doc, mirrored, mirrored_meta}
+    # the mirror's blobs count only once root/pypi fetched them from its own upstream
+    assert live_blobs(store, blobs) == {wheel, meta, doc}
+    blobs.mark_fetched("root/pypi", mirrored)
+    blobs.mark_fetched("root/pypi", mirrored_meta)
+    blobs.mark_fetched("other/mirror", orphan)  # another mirror's fetch keeps nothing here
+    assert live_blobs(store, blobs) == {wheel, meta, doc, mirrored, mirrored_meta}
     assert len(list(stored_blobs(blobs.root))) == 7
 
     dry = sweep(blobs, read_live_from(tmp_path / "s" / DB_NAME), dry_run=True)

@@ -99,10 +99,11 @@ def client_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def suite_server(tmp_path: Path, start_devpid: Any) -> Iterator[Devpid]:
-    """A fresh daemon as ``devpi-init --no-root-pypi`` leaves devpi-server."""
+    """A fresh daemon as ``devpi-init --no-root-pypi`` leaves devpi-server (and with its
+    policy: any user may make mirrors, here of the suite's upstream on loopback)."""
     run([tool("devpid"), "init", "--serverdir", str(tmp_path / "server"), "--root-password",
          "", "--no-root-pypi", "--bcrypt-rounds", "4"], dict(os.environ))
-    yield start_devpid(init=False)
+    yield start_devpid(*devpi_server_shim.DEVPI_POLICY, init=False)
 
 
 @pytest.mark.slow

@@ -194,8 +194,8 @@ def test_mirror_project_json_fetches_upstream(
     name = f"mirrored-{alice[0]}"
     upstream.add(make_wheel(tmp_path, name, "1.0"))
     upstream.add(make_wheel(tmp_path, name, "1.1"))
-    stage = make_index(devpid_server, alice, "mirror", type="mirror",
-                       mirror_url=upstream.url)
+    stage = make_index(devpid_server, ("root", ROOT_PASSWORD), f"mirror-{alice[0]}",
+                       type="mirror", mirror_url=upstream.url)  # mirrors are root's to make
     client_logged_in(devpid_server, env, alice, stage)
     out = devpi(env, "list", name)
     assert f"{name.replace('-', '_')}-1.1-py3-none-any.whl" in out, out
@@ -240,8 +240,8 @@ def test_mirror_links_without_hash_use_devpis_layout(
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         port = httpd.server_address[1]
-        stage = make_index(devpid_server, alice, "plainmirror", type="mirror",
-                           mirror_url=f"http://127.0.0.1:{port}/simple/")
+        stage = make_index(devpid_server, ("root", ROOT_PASSWORD), f"plain-{alice[0]}",
+                           type="mirror", mirror_url=f"http://127.0.0.1:{port}/simple/")
         client_logged_in(devpid_server, env, alice, stage)
         out = devpi(env, "list", "hashless")
         expected = f"{devpid_server.url}/{stage}/+e/http_127.0.0.1_{port}_files/hashless-1.0.zip"
@@ -264,11 +264,12 @@ def test_mirror_without_url_mirrors_the_default_upstream(
     upstream (root/pypi's), which is not contacted until a project is asked for."""
     from devpid.init import default_upstream_url
 
-    client_logged_in(devpid_server, env, alice)
-    out = devpi(env, "index", "-c", "plain", "type=mirror")
+    client_logged_in(devpid_server, env, ("root", ROOT_PASSWORD))
+    name = f"plain-{alice[0]}"
+    out = devpi(env, "index", "-c", name, "type=mirror")
     assert f"mirror_url={default_upstream_url()}" in out, out
-    out = devpi(env, "use", "plain")
-    assert f"current devpi index: {devpid_server.url}/{alice[0]}/plain" in out, out
+    out = devpi(env, "use", name)
+    assert f"current devpi index: {devpid_server.url}/root/{name}" in out, out
     status = devpid_server.json("GET", "/+status").json()["result"]
-    state = status.get("mirrors", {}).get(f"{alice[0]}/plain", {})
+    state = status.get("mirrors", {}).get(f"root/{name}", {})
     assert not state.get("last_success") and not state.get("last_failure"), state

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Devpid
+from tests.conftest import ROOT_PASSWORD, Devpid
 from tests.support.fakepypi import FakePyPI
 from tests.support.pkgbuild import make_wheel
 from tests.test_private_index import devpi, make_index, upload_ok
@@ -77,8 +77,8 @@ def test_index_shapes(devpid_server: Devpid, env: dict[str, str],
 def test_api_shapes(devpid_server: Devpid, env: dict[str, str], alice: tuple[str, str],
                     upstream: FakePyPI) -> None:
     stage = make_index(devpid_server, alice, "apis")
-    mirror = make_index(devpid_server, alice, "apimirror", type="mirror",
-                        mirror_url=upstream.url)
+    mirror = make_index(devpid_server, ("root", ROOT_PASSWORD), f"apimirror-{alice[0]}",
+                        type="mirror", mirror_url=upstream.url)  # root's to make
     base = devpid_server.url
     devpi(env, "use", base + "/")
     root_api = getjson(env, "/+api")

@@ -15,6 +15,8 @@ import requests
 from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
 from tests.support.fakepypi import FakePyPI
 
+ROOT = ("root", ROOT_PASSWORD)
+
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 
 
@@ -32,8 +34,8 @@ def mirror(devpid_server: Devpid, up: FakePyPI, unique: str) -> str:
     """A fresh mirror index (``user/index``) of ``up`` with a 1 s cache expiry."""
     user = f"m{unique}"
     assert devpid_server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    r = devpid_server.json(
-        "PUT", f"/{user}/mirror", auth=(user, "pw"),
+    r = devpid_server.json(  # mirrors are root's to create (--mirror-admins)
+        "PUT", f"/{user}/mirror", auth=ROOT,
         json={"type": "mirror", "mirror_url": up.url, "mirror_cache_expiry": "1"},
     )
     assert r.status_code == 200, r.text
@@ -270,7 +272,7 @@ def test_mirror_failure_does_not_hide_private_releases(
 
     user, pw = alice
     dead = f"{user}/dead"
-    assert devpid_server.json("PUT", f"/{dead}", auth=alice, json={
+    assert devpid_server.json("PUT", f"/{dead}", auth=ROOT, json={
         "type": "mirror", "mirror_url": "http://127.0.0.1:9/simple/"}).ok
     assert devpid_server.json("PUT", f"/{user}/dev", auth=alice, json={"bases": dead}).ok
     name = f"private-{unique}"
@@ -362,7 +364,7 @@ def test_no_project_list_option_and_refresh(devpid_server: Devpid, up: FakePyPI,
                                             alice: tuple[str, str], unique: str) -> None:
     user, _ = alice
     stage = f"{user}/nolist"
-    assert devpid_server.json("PUT", f"/{stage}", auth=alice, json={
+    assert devpid_server.json("PUT", f"/{stage}", auth=ROOT, json={
         "type": "mirror", "mirror_url": up.url, "mirror_no_project_list": True,
         "mirror_cache_expiry": 3600}).ok
     name = f"nl-{unique}"

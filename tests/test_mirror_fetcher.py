@@ -64,6 +64,7 @@ def test_backoff_doubles_up_to_maximum_and_resets() -> None:
         "in_backoff": False,
         "retry_at": None,
         "consecutive_failures": 0,
+        "failures_total": 9,  # a counter for /+metrics: success does not reset it
     }
     b.failed("again")
     assert b.delay == 1.0  # starts over after a success
@@ -179,7 +180,8 @@ async def make_client() -> AsyncIterator[Callable[..., UpstreamClient]]:
     clients: list[UpstreamClient] = []
 
     def make(base_url: str, **kw: Any) -> UpstreamClient:
-        client = UpstreamClient(base_url, reactor=reactor, **kw)
+        # The fake upstreams listen on loopback, which the address policy refuses by default.
+        client = UpstreamClient(base_url, reactor=reactor, **{"allow_private": True, **kw})
         clients.append(client)
         return client
 

@@ -110,6 +110,9 @@ def test_json_detected_by_body_and_filters_foreign_files() -> None:
         json.dumps({"meta": {"api-version": "1.0"}, "files": {}}).encode(),
         json.dumps({"meta": {"api-version": "1.0"}, "files": [1]}).encode(),
         json.dumps({"meta": {"api-version": "1.0"}, "files": [{"filename": "x"}]}).encode(),
+        # NaN and Infinity are not JSON: an upstream must not get them into our pages
+        b'{"meta": {"api-version": "1.0"}, "files": [{"filename": "foo_bar-1.0.tar.gz", '
+        b'"url": "foo_bar-1.0.tar.gz", "hashes": {}, "size": NaN}]}',
     ],
 )
 def test_json_garbage(body: bytes) -> None:

@@ -10,8 +10,10 @@ from devpid.web.negotiate import (
     SIMPLE_JSON,
     SIMPLE_JSON_LATEST,
     TEXT_HTML,
+    VIEW_JSON,
     best_match,
     choose_simple_format,
+    choose_view,
     is_installer,
     parse_accept,
     wants_json_api,
@@ -239,3 +241,38 @@ def test_is_not_installer(ua: str | None) -> None:
 
 def test_is_installer_long_ua_is_fast() -> None:
     assert not is_installer("a " * 50_000 + "x")
+
+
+# --- choose_view (the web view: browsers get HTML, API clients JSON) -------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (CHROME_ACCEPT, TEXT_HTML),
+        (FIREFOX_ACCEPT, TEXT_HTML),
+        ("text/html", TEXT_HTML),
+        ("application/json", VIEW_JSON),
+        ("text/html;q=0.5, application/json", VIEW_JSON),
+        ("text/html, application/json", VIEW_JSON),  # a tie keeps JSON, as before
+        ("*/*", VIEW_JSON),
+        ("", VIEW_JSON),
+        (None, VIEW_JSON),
+        ("garbage;;", VIEW_JSON),  # unparseable: accept anything
+        ("image/png", None),
+        ("text/plain", None),
+        ("text/html;q=0", None),
+        (PIP_ACCEPT, TEXT_HTML),  # text/html q=0.01 beats no JSON at all...
+    ],
+)
+def test_choose_view(accept: str | None, expected: str | None) -> None:
+    assert choose_view(accept) == expected
+
+
+def test_choose_view_with_simple_types() -> None:
+    """...but not where the resource also serves the PEP 691 types pip prefers."""
+    extra = (SIMPLE_JSON, SIMPLE_HTML)
+    assert choose_view(PIP_ACCEPT, extra) == VIEW_JSON
+    assert choose_view(SIMPLE_HTML, extra) == VIEW_JSON
+    assert choose_view(CHROME_ACCEPT, extra) == TEXT_HTML
+    assert choose_view("image/png", extra) is None

@@ -107,3 +107,52 @@ def test_pip_and_twine_through_generated_nginx(start_devpid: Any, tmp_path: Path
         if nginx is not None:
             stop_nginx(nginx)
         fake.close()
+
+
+def test_generated_deployment_restricts_registration_and_routes_file_writes(
+    start_devpid: Any, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """gen-config's unit runs devpid with --restrict-modify root; behind its nginx, POST (tox
+    results) and DELETE on +f/ URLs reach devpid instead of nginx's static 405."""
+    import shlex
+
+    from tests.conftest import ROOT_PASSWORD
+
+    require_nginx()
+    port = free_port()
+    opts = GenConfigOptions(serverdir=tmp_path / "server", nginx_port=port,
+                            server_name="127.0.0.1", outside_url=f"http://127.0.0.1:{port}",
+                            nginx_address="127.0.0.1", cache_dir=tmp_path / "nginx-cache")
+    unit = render(opts)["devpid.service"]
+    exec_start = shlex.split(next(line for line in unit.splitlines()
+                                  if line.startswith("ExecStart="))[len("ExecStart="):])
+    flag = exec_start.index("--restrict-modify")
+    server: Devpid = start_devpid(*exec_start[flag:flag + 2], root_pypi=False)
+    files = render(GenConfigOptions(**{**opts.__dict__, "port": server.port}))
+    site = tmp_path / "devpid-nginx.conf"
+    site.write_text(files["devpid-nginx.conf"])
+    nginx = start_nginx(tmp_path / "nginx", site, port)
+    try:
+        front = f"http://127.0.0.1:{port}"
+        accept = {"Accept": "application/json"}
+        root = ("root", ROOT_PASSWORD)
+        r = requests.put(f"{front}/eve", json={"password": "pw"}, headers=accept)
+        assert r.status_code == 403, r.text  # no open registration
+        assert requests.put(f"{front}/alice", json={"password": "pw"}, headers=accept,
+                            auth=root).status_code == 201
+        r = requests.put(f"{front}/alice/own", json={}, auth=("alice", "pw"), headers=accept)
+        assert r.status_code == 403, r.text  # nor indexes, except by root
+        assert requests.put(f"{front}/alice/dev", json={}, auth=root, headers=accept).ok
+        wheel = make_wheel(tmp_path / "dist", "written-pkg", "1.0")
+        run([tool("twine"), "upload", "--repository-url", f"{front}/alice/dev/", "-u", "alice",
+             "-p", "pw", str(wheel)], env)
+        page = requests.get(f"{front}/alice/dev/+simple/written-pkg/",
+                            headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
+        file_url = urljoin(f"{front}/alice/dev/+simple/written-pkg/", page["files"][0]["url"])
+        r = requests.post(file_url, json={"reportversion": "1", "testenvs": {}}, headers=accept)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/json", r.text
+        r = requests.delete(file_url, auth=("alice", "pw"), headers=accept)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/json", r.text
+        assert requests.get(f"{front}/alice/dev/written-pkg", headers=accept).status_code == 404
+    finally:
+        stop_nginx(nginx)

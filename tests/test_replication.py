@@ -480,3 +480,31 @@ def test_deletions_free_the_disk_on_primary_and_replicas(cluster: Any, tmp_path:
         run([tool("pip"), "install", "--no-deps", "--target", str(target), "--index-url",
              server.url + "/u/i/+simple/", "gc-pkg"], env)
         assert any(p.name == "gc_pkg-2.dist-info" for p in target.iterdir())
+
+
+@pytest.mark.slow
+def test_a_committed_serial_of_any_size_replicates(cluster: Any) -> None:
+    """A serial larger than any line limit (one committed before records were bounded, like
+    the 280 MB release of issue 19) streams to the replica, which then goes on following."""
+    primary = cluster.primary()
+    make_users(primary, "s", 1)
+    primary.stop()
+    store, _ = open_store(primary.serverdir)
+    big = "x" * (257 * 1024 * 1024)  # above the old 256 MiB changelog line limit
+    with store.transaction() as tx:
+        tx.set("user/bigdesc", {"pwhash": "", "created": "2026", "description": big})
+    big_serial = store.serial
+    store.close()
+    del big
+    primary.start()
+    make_users(primary, "after", 1)
+    replica = cluster.replica(primary)
+    wait_serial(replica, big_serial + 1, timeout=120)
+    wait_for(lambda: status(replica)["replica"]["last-error"] is None, what="no error")
+    store, _ = open_store(replica.serverdir, readonly=True)
+    try:
+        value = store.get("user/bigdesc")
+        assert value is not None and len(value["description"]) == 257 * 1024 * 1024
+    finally:
+        store.close()
+    assert replica.json("GET", "/after0").status_code == 200  # and it went on following

@@ -128,3 +128,29 @@ def test_kill9_leaves_a_consistent_store(start_devpid) -> None:  # type: ignore[
     assert int(server.json("GET", "/+api").headers["X-Devpi-Serial"]) == serial
     r = server.json("PUT", "/dave/after", auth=("dave", "pw"), json={})
     assert int(r.headers["X-Devpi-Serial"]) == serial + 1
+
+
+def test_values_encoded_off_the_reactor_commit_exactly_as_set_values(tmp_path: Path) -> None:
+    """set_encoded (a big release record encoded in a worker thread) and set write the same
+    text: the changelog entry is composed from each value's encoding, once."""
+    import json
+
+    from devpid.store.sqlite import encode_value
+
+    a, _ = open_store(tmp_path / "a")
+    b, _ = open_store(tmp_path / "b")
+    value = {"z": [1, {"é": "\u2603", "a": None}], "description": "x" * 1000}
+    with a.transaction() as tx:
+        tx.set("release/u/i/p/1", value)
+        tx.set("user/u", {"pwhash": "h"})
+    with b.transaction() as tx:
+        tx.set_encoded("release/u/i/p/1", value, encode_value(value))
+        tx.set("user/u", {"pwhash": "h"})
+    raw_a, raw_b = a.changelog_raw(a.serial), b.changelog_raw(b.serial)
+    assert raw_a is not None and raw_b is not None and raw_a[1] == raw_b[1]
+    assert raw_a[1] == json.dumps({"release/u/i/p/1": value, "user/u": {"pwhash": "h"}},
+                                  separators=(",", ":"), sort_keys=True)
+    assert b.get("release/u/i/p/1") == value and b.read_apart("release/u/i/p/1") == (value, 0)
+    assert b.serial_of("release/u/i/p/1") == 0 and b.serial_of("nothing") == -1
+    a.close()
+    b.close()

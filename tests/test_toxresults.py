@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 import requests
 
-from devpid.web.toxresults import MAX_TOXRESULT_BYTES
+from devpid.web.toxresults import (
+    MAX_TOXRESULT_BYTES,
+    MAX_TOXRESULTS_BYTES_PER_FILE,
+    MAX_TOXRESULTS_PER_FILE,
+)
 from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_sdist, make_wheel
 from tests.test_private_index import devpi, make_index, make_user
@@ -113,6 +117,9 @@ def test_a_second_report_gets_the_next_number(tested: Any) -> None:
         (b"not json", 400, "could not decode json"),
         (b"[1, 2]", 400, "must be a JSON object"),
         (b"\xff\xfe", 400, "could not decode json"),
+        (b'{"testenvs": {}, "duration": NaN}', 400, "could not decode json"),
+        (b'{"testenvs": {"py": {"time": Infinity}}}', 400, "could not decode json"),
+        (b'{"testenvs": [-Infinity]}', 400, "could not decode json"),
     ],
 )
 def test_bad_reports_are_refused(tested: Any, body: bytes, status: int, message: str) -> None:
@@ -198,3 +205,36 @@ def test_a_replaced_file_loses_the_reports_of_the_old_bytes(
     twine(make_wheel(tmp_path / "b", "swap-pkg", "1.0", extra_bytes=1000))  # other bytes
     assert _links(_versiondata(server, stage, "swap-pkg", "1.0"), "toxresult") == []
     assert requests.get(tox["href"], timeout=10).status_code in (404, 410)
+
+
+def test_results_per_file_are_bounded_in_count_and_size(
+    devpid_server: Devpid, tmp_path: Path
+) -> None:
+    """Anyone may post by default: a file's results are bounded (count, total bytes)."""
+    server = devpid_server
+    auth = make_user(server, None, "pw")
+    stage = make_index(server, auth, "many")
+    env = client_env(tmp_path / "c")
+    twine_upload(f"{server.url}/{stage}/", auth, env,
+                 make_wheel(tmp_path / "a", "many-pkg", "1.0"),
+                 make_wheel(tmp_path / "a", "many-pkg", "2.0"))
+    hrefs = sorted(link["href"] for v in ("1.0", "2.0")
+                   for link in _links(_versiondata(server, stage, "many-pkg", v),
+                                      "releasefile"))
+    with requests.Session() as s:
+        for _ in range(MAX_TOXRESULTS_PER_FILE):
+            assert s.post(hrefs[0], json={"testenvs": {}}, timeout=10).status_code == 200
+        r = s.post(hrefs[0], json={"testenvs": {}}, timeout=10)
+        assert r.status_code == 409 and "tox results" in r.json()["message"], r.text
+        big = b'{"x": "' + b"a" * (MAX_TOXRESULT_BYTES - 100) + b'"}'
+        posts = MAX_TOXRESULTS_BYTES_PER_FILE // len(big)
+        for _ in range(posts):
+            r = s.post(hrefs[1], data=big, headers={"Content-Type": "application/json"},
+                       timeout=30)
+            assert r.status_code == 200, r.text
+        r = s.post(hrefs[1], data=big, headers={"Content-Type": "application/json"},
+                   timeout=30)
+        assert r.status_code == 409 and "in total" in r.json()["message"], r.text
+    counts = [len(_links(_versiondata(server, stage, "many-pkg", v), "toxresult"))
+              for v in ("1.0", "2.0")]
+    assert sorted(counts) == sorted([MAX_TOXRESULTS_PER_FILE, posts])

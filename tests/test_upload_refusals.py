@@ -298,3 +298,50 @@ def _multipart(path: Path, name: str, version: str) -> tuple[bytes, str]:
     ).prepare()
     assert isinstance(prepared.body, bytes)
     return prepared.body, prepared.headers["Content-Type"]
+
+
+def test_metadata_fields_and_release_records_are_bounded(
+    target: Target, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 19: one field of 1 MiB+ or a record of 4 MiB+ is a 400, nothing stored."""
+    server, stage, auth, before = target.server, target.stage, target.auth, target.state()
+    mib = 1024 * 1024
+    # twine sends the wheel's own (too long) description; it shows our message and fails
+    wheel = make_wheel(tmp_path, NAME, "3.0", description="d" * (mib + 10))
+    proc = run(
+        [tool("twine"), "upload", "--non-interactive", "--disable-progress-bar",
+         "--repository-url", f"{server.url}/{stage}/", "-u", auth[0], "-p", auth[1],
+         str(wheel)],
+        env, check=False,
+    )
+    assert proc.returncode != 0 and "400" in proc.stdout + proc.stderr, proc.stdout
+    r = http_upload(server, auth, stage, wheel, name=NAME, version="3.0")
+    assert_refused(r, 400, "metadata field 'description'")
+    # a form field, a list field, the record as a whole, a submit without a file
+    r = http_upload(server, auth, stage, target.wheel2, name=NAME, version="2.0",
+                    extra={"author": "s" * (mib + 10)})
+    assert_refused(r, 400, "metadata field 'author'")
+    fields = {f"classifiers{n}": ("", "c" * (mib // 2)) for n in range(3)}
+    prepared = requests.Request(
+        "POST", f"{server.url}/{stage}/", auth=auth,
+        files=[(":action", (None, "submit")), ("name", (None, NAME)),
+               ("version", (None, "2.0")),
+               *(("classifiers", (None, v)) for _, v in fields.values())],
+    ).prepare()
+    r = requests.Session().send(prepared, timeout=30)
+    assert_refused(r, 400, "metadata field 'classifiers'")
+    big = {key: "m" * (mib - 100) for key in ("home_page", "author", "license", "keywords",
+                                             "maintainer")}
+    r = http_upload(server, auth, stage, target.wheel2, name=NAME, version="2.0", extra=big)
+    assert_refused(r, 400, "release metadata is")
+    r = http_upload(server, auth, stage, None, name=NAME, version="2.0", action="submit",
+                    extra={"summary": "s" * (mib + 10)})
+    assert_refused(r, 400, "metadata field 'summary'")
+    # fields that are not metadata are bounded by the form parser: each and all together
+    r = http_upload(server, auth, stage, target.wheel2, name=NAME, version="2.0",
+                    extra={"comment": "x" * (3 * mib)})
+    assert_refused(r, 400, "form field 'comment' is larger")
+    r = http_upload(server, auth, stage, target.wheel2, name=NAME, version="2.0",
+                    extra={f"junk{n}": "x" * (mib + mib // 2) for n in range(6)})
+    assert_refused(r, 400, "in total")
+    assert target.state() == before

@@ -46,6 +46,7 @@ class Backoff:
         self._random = random
         self.name = name
         self.consecutive_failures = 0
+        self.failures_total = 0  # every failed contact since start, for /+metrics
         self.delay = 0.0  # the wait after the latest failure; 0 while healthy
         self.retry_at: float | None = None
         self.last_success: float | None = None
@@ -79,6 +80,7 @@ class Backoff:
         """Record a failed contact and schedule the next allowed attempt."""
         now = self._now()
         self.consecutive_failures += 1
+        self.failures_total += 1
         base = min(self.maximum, self.initial * 2.0 ** min(self.consecutive_failures - 1, 64))
         self.delay = base * (1.0 - self.jitter * self._random())
         self.retry_at = now + self.delay
@@ -116,4 +118,5 @@ class Backoff:
             "in_backoff": self.in_backoff(),
             "retry_at": self.retry_at,
             "consecutive_failures": self.consecutive_failures,
+            "failures_total": self.failures_total,
         }

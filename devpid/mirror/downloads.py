@@ -6,6 +6,13 @@ the download nor holds the bytes in memory, and uv aborting a download it no lon
 does not stop the file from being cached. Only when the whole body arrived, its length
 matches and its hash matches what the upstream page promised is the blob committed and
 recorded; a failed or mismatching download is discarded and never served as good.
+
+Readers never get the last byte before that check passed: they stop one byte short of the
+end until the download is verified, and on a mismatch their connection is aborted, so a
+client's Content-Length (or chunked framing) is never satisfied by bad bytes. A watchdog
+aborts a download that stalls (no byte for ``idle_timeout`` seconds) or trickles (fewer than
+``min_rate`` bytes/s over any ``idle_timeout`` window): its readers are cut off the same way
+and the next request starts afresh, so nobody waits forever on a stuck upstream.
 """
 
 from __future__ import annotations
@@ -13,16 +20,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
+
+from devpid.store.base import write_failed
 
 log = Logger()
 READ_CHUNK = 256 * 1024
@@ -44,6 +53,7 @@ class Download:
         expected: dict[str, str],
         expected_size: int | None,
         on_done: Callable[[Download], Deferred[Any]],
+        on_failed: Callable[[Download], None] | None = None,
     ) -> None:
         self.url = url
         self.tmp = tmp
@@ -62,12 +72,87 @@ class Download:
         }
         self._waiters: list[Callable[[], None]] = []
         self._on_done = on_done
+        self._on_failed = on_failed
         self.sha256: str | None = None
+        self._clock: IReactorTime | None = None
+        self._timer: IDelayedCall | None = None
+        self._stop_upstream: Callable[[], None] = lambda: None
+        self._idle = 0.0
+        self._min_rate = 0.0
+        self._last_data = self._window_start = 0.0
+        self._window_bytes = 0
+
+    # -- the watchdog ---------------------------------------------------------------------
+    def watch(
+        self,
+        clock: IReactorTime,
+        idle_timeout: float,
+        min_rate: float,
+        stop_upstream: Callable[[], None],
+    ) -> None:
+        """Abort (and ``stop_upstream``) if no byte comes for ``idle_timeout`` seconds or
+        fewer than ``min_rate`` bytes/s arrive over an ``idle_timeout`` window (0: no minimum).
+        """
+        if self.finished:
+            return
+        self._clock, self._idle, self._min_rate = clock, idle_timeout, min_rate
+        self._stop_upstream = stop_upstream
+        now = clock.seconds()
+        self._last_data = self._window_start = now
+        self._window_bytes = self.written
+        self._timer = clock.callLater(idle_timeout, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.finished or self._clock is None:
+            return
+        now = self._clock.seconds()
+        if now - self._last_data >= self._idle:
+            self.abort(f"stalled: no data for {self._idle:g} s after {self.written} bytes")
+            return
+        next_at = self._last_data + self._idle
+        if self._min_rate:
+            elapsed = now - self._window_start
+            if elapsed >= self._idle:
+                rate = (self.written - self._window_bytes) / elapsed
+                if rate < self._min_rate:
+                    self.abort(
+                        f"too slow: {rate:.0f} bytes/s over {elapsed:.1f} s, below the "
+                        f"minimum of {self._min_rate:g} bytes/s"
+                    )
+                    return
+                self._window_start, self._window_bytes = now, self.written
+            next_at = min(next_at, self._window_start + self._idle)
+        self._timer = self._clock.callLater(max(0.0, next_at - now), self._check)
+
+    def abort(self, error: str) -> None:
+        """Give up now: readers are cut off, the temp blob goes, the upstream is closed."""
+        if self.finished:
+            return
+        self.end(error)
+        self._stop_upstream()
+
+    def sendable(self) -> int:
+        """How many bytes readers may send: all once verified, never the last one before."""
+        if self.finished:
+            return self.written if self.error is None else 0
+        limit = self.written - 1
+        if self.expected_size is not None:
+            limit = min(limit, self.expected_size - 1)
+        return max(0, limit)
 
     # -- fed by the upstream response protocol --------------------------------------------
     def data(self, chunk: bytes) -> None:
-        self._out.write(chunk)
-        self._out.flush()
+        if self.finished:
+            return  # aborted (stalled, too slow, disk full): the rest is dropped
+        if self._clock is not None:
+            self._last_data = self._clock.seconds()
+        try:
+            self._out.write(chunk)
+            self._out.flush()
+        except OSError as e:  # readers are cut off, the temp file goes now
+            self.end(str(write_failed("storing a mirror file", e)))
+            return
         self._sha256.update(chunk)
         for h in self._others.values():
             h.update(chunk)
@@ -75,7 +160,15 @@ class Download:
         self._wake()
 
     def end(self, error: str | None) -> None:
-        self._out.close()
+        if self.finished:
+            return  # already aborted (watchdog, disk full)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        try:
+            self._out.close()
+        except OSError as e:  # its last flush failed
+            error = error or str(write_failed("storing a mirror file", e))
         if error is None:
             error = self._verify()
         self.error = error
@@ -85,6 +178,8 @@ class Download:
         if error is not None:
             log.warn("download of {url} failed: {error}", url=self.url, error=error)
             self.tmp.unlink(missing_ok=True)
+            if self._on_failed is not None:
+                self._on_failed(self)
             self.committed.errback(Failure(DownloadFailed(error)))
             return
         d = self._on_done(self)
@@ -122,6 +217,13 @@ class BodyToDownload(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.download.data(data)
+        if self.download.finished:
+            self.stop()  # it failed: stop fetching the rest
+
+    def stop(self) -> None:
+        """Close the upstream connection (it is not reused) and stop reading."""
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(ResponseDone):
@@ -152,21 +254,24 @@ class TailProducer:
         self._pump()
 
     def _pump(self) -> None:
+        download = self.download
         while not self.paused and not self.closed:
-            chunk = self.file.read(READ_CHUNK)
-            if chunk:
-                self.offset += len(chunk)
-                self.request.write(chunk)
-                continue
-            if self.download.finished:
-                if self.download.error is None and self.offset >= self.download.written:
-                    self._finish()
-                elif self.download.error is not None:
-                    self._abort()
-                else:
-                    continue
+            if download.error is not None:
+                self._abort()
                 return
-            self.download.wait(self._pump)
+            limit = download.sendable()
+            if self.offset < limit:
+                chunk = self.file.read(min(READ_CHUNK, limit - self.offset))
+                if chunk:
+                    self.offset += len(chunk)
+                    self.request.write(chunk)
+                    continue
+                self._abort()  # the temp file is shorter than the download says: never guess
+                return
+            if download.finished:
+                self._finish()
+                return
+            download.wait(self._pump)
             return
 
     def _finish(self) -> None:

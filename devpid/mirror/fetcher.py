@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -28,14 +28,16 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, PartialDownloadError, ResponseDone
+from twisted.web.client import HTTPConnectionPool, PartialDownloadError, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from devpid import __version__
 from devpid.mirror.backoff import Backoff
+from devpid.mirror.pagecheck import check_project_list, check_project_page
 from devpid.mirror.parse import ParseError, UpstreamFile, parse_project_list, parse_project_page
+from devpid.netpolicy import guarded_agent
 
 __all__ = [
     "ACCEPT",
@@ -163,13 +165,19 @@ class _Deadline:
 
 
 class _Collector(Protocol):
-    """Buffers a response body up to ``limit`` bytes; can abort the connection."""
+    """Buffers a response body up to ``limit`` bytes; can abort the connection.
+
+    ``finished`` fires with the body and whether its framing (Content-Length or chunked)
+    proved it complete; False means the connection just closed, maybe in the middle.
+    """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._size = 0
         self._chunks: list[bytes] = []
-        self.finished: Deferred[bytes] = Deferred(lambda _: self.abort(CancelledError()))
+        self.finished: Deferred[tuple[bytes, bool]] = Deferred(
+            lambda _: self.abort(CancelledError())
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -184,7 +192,8 @@ class _Collector(Protocol):
         if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._chunks))
+            delimited = reason.check(PotentialDataLoss) is None
+            self.finished.callback((b"".join(self._chunks), delimited))
         else:
             self.finished.errback(reason)
 
@@ -196,7 +205,7 @@ class _Collector(Protocol):
             self.finished.errback(exc)
 
 
-def _read_body(response: IResponse, limit: int) -> Deferred[bytes]:
+def _read_body(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
     collector = _Collector(limit)
     response.deliverBody(collector)
     length = response.length
@@ -284,9 +293,14 @@ class UpstreamClient:
         user_agent: str = f"devpid/{__version__}",
         backoff: Backoff | None = None,
         max_persistent_per_host: int = 8,
+        allow_private: bool = False,
+        file_hosts: set[str] | None = None,
     ) -> None:
         """``reactor`` must provide TCP/TLS and time; credentials in ``base_url`` are
-        removed from it and sent as Basic auth to the upstream's own origin only."""
+        removed from it and sent as Basic auth to the upstream's own origin only.
+
+        Connections never reach private addresses unless ``allow_private`` (see
+        devpid/netpolicy.py); file URLs must be on one of ``file_hosts`` (None: any host)."""
         parts = urlsplit(base_url)
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"upstream URL must be http(s)://host/...: {base_url!r}")
@@ -305,11 +319,13 @@ class UpstreamClient:
         self.list_timeout = list_timeout
         self.user_agent = user_agent
         self.backoff = backoff if backoff is not None else Backoff(reactor, name=self.base_url)
+        self.file_hosts = file_hosts
         self._pool: HTTPConnectionPool | None = None
         if http_client is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = max_persistent_per_host
-            http_client = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+            agent = guarded_agent(reactor, self._pool, allow_private=allow_private)
+            http_client = treq.client.HTTPClient(agent)
         self._http = http_client
 
     # -- helpers --------------------------------------------------------------------------
@@ -353,7 +369,10 @@ class UpstreamClient:
             raise UpstreamError(f"upstream {url}: {_reason_text(e)}") from e
         return response
 
-    async def _body(self, url: str, response: IResponse, limit: int, deadline: _Deadline) -> bytes:
+    async def _body(
+        self, url: str, response: IResponse, limit: int, deadline: _Deadline
+    ) -> tuple[bytes, bool]:
+        """The body and whether its HTTP framing proved it complete."""
         try:
             return await deadline.wait(_read_body(response, limit))
         except CancelledError:
@@ -375,12 +394,19 @@ class UpstreamClient:
             pass  # the collector closed the connection; nothing else to do
 
     async def _get_index(
-        self, url: str, etag: str | None, timeout: float, limit: int
-    ) -> tuple[IResponse, bytes | None]:
-        """Fetch an index page under backoff control; returns (response, body or None).
+        self,
+        url: str,
+        etag: str | None,
+        timeout: float,
+        limit: int,
+        parse: Callable[[IResponse, bytes, bool], Awaitable[T]],
+    ) -> tuple[IResponse, T | None]:
+        """Fetch and ``parse`` an index page under backoff control: (response, parsed or None).
 
-        The body is None for 304 and 404/410 (already drained). Records the verdict in the
-        backoff state; other statuses and failures raise UpstreamError.
+        None for 304 and 404/410 (body drained). ``parse`` gets the 200 body and whether its
+        framing proved it complete; its ParseError is an upstream failure like a 500, so it is
+        recorded in the backoff state (once) before any success is. Other statuses and
+        failures raise UpstreamError.
         """
         if self.backoff.in_backoff():
             raise self._backoff_error(url)
@@ -394,13 +420,17 @@ class UpstreamClient:
             try:
                 response = await self._send(clean, headers, deadline)
                 code = response.code
+                parsed: T | None = None
                 if code == 200:
-                    body: bytes | None = await self._body(clean, response, limit, deadline)
+                    body, delimited = await self._body(clean, response, limit, deadline)
+                    try:
+                        parsed = await parse(response, body, delimited)
+                    except ParseError as e:
+                        raise UpstreamError(f"upstream {clean}: bad response: {e}") from e
                 elif code == 304:
-                    body = None
+                    pass
                 elif code in (404, 410):
                     await self._discard(response, deadline)
-                    body = None
                 else:
                     await self._discard(response, deadline)
                     phrase = response.phrase.decode("latin-1", "replace")
@@ -411,7 +441,7 @@ class UpstreamClient:
                 raise
             self.backoff.succeeded()
             verdict = True
-            return response, body
+            return response, parsed
         finally:
             deadline.stop()
             if not verdict:
@@ -429,7 +459,20 @@ class UpstreamClient:
         Raises UpstreamError at once, without contacting the upstream, while in backoff.
         """
         url = self.project_url(name)
-        response, body = await self._get_index(url, etag, self.timeout, self.max_page_size)
+
+        async def parse(
+            response: IResponse, body: bytes, delimited: bool
+        ) -> tuple[str, list[UpstreamFile]]:
+            content_type = _header(response, b"Content-Type") or ""
+            display, files = parse_project_page(
+                body, content_type, _final_url(response, url), name
+            )
+            check_project_page(body, content_type, len(files), delimited)
+            return display, files
+
+        response, parsed = await self._get_index(
+            url, etag, self.timeout, self.max_page_size, parse
+        )
         serial_text = _header(response, b"X-PyPI-Last-Serial")
         try:
             serial = int(serial_text) if serial_text is not None else None
@@ -438,15 +481,9 @@ class UpstreamClient:
         new_etag = _header(response, b"ETag")
         if response.code in (404, 410):
             raise ProjectNotFound(name, url)
-        if body is None:  # 304
+        if parsed is None:  # 304
             return ProjectPage(name, [], new_etag or etag, serial, not_modified=True)
-        content_type = _header(response, b"Content-Type") or ""
-        try:
-            display, files = parse_project_page(body, content_type, _final_url(response, url), name)
-        except ParseError as e:
-            err = UpstreamError(f"upstream {url}: bad response: {e}")
-            self.backoff.failed(err.message)
-            raise err from e
+        display, files = parsed
         return ProjectPage(display, files, new_etag, serial, not_modified=False)
 
     async def get_project_list(
@@ -454,23 +491,25 @@ class UpstreamClient:
     ) -> tuple[list[str] | None, str | None]:
         """All project names (None for a 304) and the new ETag; uses ``list_timeout``."""
         url = self.base_url
-        response, body = await self._get_index(url, etag, self.list_timeout, self.max_list_size)
+
+        async def parse(response: IResponse, body: bytes, delimited: bool) -> list[str]:
+            content_type = _header(response, b"Content-Type") or ""
+            check_project_list(body, content_type, delimited)
+            # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
+            reactor: Any = self._reactor
+            names: list[str] = await deferToThreadPool(
+                reactor, reactor.getThreadPool(), parse_project_list, body, content_type
+            )
+            return names
+
+        response, names = await self._get_index(
+            url, etag, self.list_timeout, self.max_list_size, parse
+        )
         new_etag = _header(response, b"ETag")
         if response.code in (404, 410):
             raise UpstreamError(f"upstream {url}: HTTP {response.code} for the project list")
-        if body is None:
+        if names is None:
             return None, new_etag or etag
-        try:
-            # A PyPI-sized list takes most of a second to parse: keep it off the reactor.
-            reactor: Any = self._reactor
-            names = await deferToThreadPool(
-                reactor, reactor.getThreadPool(), parse_project_list, body,
-                _header(response, b"Content-Type") or "",
-            )
-        except ParseError as e:
-            err = UpstreamError(f"upstream {url}: bad response: {e}")
-            self.backoff.failed(err.message)
-            raise err from e
         return names, new_etag
 
     async def _open(self, url: str, deadline: _Deadline) -> tuple[str, IResponse]:
@@ -478,6 +517,10 @@ class UpstreamClient:
         clean, headers, on_upstream = self._prepare(url, "*/*")
         if _origin(clean) is None or urlsplit(clean).scheme.lower() not in _DEFAULT_PORTS:
             raise UpstreamError(f"upstream {clean}: not an http(s) URL")
+        if not self.file_host_allowed(clean):
+            raise UpstreamError(
+                f"upstream {clean}: the host is neither the upstream's nor in --mirror-file-hosts"
+            )
         if on_upstream and self.backoff.in_backoff():
             raise self._backoff_error(clean)
         try:
@@ -495,6 +538,13 @@ class UpstreamClient:
             raise FileNotFoundUpstream(clean)
         phrase = response.phrase.decode("latin-1", "replace")
         raise UpstreamError(f"upstream {clean}: HTTP {response.code} {phrase}".rstrip())
+
+    def file_host_allowed(self, url: str) -> bool:
+        """Whether a file URL (or an external-URL redirect) may point at this host."""
+        if self.file_hosts is None or "*" in self.file_hosts:
+            return True
+        origin = _origin(url)
+        return origin is not None and origin[1].rstrip(".") in self.file_hosts
 
     async def open_file(self, url: str) -> IResponse:
         """Start downloading a file; returns once headers arrived (the timeout covers only
@@ -514,7 +564,8 @@ class UpstreamClient:
         deadline = _Deadline(self._reactor, self.timeout)
         try:
             clean, response = await self._open(url, deadline)
-            return await self._body(clean, response, max_size, deadline)
+            body, _ = await self._body(clean, response, max_size, deadline)
+            return body
         finally:
             deadline.stop()
 

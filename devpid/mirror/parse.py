@@ -207,9 +207,13 @@ def _decode(body: bytes, content_type: str) -> str:
         return body.decode("utf-8", errors="replace")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _load_json(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_reject_constant)  # NaN is not JSON
     except (ValueError, UnicodeDecodeError) as e:
         raise ParseError(f"invalid JSON: {e}") from e
     if not isinstance(data, dict):

@@ -42,6 +42,7 @@ from devpid.mirror.fetcher import (
 )
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
+from devpid.netpolicy import mirror_file_hosts
 from devpid.store import keys
 
 log = Logger()
@@ -113,6 +114,7 @@ class Mirror:
         self.lists: dict[str, ListState] = {}
         self.downloads: dict[str, Download] = {}
         self.starting: dict[str, Shared] = {}
+        self.download_failures: dict[str, int] = {}  # per stage, for /+status and /+metrics
 
     # -- upstream clients ---------------------------------------------------------------------
     def client(self, stage: str, config: dict[str, Any]) -> UpstreamClient:
@@ -129,6 +131,8 @@ class Mirror:
                 list_timeout=max(self.server.settings.request_timeout, 30.0),
                 user_agent=f"devpid/{__version__}",
                 backoff=Backoff(self.reactor, name=stage),
+                allow_private=self.server.settings.allow_private_addresses,
+                file_hosts=mirror_file_hosts(url, self.server.settings.mirror_file_hosts),
             )
             self.clients[key] = client
         return client
@@ -437,14 +441,21 @@ class Mirror:
             return serve_blob(self.server, request, stored["sha256"], filename)
         if entry is None:
             raise HTTPError(404, "no such file")
-        # A replica (or a primary that lost a record) may hold the verified blob already.
-        upstream_sha = (entry.get("hashes") or {}).get("sha256")
-        if upstream_sha and len(upstream_sha) == 64 and self.server.blobs.exists(upstream_sha):
+        # A replica (or a primary that lost a record) may hold the verified blob already;
+        # only if this mirror fetched it from its upstream (not another index's upload).
+        upstream_sha = str((entry.get("hashes") or {}).get("sha256") or "").lower()
+        if upstream_sha and self.server.blobs.fetched_by(stage, upstream_sha):
             return serve_blob(self.server, request, upstream_sha, filename)
         if self.offline:
             raise HTTPError(502, f"{filename} is not cached and the server runs in offline mode")
         config = self.server.index_config(stage) or {}
         if config.get("mirror_use_external_urls"):
+            if not self.client(stage, config).file_host_allowed(entry["url"]):
+                # Not an open redirect: only to the upstream's own hosts (or the allowlist).
+                raise HTTPError(
+                    502, f"{filename}: its URL is neither on the upstream's host nor in "
+                    "--mirror-file-hosts",
+                )
             request.setResponseCode(302)
             request.setHeader(b"Location", entry["url"].encode())
             return b""
@@ -511,6 +522,7 @@ class Mirror:
             expected=dict(entry.get("hashes") or {}),
             expected_size=length if length is not None else entry.get("size"),
             on_done=on_done,
+            on_failed=lambda _: self._count_download_failure(stage),
         )
         self.downloads[path] = download
 
@@ -521,8 +533,16 @@ class Mirror:
 
         download.committed.addBoth(forget)
         download.committed.addErrback(lambda f: f.trap(DownloadFailed))
-        response.deliverBody(BodyToDownload(download))
+        body = BodyToDownload(download)
+        response.deliverBody(body)
+        settings = self.server.settings
+        download.watch(
+            self.reactor, settings.request_timeout, settings.mirror_min_rate, body.stop
+        )
         return download
+
+    def _count_download_failure(self, stage: str) -> None:
+        self.download_failures[stage] = self.download_failures.get(stage, 0) + 1
 
     async def _record_download(
         self, stage: str, project: str, entry: dict[str, Any], dl: Download
@@ -534,13 +554,20 @@ class Mirror:
         def commit() -> str | None:
             from devpid.model.metadata import MetadataError, read_core_metadata
 
-            self.server.blobs.commit_temp(dl.tmp, sha)
+            blobs = self.server.blobs
+            try:
+                blobs.commit_temp(dl.tmp, sha)
+            finally:
+                blobs.discard(dl.tmp)  # gone after a commit, else removed now
+            blobs.mark_fetched(stage, sha)
             if filename.endswith(".whl"):
                 try:
-                    meta = read_core_metadata(self.server.blobs.path(sha), filename)
+                    meta = read_core_metadata(blobs.path(sha), filename)
                 except MetadataError:
                     return None
-                return self.server.blobs.put_bytes(meta.raw)
+                meta_sha = blobs.put_bytes(meta.raw)
+                blobs.mark_fetched(stage, meta_sha)
+                return meta_sha
             return None
 
         metadata_sha = await self.server.in_thread(commit)
@@ -579,10 +606,9 @@ class Mirror:
         if entry is None:
             raise HTTPError(404, "no such file")
         meta = entry.get("core_metadata") or entry.get("core-metadata")
-        if isinstance(meta, dict) and meta.get("sha256") and self.server.blobs.exists(
-            meta["sha256"]
-        ):
-            return serve_blob(self.server, request, meta["sha256"], filename + ".metadata")
+        meta_sha = str(meta.get("sha256") or "").lower() if isinstance(meta, dict) else ""
+        if meta_sha and self.server.blobs.fetched_by(stage, meta_sha):
+            return serve_blob(self.server, request, meta_sha, filename + ".metadata")
         if not meta or self.offline:
             raise HTTPError(404, "no core metadata for this file")
         config = self.server.index_config(stage) or {}
@@ -594,7 +620,10 @@ class Mirror:
         if isinstance(meta, dict) and meta.get("sha256"):
             if hashlib.sha256(data).hexdigest() != meta["sha256"].lower():
                 raise HTTPError(502, "upstream metadata does not match its published hash")
-            await self.server.in_thread(self.server.blobs.put_bytes, data)
+            def keep() -> None:
+                self.server.blobs.mark_fetched(stage, self.server.blobs.put_bytes(data))
+
+            await self.server.in_thread(keep)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         return data
 
@@ -613,6 +642,7 @@ class Mirror:
                 "downloads_in_progress": sum(
                     1 for p in self.downloads if p.startswith(stage + "/")
                 ),
+                "download_failures": self.download_failures.get(stage, 0),
             }
         return {"mirrors": out, "offline-mode": self.offline}
 

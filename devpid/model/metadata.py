@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import os
 import re
 import tarfile
@@ -23,8 +24,10 @@ from devpid.model.names import normalize_name
 __all__ = [
     "FIELDS",
     "LIST_FIELDS",
+    "MAX_FIELD_SIZE",
     "MAX_MEMBERS",
     "MAX_METADATA_SIZE",
+    "MAX_RELEASE_SIZE",
     "CoreMetadata",
     "MetadataError",
     "metadata_from_form",
@@ -34,6 +37,11 @@ __all__ = [
 
 MAX_METADATA_SIZE = 10 * 1024 * 1024
 MAX_MEMBERS = 100_000
+# A release record is one store value and one changelog entry, copied to every replica and
+# served in JSON pages: one field (a list field with all its items) and the whole record
+# are bounded, measured as stored (JSON, ASCII-escaped).
+MAX_FIELD_SIZE = 1024 * 1024
+MAX_RELEASE_SIZE = 4 * 1024 * 1024
 
 # Header name (lower case) -> devpi field key.
 _HEADER_TO_FIELD: dict[str, str] = {
@@ -203,6 +211,24 @@ def metadata_from_form(form: Mapping[str, list[str]]) -> dict[str, str | list[st
         elif values:
             fields[key] = _unknown(values[-1])
     return fields
+
+
+def check_release_size(fields: Mapping[str, object]) -> None:
+    """Refuse release metadata whose fields or total exceed the bounds (MetadataError).
+
+    Work that grows with the record (it is up to a few MB): call it off the reactor.
+    """
+    total = 0
+    for key, value in fields.items():
+        size = len(json.dumps(value))
+        if size > MAX_FIELD_SIZE:
+            raise MetadataError(
+                f"metadata field {key!r} is {size} bytes, more than the limit of "
+                f"{MAX_FIELD_SIZE} bytes")
+        total += size + len(key) + 4
+    if total > MAX_RELEASE_SIZE:
+        raise MetadataError(
+            f"release metadata is {total} bytes, more than the limit of {MAX_RELEASE_SIZE} bytes")
 
 
 # --- archives -------------------------------------------------------------------------

@@ -223,6 +223,25 @@ def parse_dist_filename(filename: str) -> DistFile:
     return _parse_other(filename, stem, ext)
 
 
+MAX_VERSION_LENGTH = 128
+
+
+def validate_version(version: str) -> str | None:
+    """Why ``version`` cannot name a release (file or docs), or None. Versions become parts of
+    URLs, file names and pages: no control or format characters, spaces, path or URL syntax."""
+    if not version:
+        return "version must not be empty"
+    if len(version) > MAX_VERSION_LENGTH:
+        return f"version is longer than {MAX_VERSION_LENGTH} characters"
+    if any(unicodedata.category(c)[0] in "CZ" for c in version):
+        return f"version {version!r} contains control, format or space characters"
+    if any(c in version for c in '<>%#"/\\?'):
+        return f"version {version!r} contains invalid characters"
+    if version.startswith(".") or ".." in version:
+        return f"version {version!r} must not start with '.' or contain '..'"
+    return None
+
+
 def check_safe_filename(filename: str) -> None:
     """Raise InvalidFilename unless ``filename`` is safe to use as a single path component."""
     if not filename:

@@ -10,7 +10,10 @@ web layer).
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 JSON = Any
@@ -20,6 +23,45 @@ CommitListener = Callable[[int, Changes], None]
 
 class StoreError(Exception):
     """The store cannot do what was asked (e.g. a replica applying a serial out of order)."""
+
+
+class WriteFailed(StoreError):
+    """Storage refused a write (a commit, a blob): nothing was recorded. The message is the
+    real error; the web layer answers ``code`` (503: the request itself was fine)."""
+
+    code = 503
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class OutOfSpace(WriteFailed):
+    """The disk (or quota) holding the server directory is full. Answered 507 (a database
+    commit: 503); writes work again as soon as space is freed."""
+
+    code = 507
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` says the disk is full: ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    if isinstance(error, OSError):
+        return error.errno in _FULL_ERRNOS
+    if isinstance(error, sqlite3.Error):
+        return (getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(error))
+    return False
+
+
+def write_failed(what: str, error: BaseException, *, code: int | None = None) -> WriteFailed:
+    """The WriteFailed (or OutOfSpace) to raise for ``error`` while doing ``what``."""
+    if is_out_of_space(error):
+        return OutOfSpace(f"server is out of disk space: {what} failed ({error})", code=code)
+    return WriteFailed(f"{what} failed: {error}", code=code)
 
 
 class ReadView(Protocol):
@@ -79,3 +121,14 @@ class Store(ReadView, Protocol):
     def add_commit_listener(self, listener: CommitListener) -> None: ...
 
     def close(self) -> None: ...
+
+
+@contextmanager
+def disk_full_as_out_of_space(what: str) -> Iterator[None]:
+    """Turn an ENOSPC/EDQUOT OSError inside the block into OutOfSpace naming ``what``."""
+    try:
+        yield
+    except OSError as e:
+        if is_out_of_space(e):
+            raise write_failed(what, e) from e
+        raise

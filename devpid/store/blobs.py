@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from devpid.store.base import disk_full_as_out_of_space
+
 HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
 
@@ -54,24 +56,27 @@ class BlobStore:
 
     def new_temp(self) -> tuple[BinaryIO, Path]:
         """An open temp file in the blob area (same filesystem, so rename is atomic)."""
-        fd, name = tempfile.mkstemp(dir=self.tmpdir, prefix="in-")
+        with disk_full_as_out_of_space("creating a temp file"):
+            fd, name = tempfile.mkstemp(dir=self.tmpdir, prefix="in-")
         return os.fdopen(fd, "w+b"), Path(name)
 
     def commit_temp(self, tmp: Path, sha256: str) -> Path:
         """fsync and rename a fully written temp file into place under its digest.
 
-        Blocking: call from a worker thread for big files.
+        Blocking: call from a worker thread for big files. A full disk raises OutOfSpace
+        (the caller still owns, and discards, ``tmp``).
         """
         target = self.path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        dirfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        with disk_full_as_out_of_space("storing a file"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            dirfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
         return target
 
     def discard(self, tmp: Path) -> None:
@@ -83,13 +88,52 @@ class BlobStore:
         if self.reuse(digest):
             return digest
         f, tmp = self.new_temp()
-        with f:
-            f.write(data)
-        self.commit_temp(tmp, digest)
+        try:
+            with disk_full_as_out_of_space("writing a file"), f:
+                f.write(data)
+            self.commit_temp(tmp, digest)
+        finally:
+            self.discard(tmp)  # gone already after a commit; removed at once after a failure
         return digest
 
     def hash_file(self, path: Path) -> tuple[str, str, int]:
         return hash_file(path)
+
+    # -- provenance of mirror downloads ----------------------------------------------------
+    # A blob is content-addressed, so any index may hold the bytes a mirror page names by
+    # sha256 (a private upload, say). A mirror serves or keeps a blob under a digest its page
+    # declares only if it fetched those bytes from its own upstream: an empty marker file
+    # ``origins/<h(stage)>/<sha[:2]>/<sha>`` records that (outside the ``ab/cd`` tree).
+
+    def _origin_path(self, origin: str, sha256: str) -> Path:
+        self.relpath(sha256)  # validates the digest
+        tag = hashlib.sha256(origin.encode()).hexdigest()[:32]
+        return self.root / "origins" / tag / sha256[:2] / sha256
+
+    def mark_fetched(self, origin: str, sha256: str) -> None:
+        """Record that ``origin`` (a mirror's stage) fetched this blob upstream. Blocking."""
+        path = self._origin_path(origin, sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def fetched_by(self, origin: str, sha256: str) -> bool:
+        """Whether the blob is stored and ``origin`` fetched it from its own upstream."""
+        try:
+            return self._origin_path(origin, sha256).is_file() and self.exists(sha256)
+        except ValueError:
+            return False
+
+    def forget_stale_origins(self) -> int:
+        """Remove provenance markers of blobs no longer stored (after a gc sweep). Blocking."""
+        removed = 0
+        top = self.root / "origins"
+        if not top.is_dir():
+            return 0
+        for marker in top.glob("*/*/*"):
+            if HEX64.fullmatch(marker.name) and not self.exists(marker.name):
+                marker.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash (called at start-up, before serving)."""

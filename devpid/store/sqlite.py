@@ -13,6 +13,7 @@ processes (export, ``devpid passwd``) never wait for the writer.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid as uuidlib
@@ -23,7 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from devpid.store.base import Changes, CommitListener, StoreError
+from devpid.store.base import Changes, CommitListener, StoreError, write_failed
 from devpid.store.keys import paths_of
 
 log = Logger()
@@ -56,6 +57,30 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def encode_value(value: Any) -> str:
+    """A value as the store writes it: for callers that encode a big value in a worker
+    thread and commit it with ``Transaction.set_encoded`` (no encoding on the reactor)."""
+    return _dumps(value)
+
+
+def _private_file(path: Path) -> None:
+    """The database holds every bcrypt hash: owner-only (0600), also for databases created
+    before this rule. SQLite gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        try:
+            if extra.stat().st_mode & 0o077:
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SQLiteStore:
     """Store implementation over one SQLite database in the server directory."""
 
@@ -66,6 +91,7 @@ class SQLiteStore:
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
         else:
+            _private_file(path)
             self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -131,6 +157,21 @@ class SQLiteStore:
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def serial_of(self, key: str) -> int:
+        """The serial that last wrote ``key`` (-1 if it does not exist); reads no value."""
+        row = self._conn.execute("SELECT serial FROM kv WHERE key=?", (key,)).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def read_apart(self, key: str) -> tuple[Any | None, int]:
+        """(value, serial) of ``key`` over a connection of its own: safe in a worker thread
+        while the reactor uses the main one (WAL: it sees the last committed state)."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            row = conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
+        finally:
+            conn.close()
+        return (None, -1) if row is None else (json.loads(row[0]), int(row[1]))
+
     def get_with_serial(self, key: str) -> tuple[Any | None, int]:
         row = self._conn.execute("SELECT value, serial FROM kv WHERE key=?", (key,)).fetchone()
         return (None, -1) if row is None else (json.loads(row[0]), int(row[1]))
@@ -175,6 +216,37 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
 
+    def changelog_rows_since(
+        self, serial: int, limit: int, inline_max: int
+    ) -> list[tuple[int, int, str | None]]:
+        """(serial, size, JSON text) of entries from ``serial`` on, unparsed; the text is
+        None for entries larger than ``inline_max`` bytes (read those with open_changelog).
+
+        Stored entries are ASCII (``json.dumps`` escapes), so SQLite's length() is bytes.
+        """
+        rows = self._conn.execute(
+            "SELECT serial, length(changes), CASE WHEN length(changes) <= ? THEN changes END"
+            " FROM changelog WHERE serial >= ? ORDER BY serial LIMIT ?",
+            (inline_max, serial, limit),
+        ).fetchall()
+        return [(int(s), int(n), c) for s, n, c in rows]
+
+    def open_changelog(self, serial: int) -> ChangelogReader | None:
+        """A file-like reader of one entry's JSON text, in chunks (never whole in memory).
+
+        Uses its own read-only connection: changelog rows are never modified, so the
+        incremental blob handle stays valid while the main connection goes on writing.
+        """
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            blob = conn.blobopen("changelog", "changes", serial, readonly=True)
+        except sqlite3.OperationalError:
+            conn.close()
+            return None
+        return ChangelogReader(conn, blob)
+
     def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
         rows = self._conn.execute(
             "SELECT serial, changes FROM changelog WHERE serial >= ? ORDER BY serial LIMIT ?",
@@ -208,13 +280,23 @@ class SQLiteStore:
         tx = Transaction(self)
         yield tx
         if tx.pending:
-            tx.serial = self._commit(None, dict(tx.pending))
+            tx.serial = self._commit(None, dict(tx.pending), tx.encoded)
 
-    def apply_serial(self, serial: int, changes: Changes) -> None:
-        """Replay one changelog entry under exactly this serial (replicas, import)."""
-        self._commit(serial, changes)
+    def apply_serial(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """Replay one changelog entry under exactly this serial (replicas, import);
+        ``encoded``: values already encoded off the reactor (``encode_value``)."""
+        self._commit(serial, changes, encoded)
 
-    def _commit(self, serial: int | None, changes: Changes) -> int:
+    def _commit(
+        self, serial: int | None, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> int:
+        # Each value is encoded once (or was, in a worker thread: ``encoded``); the entry is
+        # composed from those texts and is exactly _dumps(changes) (sorted keys, same form).
+        texts = {key: encoded[key] if encoded and key in encoded else _dumps(value)
+                 for key, value in changes.items()}
+        entry = "{" + ",".join(f"{json.dumps(key)}:{texts[key]}" for key in sorted(texts)) + "}"
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -225,7 +307,7 @@ class SQLiteStore:
                 raise StoreError(f"cannot apply serial {serial}: store is at serial {current}")
             conn.execute(
                 "INSERT INTO changelog(serial, timestamp, changes) VALUES (?, ?, ?)",
-                (serial, time.time(), _dumps(changes)),
+                (serial, time.time(), entry),
             )
             for key, value in changes.items():
                 conn.execute("DELETE FROM paths WHERE key=?", (key,))
@@ -234,7 +316,7 @@ class SQLiteStore:
                     continue
                 conn.execute(
                     "INSERT OR REPLACE INTO kv(key, serial, value) VALUES (?, ?, ?)",
-                    (key, serial, _dumps(value)),
+                    (key, serial, texts[key]),
                 )
                 for path, filename in paths_of(key, value):
                     conn.execute(
@@ -242,8 +324,16 @@ class SQLiteStore:
                         (path, key, filename),
                     )
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            # SQLite may have rolled back already (SQLITE_FULL, I/O errors): a second
+            # ROLLBACK would replace the real error with "no transaction is active".
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.failure("rollback after a failed commit failed")
+            if isinstance(e, sqlite3.Error):
+                raise write_failed("database commit", e, code=503) from e
             raise
         if current > self.serial:
             self._catch_up(current)  # another process committed before us
@@ -271,12 +361,31 @@ class SQLiteStore:
         self._conn.close()
 
 
+class ChangelogReader:
+    """``read``/``close`` over one changelog entry's bytes (see SQLiteStore.open_changelog)."""
+
+    def __init__(self, conn: sqlite3.Connection, blob: sqlite3.Blob) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._blob = blob
+        self.size = len(blob)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._blob.read(size)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._blob.close()
+            self._conn.close()
+            self._conn = None
+
+
 class Transaction:
     """Pending changes layered over the store; reads see the transaction's own writes."""
 
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self.pending: dict[str, Any] = {}
+        self.encoded: dict[str, str] = {}
         self.serial: int | None = None
 
     def get(self, key: str) -> Any | None:
@@ -305,10 +414,20 @@ class Transaction:
         if current == value and key not in self.pending:
             return
         self.pending[key] = value
+        self.encoded.pop(key, None)
+
+    def set_encoded(self, key: str, value: Any, text: str) -> None:
+        """Set a value already encoded (``encode_value(value)``, done off the reactor).
+
+        Unlike ``set`` it does not compare with the stored value: the caller did.
+        """
+        self.pending[key] = value
+        self.encoded[key] = text
 
     def delete(self, key: str) -> None:
         if key in self.pending or self._store.get(key) is not None:
             self.pending[key] = None
+            self.encoded.pop(key, None)
 
     @property
     def changes(self) -> Mapping[str, Any]:

@@ -3,6 +3,7 @@
 # Each module registers its routes (and /USER/INDEX POST hooks: multipart uploads, JSON push).
 from devpid.web import (  # noqa: F401  (routes)
     files,
+    html,
     indexes,
     projects,
     simple,

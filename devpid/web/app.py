@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,8 +34,10 @@ import devpid
 from devpid import auth
 from devpid.metrics import RequestCounters
 from devpid.store import keys
+from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
+from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
 from devpid.web.errors import JSON_TYPE, HTTPError, render_error, unauthorized
 
 log = Logger()
@@ -52,6 +55,7 @@ class Settings:
     port: int = 3141
     outside_url: str | None = None
     request_timeout: float = 5.0
+    mirror_min_rate: float = 1024.0  # bytes/s below which a mirror file download is aborted
     offline_mode: bool = False
     mirror_cache_expiry: int = 1800
     max_upload_size: int = DEFAULT_MAX_UPLOAD
@@ -62,6 +66,16 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    header_timeout: float = 10.0  # seconds a request head may take to arrive
+    idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
+    max_connections: int = 4096  # open client connections per process (see connections.py)
+    # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
+    allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
+    mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
+    mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
+    restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
+    max_login_failures: int = 10  # per user and minute before password checks get 429
+    body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
 
 
 class DevpidServer:
@@ -85,6 +99,10 @@ class DevpidServer:
         self.cpu_pool = cpu_pool
         self.tokens = auth.TokenSigner(secret, clock=reactor)
         self.verified = auth.VerifiedPasswords(secret)
+        from devpid.passwords import PasswordChecker
+
+        # bcrypt in its own bounded pool (started by the process's service tree)
+        self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
         self.secret = secret
         self.started = time.time()
         self.request_counters = RequestCounters()
@@ -159,20 +177,29 @@ class DevpidServer:
                 "authentication token expired or invalid, please log in again",
                 headers={"WWW-Authenticate": 'Basic realm="pypi"', "Location": "/+login"},
             )
-        if await self.check_password(name, secret, pwhash):
+        if await self.check_password(name, secret, pwhash, request):
             return name
         raise unauthorized(f"user {name!r} could not be authenticated")
 
-    async def check_password(self, name: str, password: str, pwhash: str) -> bool:
-        if self.verified.known(name, password, pwhash):
-            return True
-        ok = await self.in_thread(auth.check_password, password, pwhash)
-        if ok:
-            self.verified.remember(name, password, pwhash)
-        return bool(ok)
+    async def check_password(
+        self, name: str, password: str, pwhash: str, request: Any = None
+    ) -> bool:
+        """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
+        from devpid.passwords import Throttled
 
-    def hash_password(self, password: str) -> Deferred[str]:
-        return self.in_thread(auth.hash_password, password, self.settings.bcrypt_rounds)
+        address = client_address(request) if request else None
+        try:
+            return await self.passwords.check(name, password, pwhash, address)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
+
+    async def hash_password(self, password: str) -> str:
+        from devpid.passwords import Throttled
+
+        try:
+            return await self.passwords.hash(password, self.settings.bcrypt_rounds)
+        except Throttled as e:
+            raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
     async def require_user(self, request: Any) -> str:
         """The authenticated user; anonymous callers get 403, as devpi's JSON API answers
@@ -187,6 +214,17 @@ class DevpidServer:
 
 
 # -- response helpers ------------------------------------------------------------------------
+def client_address(request: Any) -> str | None:
+    """The client's address; behind a proxy on loopback (the generated nginx) the address it
+    names in ``X-Real-IP`` (no one else can choose that value)."""
+    peer = getattr(request.getClientAddress(), "host", None)
+    if peer in ("127.0.0.1", "::1"):
+        forwarded = header(request, b"x-real-ip")
+        if forwarded:
+            return forwarded.strip()[:64]
+    return peer if isinstance(peer, str) else None
+
+
 def header(request: Any, name: bytes) -> str | None:
     """A request header as text (latin-1, as HTTP defines it), or None."""
     value = request.requestHeaders.getRawHeaders(name)
@@ -210,15 +248,58 @@ def json_response(
         body["type"] = type
     if message:
         body["message"] = message
-    return json.dumps(body, indent=2).encode() + b"\n"
+    return json.dumps(body, indent=2, allow_nan=False).encode() + b"\n"
+
+
+# User-supplied JSON (configs, custom_data, login, push, yank) is stored and rendered back,
+# often to anonymous readers: bound its size and nesting so that neither parsing nor the
+# pages that embed it grow without limit (and deep nesting never hits Python's recursion
+# limit).
+MAX_JSON_BODY = 1024 * 1024
+MAX_JSON_DEPTH = 20
 
 
 def read_json(request: Any) -> Any:
+    """The request body as JSON, or a 400 if it is not JSON or exceeds the bounds."""
+    request.content.seek(0)
+    raw = request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise HTTPError(400, f"Bad request: JSON body larger than {MAX_JSON_BODY} bytes")
     try:
-        request.content.seek(0)
-        return json.loads(request.content.read() or b"null")
+        value = json.loads(raw or b"null", parse_constant=reject_constant)
+    except RecursionError:
+        value = None
+        depth_ok = False
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "Bad request: could not decode json") from None
+    else:
+        depth_ok = json_depth_within(value, MAX_JSON_DEPTH)
+    if not depth_ok:
+        raise HTTPError(400, f"Bad request: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259): refuse them rather than store them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value``'s containers nest at most ``limit`` deep (iterative, early exit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return True
 
 
 def query_flag(request: Any, name: bytes) -> bool:
@@ -275,6 +356,26 @@ def _not_allowed(server: Any, request: Any, failure: Failure) -> bytes:
     return render_error(request, HTTPError(405, f"method {method} not allowed here"))
 
 
+@app.handle_errors(WriteFailed)  # type: ignore[arg-type]
+def _write_failed(server: Any, request: Any, failure: Failure) -> bytes:
+    """Storage failed, not the request: its real error, 507 for a full disk (else 503)."""
+    if isinstance(failure.value, OutOfSpace):  # an operator's condition: one line, no trace
+        log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
+                  uri=request.uri.decode("latin-1"), message=str(failure.value))
+    else:
+        log.failure("a write failed for {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+    return render_error(request, write_failed_error(failure.value))
+
+
+def write_failed_error(error: WriteFailed) -> HTTPError:
+    """The answer to a failed write, saying that nothing was stored and a retry may work."""
+    if isinstance(error, OutOfSpace):
+        return HTTPError(error.code, f"{error}; nothing was stored, retry once space is freed",
+                         headers={"Retry-After": "60"})
+    return HTTPError(error.code, f"{error}; nothing was stored", headers={"Retry-After": "10"})
+
+
 @app.handle_errors  # type: ignore[call-overload]
 def _unexpected(server: Any, request: Any, failure: Failure) -> bytes:
     log.failure("unhandled error for {method} {uri}", failure,
@@ -307,7 +408,10 @@ class DevpidRequest(twserver.Request):
 
     body_too_large = False
     max_body = DEFAULT_MAX_UPLOAD
+    devpid_body: BodyDeadline | None = None
+    devpid_answered = False  # an error went out before the body (devpid/web/bodies.py)
     devpid_serial_set = False
+    body_error: OutOfSpace | None = None  # the body could not be buffered: the disk is full
 
     def process(self) -> None:
         self.devpid_started = time.monotonic()
@@ -330,17 +434,53 @@ class DevpidRequest(twserver.Request):
         super().write(data)
 
     def gotLength(self, length: int | None) -> None:
-        limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
-        if length is not None and length > limit:
+        site = getattr(self.channel, "site", None)
+        limit = getattr(site, "max_body", self.max_body)
+        if refuse_oversized(self, length, limit):  # 413 now, no "100 Continue"
             self.body_too_large = True
             self.content = _Discard()  # type: ignore[assignment]
             return
-        super().gotLength(length)
+        if length != 0:  # a body follows: it must not trickle
+            timeout = getattr(site, "body_timeout", DEFAULT_BODY_TIMEOUT)
+            self.devpid_body = BodyDeadline(self, length, timeout)
+        try:
+            with disk_full_as_out_of_space("buffering the request body"):
+                super().gotLength(length)
+        except OutOfSpace as e:
+            self._body_failed(e)
+
+    def _body_failed(self, error: OutOfSpace) -> None:
+        """Drop the body at once (its temp file goes with it); render() answers 507."""
+        self.body_error = error
+        content = self.content
+        self.content = _Discard()  # type: ignore[assignment]
+        if content is not None:
+            with contextlib.suppress(OSError):
+                content.close()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        if self.devpid_answered:  # refused while the body arrived; the connection closes
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.devpid_body is not None:
+            self.devpid_body.done()
+        super().connectionLost(reason)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
+        if self.devpid_body is not None:
+            self.devpid_body.got(len(data))
+        if self.body_too_large or self.body_error is not None:
             return
-        super().handleContentChunk(data)
+        try:
+            with disk_full_as_out_of_space("buffering the request body"):
+                super().handleContentChunk(data)
+        except OutOfSpace as e:
+            self._body_failed(e)
+            return
         limit = getattr(getattr(self.channel, "site", None), "max_body", self.max_body)
         content = self.content
         if content is not None and content.tell() > limit:
@@ -361,6 +501,9 @@ class RootResource(Resource):
         from devpid.web.fastpath import try_cached_page, try_file_check, try_stored_file
 
         self.fast_paths = (try_file_check, try_cached_page, try_stored_file)
+        from devpid.web.html.dispatch import browser_route
+
+        self.browser_route = browser_route  # the web view for people (devpid/web/html)
         self.shared_store = server.settings.workers > 1
         self.server_version = f"devpid {devpid.__version__}".encode()
         mount = urlsplit(server.settings.outside_url or "").path.rstrip("/")
@@ -394,6 +537,9 @@ class RootResource(Resource):
 
     def render(self, request: Any) -> Any:
         server = self.devpid
+        if not request.uri.startswith(b"/"):
+            # absolute-form (a proxy's request) or "*": no route; werkzeug would fail on it
+            return render_error(request, HTTPError(400, "request target must be a path"))
         decoded = self.prepare(request, list(request.postpath))
         if isinstance(decoded, HTTPError):
             return render_error(request, decoded)
@@ -404,6 +550,10 @@ class RootResource(Resource):
                 request,
                 HTTPError(413, f"request body exceeds the upload limit of {limit} bytes"),
             )
+        if getattr(request, "body_error", None) is not None:
+            log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
+                      uri=request.uri.decode("latin-1"), message=str(request.body_error))
+            return render_error(request, write_failed_error(request.body_error))
         # -- replication (devpid/replica.py): a replica forwards writes to its primary --
         proxy = server.components.get("write_proxy")
         if proxy is not None and proxy.wants(request):
@@ -421,6 +571,9 @@ class RootResource(Resource):
                 break
             if fast is not None:
                 return fast
+        refused = self.browser_route(server, request, decoded)
+        if refused is not None:
+            return render_error(request, refused)
         return self.klein.render(request)
 
 
@@ -429,6 +582,19 @@ class DevpidSite(twserver.Site):
 
     access: Any = None
     counters: RequestCounters | None = None
+    devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
+    devpid_header_timeout: float | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, or a 503 answer when every connection slot is busy."""
+        limit = self.devpid_connections
+        if limit is not None and not limit.make_room():
+            from devpid.web.connections import Refused
+
+            refused = Refused()
+            refused.factory = self
+            return refused
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         started = getattr(request, "devpid_started", None)
@@ -449,11 +615,19 @@ class DevpidSite(twserver.Site):
 
 
 def make_site(server: DevpidServer) -> twserver.Site:
+    """The HTTP site of this process. Raises the process's open-file limit to fit
+    ``--max-connections`` (see devpid.web.connections)."""
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
+    from devpid.web.connections import ConnectionLimit, raise_fd_limit
     from devpid.web.fastchannel import FastAnswer, FastHTTPChannel
 
     root = server.resource()
-    site = DevpidSite(root, parsePOSTFormSubmission=False)
+    settings = server.settings
+    site = DevpidSite(root, parsePOSTFormSubmission=False, timeout=settings.idle_timeout)
+    site.devpid_header_timeout = settings.header_timeout
+    limit = ConnectionLimit(raise_fd_limit(settings.max_connections))
+    site.devpid_connections = limit
+    server.status_providers.append(limit.status)
     site.protocol = FastHTTPChannel  # type: ignore[assignment]
     if isinstance(root, RootResource):
         fast = FastAnswer(server, root.fast_paths, root.prepare)
@@ -461,6 +635,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
         server.status_providers.append(fast.status)
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
+    site.body_timeout = server.settings.body_timeout  # type: ignore[attr-defined]
     site.devpid_store = server.store  # type: ignore[attr-defined]
     site.displayTracebacks = False
     from devpid.accesslog import AccessLog

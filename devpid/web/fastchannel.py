@@ -8,6 +8,13 @@ pages, stored files, nginx's file check; see :mod:`devpid.web.fastpath`). An ans
 give is written with one ``send`` (files continue with sendfile); anything they decline, and
 every other kind of request (bodies, pipelining, HTTP/1.0, ``Connection: close``, odd
 framing), goes to twisted.web untouched, so the two can never disagree on what was sent.
+
+Both kinds of answer share the channel's timeouts: a request head (from a new connection's
+start, or from a keep-alive connection's first byte of the next request) must be complete
+within ``--header-timeout`` seconds, however slowly its bytes trickle in (else ``408`` and
+close), and a keep-alive connection without a request is closed after ``--idle-timeout``
+seconds (twisted.web's own idle timer, the site's ``timeOut``). The site's
+:class:`~devpid.web.connections.ConnectionLimit` sees every channel.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ FastPath = Callable[[Any, Any, list[bytes]], Any]
 # Headers whose presence sends a request to twisted.web: a body or a change of protocol.
 _SLOW_HEADERS = (b"transfer-encoding", b"expect", b"upgrade")
 _NO_BODY_CODES = (204, 304)
+_HEAD_TIMEOUT_BODY = b'{"message": "request head not received in time"}\n'
+_HEAD_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_HEAD_TIMEOUT_BODY)
+) + _HEAD_TIMEOUT_BODY
 log = Logger()
 _date: list[Any] = [0, b""]
 
@@ -182,6 +194,61 @@ class FastHTTPChannel(http.HTTPChannel):
     site: Any
     _fast_request: FastRequest | None = None
     _fast_pending: list[bytes] | None = None
+    _head_call: Any = None
+    _lost = False
+    # Monotonic time since when no request is in progress (None: one is), for eviction.
+    devpid_waiting_since: float | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        limit = getattr(self.site, "devpid_connections", None)
+        if limit is not None:
+            limit.opened(self)
+        self.devpid_waiting_since = time.monotonic()
+        self._arm_head_deadline()  # a new connection owes us its first request head
+
+    def _arm_head_deadline(self) -> None:
+        timeout = getattr(self.site, "devpid_header_timeout", None)
+        if self._head_call is None and timeout:
+            self._head_call = self.callLater(timeout, self._head_timed_out)
+
+    def _cancel_head_deadline(self) -> None:
+        call, self._head_call = self._head_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _busy(self) -> bool:
+        """A request is in progress: its body arrives (raw mode), or it is being answered."""
+        return bool(self._handlingRequest or self._fast_request is not None
+                    or (self.requests and not self.line_mode))
+
+    def _head_timed_out(self) -> None:
+        """The head did not arrive in time: say so and close (a trickle cannot extend it)."""
+        self._head_call = None
+        if self._busy():
+            return
+        transport: Any = self.transport
+        transport.write(_HEAD_TIMEOUT)
+        self.timeoutConnection()
+
+    def _input_seen(self) -> None:
+        """After input was handled: track whether a head is owed, a request runs, or neither."""
+        if self._lost:
+            return
+        if self._busy():
+            self._cancel_head_deadline()
+            self.devpid_waiting_since = None
+            return
+        if self.devpid_waiting_since is None:
+            self.devpid_waiting_since = time.monotonic()
+        if self._buffer or self.requests:  # part of a head: its deadline runs from its start
+            self._arm_head_deadline()
+        else:  # waiting for the next request: only the idle timeout applies
+            self._cancel_head_deadline()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        self._input_seen()
 
     def _idle(self) -> bool:
         return bool(
@@ -212,8 +279,10 @@ class FastHTTPChannel(http.HTTPChannel):
             if parsed is not None:
                 answer = getattr(self.site, "devpid_fast", None)
                 if answer is not None and self._answer(answer, FastRequest(self, *parsed)):
+                    self._input_seen()
                     return
         super().dataReceived(data)
+        self._input_seen()
 
     def _answer(self, answer: Callable[[FastRequest], bool], request: FastRequest) -> bool:
         """Let the fast paths answer; an error before anything was sent falls back to
@@ -264,8 +333,16 @@ class FastHTTPChannel(http.HTTPChannel):
         transport.resumeProducing()
         if pending:
             self.dataReceived(b"".join(pending))
+        else:
+            self._input_seen()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._cancel_head_deadline()
+        self.devpid_waiting_since = None
+        limit = getattr(self.site, "devpid_connections", None)
+        if limit is not None:
+            limit.closed(self)
         if self._fast_request is not None:
             self._fast_request = None
             producer, self._requestProducer = self._requestProducer, None

@@ -19,6 +19,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import NoRangeStaticProducer
 from zope.interface import implementer
 
 from devpid.web.app import DevpidServer, app, header, json_response
@@ -31,7 +32,24 @@ IMMUTABLE = b"max-age=365000000, immutable, public"
 SMALL_FILE = 64 * 1024
 
 
+# Types a browser renders as an active document (scripts on our origin): never sent for a
+# stored file; only doc pages, served under a sandboxing CSP, may have them.
+_ACTIVE_TYPES = frozenset({
+    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
+    "text/javascript", "application/javascript", "application/x-javascript", "text/xsl",
+})
+DOC_CSP = b"sandbox allow-scripts allow-forms allow-popups"
+SMALL_DOC_MEMBER = 256 * 1024
+
+
 def content_type_for(filename: str) -> str:
+    """The Content-Type of a stored file (``+f``): HTML, SVG, XML or JS as text/plain."""
+    guessed = doc_type_for(filename)
+    return "text/plain; charset=utf-8" if guessed in _ACTIVE_TYPES else guessed
+
+
+def doc_type_for(filename: str) -> str:
+    """The Content-Type by file name (doc pages keep text/html, under DOC_CSP)."""
     if filename.endswith(".whl"):
         return "application/octet-stream"
     if filename.endswith(".metadata"):
@@ -142,6 +160,7 @@ small_blobs = SmallBlobCache()
 
 def _file_headers(request: Any, filename: str, etag: bytes) -> None:
     request.setHeader(b"Content-Type", content_type_for(filename).encode())
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"ETag", etag)
     request.setHeader(b"Cache-Control", IMMUTABLE)
 
@@ -399,24 +418,71 @@ async def get_doc(
         member = "index.html"
     blob = server.blobs.path(value["sha256"])
 
-    def read() -> bytes | None:
-        with zipfile.ZipFile(blob) as zf:
+    def open_member() -> bytes | _ZipMember | None:
+        zf: zipfile.ZipFile | None = zipfile.ZipFile(blob)
+        try:
+            assert zf is not None
             names = set(zf.namelist())
             for candidate in (member, member.rstrip("/") + "/index.html"):
                 if candidate in names:
                     info = zf.getinfo(candidate)
-                    if info.file_size > 64 * 1024 * 1024:
-                        return None
-                    return zf.read(info)
-        return None
+                    if info.file_size <= SMALL_DOC_MEMBER:
+                        return zf.read(info)
+                    opened = _ZipMember(zf, zf.open(info), info.file_size)
+                    zf = None
+                    return opened
+            return None
+        finally:
+            if zf is not None:
+                zf.close()
 
     try:
-        data = await server.in_thread(read)
-    except (OSError, zipfile.BadZipFile):
+        found = await server.in_thread(open_member)
+    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
         raise not_found("documentation archive is unreadable") from None
-    if data is None:
+    if found is None:
         raise not_found(f"{rest or 'index.html'} is not in the documentation")
-    request.setHeader(b"Content-Type", content_type_for(member).encode())
+    # Scripts in docs run sandboxed in an opaque origin: never as the index (its cookies,
+    # its Basic credentials, its JSON API on the same origin).
+    request.setHeader(b"Content-Type", doc_type_for(member).encode())
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
-    request.setHeader(b"Content-Security-Policy", b"sandbox allow-scripts allow-same-origin")
-    return data
+    request.setHeader(b"Content-Security-Policy", DOC_CSP)
+    if isinstance(found, bytes):
+        return found
+    return _StreamedMember(found)
+
+
+class _ZipMember:
+    """An open doc-zip member (and its archive) with the read/close a static producer uses."""
+
+    def __init__(self, zf: zipfile.ZipFile, fp: Any, size: int) -> None:
+        self.zf, self.fp, self.size = zf, fp, size
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.fp.read(size)
+        return data
+
+    def close(self) -> None:
+        self.fp.close()
+        self.zf.close()
+
+
+class _StreamedMember(Resource):
+    """A big doc member sent chunk by chunk as the client reads (a pull producer): a slow
+    reader holds one chunk, not the whole inflated member."""
+
+    isLeaf = True
+
+    def __init__(self, member: _ZipMember) -> None:
+        super().__init__()
+        self.member = member
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"Content-Length", str(self.member.size).encode())
+        if request.method == b"HEAD":
+            self.member.close()
+            return b""
+        NoRangeStaticProducer(request, self.member).start()
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from devpid.auth import can_manage_index
+from devpid.auth import can_manage_index, can_set_mirror
 from devpid.model.indexes import (
+    ACL_KEYS,
     IndexConfigError,
     apply_changes,
     apply_patch_ops,
@@ -13,6 +14,7 @@ from devpid.model.indexes import (
     new_config,
 )
 from devpid.model.names import normalize_name, validate_user_or_index_name
+from devpid.redact import may_see_secrets, redact_config
 from devpid.web.app import (
     DevpidServer,
     app,
@@ -22,7 +24,7 @@ from devpid.web.app import (
     set_serial,
 )
 from devpid.web.errors import HTTPError, forbidden, not_found
-from devpid.web.users import delete_stage_keys
+from devpid.web.users import _identify_lenient, delete_stage_keys
 
 # Other modules (simple API, uploads) hook into GET and POST of the index URL.
 INDEX_GET_HOOKS: list[Any] = []
@@ -43,12 +45,39 @@ def require_index(server: DevpidServer, stage: str) -> dict[str, Any]:
     return config
 
 
-def _validate(server: DevpidServer, stage: str, config: dict[str, Any]) -> None:
+def _validate(
+    server: DevpidServer, stage: str, config: dict[str, Any], old: dict[str, Any] | None = None
+) -> None:
     bases = config.get("bases") or []
     try:
         check_bases(stage, bases, server.index_config)
     except IndexConfigError as e:
         raise HTTPError(400, str(e)) from None
+    _check_acl_names(server, config, old or {})
+
+
+def _check_acl_names(server: DevpidServer, config: dict[str, Any], old: dict[str, Any]) -> None:
+    """Newly named ACL users must exist: whoever registered a named-but-missing user later
+    would get its rights. Names starting with ':' (``:ANONYMOUS:``, ``:AUTHENTICATED:``,
+    devpi's ``:group`` principals) are no user names and pass."""
+    unknown: list[str] = []
+    for key in ACL_KEYS:
+        before = set(old.get(key) or [])
+        for name in config.get(key) or []:
+            if name.startswith(":") or name in before or name in unknown:
+                continue
+            if server.user_record(name) is None:
+                unknown.append(name)
+    if unknown:
+        raise HTTPError(400, "ACL names unknown users: " + ", ".join(unknown))
+
+
+def _require_mirror_permission(server: DevpidServer, actor: str, stage: str) -> None:
+    if not can_set_mirror(actor, server.settings.mirror_admins):
+        raise forbidden(
+            f"no permission to create a mirror index or set mirror_url on {stage} "
+            "(root and --mirror-admins only)"
+        )
 
 
 @app.route("/<user>/<index>", methods=["GET"])
@@ -60,7 +89,8 @@ async def get_index(server: DevpidServer, request: Any, user: str, index: str) -
             return result
     stage = f"{user}/{index}"
     config = require_index(server, stage)
-    result = dict(config)
+    actor = await _identify_lenient(server, request)
+    result = dict(config) if may_see_secrets(actor, user) else redact_config(config)
     if not query_flag(request, b"no_projects"):
         result["projects"] = stage_projects(server, stage, config)
     return json_response(request, result=result, type="indexconfig")
@@ -76,7 +106,7 @@ async def create_index(server: DevpidServer, request: Any, user: str, index: str
     error = validate_user_or_index_name(index)
     if error:
         raise HTTPError(400, error)
-    if not can_manage_index(actor, user):
+    if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to create index {stage}")
     if server.index_config(stage) is not None:
         raise HTTPError(409, f"index '{stage}' exists")
@@ -92,6 +122,8 @@ async def create_index(server: DevpidServer, request: Any, user: str, index: str
         )
     except IndexConfigError as e:
         raise HTTPError(400, str(e)) from None
+    if config.get("type") == "mirror":
+        _require_mirror_permission(server, actor, stage)
     _validate(server, stage, config)
     with server.store.transaction() as tx:
         tx.set("index/" + stage, config)
@@ -105,7 +137,7 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
     stage = f"{user}/{index}"
     config = require_index(server, stage)
     actor = await server.require_user(request)
-    if not can_manage_index(actor, user):
+    if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to modify index {stage}")
     body = read_json(request)
     new = dict(config)
@@ -121,7 +153,9 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
             raise IndexConfigError("PATCH body must be a JSON object or a list of key=value")
     except IndexConfigError as e:
         raise HTTPError(400, str(e)) from None
-    _validate(server, stage, new)
+    if new.get("mirror_url") != config.get("mirror_url"):
+        _require_mirror_permission(server, actor, stage)
+    _validate(server, stage, new, config)
     if new == config and query_flag(request, b"error_on_noop"):
         raise HTTPError(400, "The requested modifications resulted in no changes")
     with server.store.transaction() as tx:
@@ -136,7 +170,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
     stage = f"{user}/{index}"
     config = require_index(server, stage)
     actor = await server.require_user(request)
-    if not can_manage_index(actor, user):
+    if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to delete index {stage}")
     if not config.get("volatile", True) and not query_flag(request, b"force"):
         raise forbidden(f"index {stage} non-volatile, cannot delete")

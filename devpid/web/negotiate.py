@@ -18,8 +18,10 @@ __all__ = [
     "SIMPLE_JSON",
     "SIMPLE_JSON_LATEST",
     "TEXT_HTML",
+    "VIEW_JSON",
     "best_match",
     "choose_simple_format",
+    "choose_view",
     "is_installer",
     "parse_accept",
     "wants_json_api",
@@ -167,6 +169,27 @@ def choose_simple_format(accept: str | None, format_param: str | None) -> str:
     if chosen is None:
         return TEXT_HTML
     return _LATEST_ALIASES.get(chosen, chosen)
+
+
+VIEW_JSON = "application/json"
+
+
+def choose_view(accept: str | None, extra: Sequence[str] = ()) -> str | None:
+    """TEXT_HTML for a browser, VIEW_JSON for API clients, None for an unacceptable Accept.
+
+    HTML only when the client prefers it over JSON and over the ``extra`` types the resource
+    also serves (``*/*``, a missing header and devpi-client's ``application/json`` keep JSON,
+    as before the web view existed); None (406) when none of them is acceptable. VIEW_JSON
+    then means "not the web view": the resource's own negotiation decides.
+    """
+    ranges = parse_accept(accept)
+    if not ranges:
+        return VIEW_JSON
+    q_html = _quality(ranges, TEXT_HTML)
+    q_other = max([_quality(ranges, VIEW_JSON), *(_quality(ranges, o) for o in extra)])
+    if q_html > q_other:
+        return TEXT_HTML
+    return VIEW_JSON if q_other > 0 else None
 
 
 def wants_json_api(accept: str | None) -> bool:

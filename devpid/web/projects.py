@@ -6,7 +6,14 @@ import json
 from typing import Any
 
 from devpid.auth import can_delete_entry, can_upload
-from devpid.links import Link, UpstreamUnavailable, collect_links, resolve, version_key
+from devpid.links import (
+    Link,
+    UpstreamUnavailable,
+    collect_links,
+    ensure_mirrors,
+    resolve,
+    version_key,
+)
 from devpid.model.names import normalize_name
 from devpid.store import keys
 from devpid.web import indexes as index_routes
@@ -24,7 +31,7 @@ from devpid.web.app import (
     utc_timestamp,
 )
 from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
-from devpid.web.negotiate import is_installer, wants_json_api
+from devpid.web.negotiate import VIEW_JSON, choose_view, is_installer
 from devpid.web.simple import serve_project_page
 
 
@@ -103,6 +110,7 @@ def _stage_versions(
 async def project_versions(
     server: DevpidServer, request: Any, stage: str, project: str, ignore_bases: bool
 ) -> dict[str, dict[str, Any]]:
+    await ensure_mirrors(server, stage, project)  # a project not cached yet is not a 404
     try:
         links, known = await collect_links(server, stage, project)
     except UpstreamUnavailable as e:
@@ -137,8 +145,8 @@ async def get_project(
         return await serve_project_page(server, request, user, index, project, prefix)
     if server.index_config(stage) is None:
         raise not_found(f"The stage {stage} could not be found.")
-    if not wants_json_api(header(request, b"accept")):
-        raise HTTPError(415, "unsupported media type: this view answers Accept: application/json")
+    if choose_view(header(request, b"accept")) != VIEW_JSON:  # browsers: devpid/web/html
+        raise HTTPError(406, "not acceptable: this URL answers text/html or application/json")
     result = await project_versions(server, request, stage, project,
                                     query_flag(request, b"ignore_bases"))
     return json_response(request, result=result, type="projectconfig")
@@ -423,6 +431,7 @@ async def pypi_json(server: DevpidServer, request: Any, user: str, index: str, p
     if server.index_config(stage) is None:
         raise not_found(f"The stage {stage} could not be found.")
     normal = normalize_name(project)
+    await ensure_mirrors(server, stage, normal)
     try:
         links, known = await collect_links(server, stage, normal)
     except UpstreamUnavailable as e:

@@ -21,12 +21,16 @@ from devpid.web.app import (
     app,
     json_response,
     log_when,
+    reject_constant,
     set_serial,
     utc_timestamp,
 )
 from devpid.web.errors import HTTPError, not_found
 
 MAX_TOXRESULT_BYTES = 16 * 1024 * 1024  # a tox report is kilobytes; 16 MB is generous
+# Per release file (anyone may post by default): the count and the sum of sizes.
+MAX_TOXRESULTS_PER_FILE = 100
+MAX_TOXRESULTS_BYTES_PER_FILE = 64 * 1024 * 1024
 
 
 @app.route("/<user>/<index>/+f/<path:rest>", methods=["POST"])
@@ -64,6 +68,7 @@ async def post_toxresult(
         if not isinstance(release, dict):  # deleted while the report was being stored
             raise not_found(f"no release file found at {relpath}")
         prefix = keys.toxresult_prefix(stage, project, filename)
+        _check_room(tx.items(prefix), size, filename)
         n = _next_number(tx, prefix)
         name = f"{filename}.toxresult-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{n}"
         path = f"{release['path'].rsplit('/', 1)[0]}/{name}"
@@ -81,6 +86,17 @@ async def post_toxresult(
     return json_response(request, result=f"{path}#sha256={sha}", type="toxresultpath")
 
 
+def _check_room(existing: list[tuple[str, Any]], size: int, filename: str) -> None:
+    """Refuse a report beyond the per-file bounds (the stored ones are left as they are)."""
+    total = size + sum(v.get("size") or 0 for _, v in existing if isinstance(v, dict))
+    if len(existing) >= MAX_TOXRESULTS_PER_FILE:
+        raise HTTPError(409, f"{filename} already has {len(existing)} tox results, the most "
+                             f"a file may have")
+    if total > MAX_TOXRESULTS_BYTES_PER_FILE:
+        raise HTTPError(409, f"the tox results of {filename} would exceed "
+                             f"{MAX_TOXRESULTS_BYTES_PER_FILE} bytes in total")
+
+
 def _store_report(blobs: BlobStore, content: Any) -> tuple[str, int]:
     """Check the posted report (a JSON object, not too big) and store it. Blocking."""
     content.seek(0)
@@ -88,9 +104,10 @@ def _store_report(blobs: BlobStore, content: Any) -> tuple[str, int]:
     if len(body) > MAX_TOXRESULT_BYTES:
         raise HTTPError(413, f"a tox result may have at most {MAX_TOXRESULT_BYTES} bytes")
     try:
-        report = json.loads(body)
+        report = json.loads(body, parse_constant=reject_constant)
     except (ValueError, UnicodeDecodeError):
-        raise HTTPError(400, "Bad request: could not decode json") from None
+        raise HTTPError(400, "Bad request: could not decode json (strict JSON: no NaN or "
+                             "Infinity)") from None
     if not isinstance(report, dict):
         raise HTTPError(400, "a tox result must be a JSON object")
     return blobs.put_bytes(body), len(body)
@@ -118,9 +135,15 @@ def copy_for_push(tx: Any, src: str, dst: str, project: str, filename: str, dst_
     copied = []
     target = keys.toxresult_prefix(dst, project, filename)
     present = {v.get("filename") for _, v in tx.items(target)}
+    room = tx.items(target)
     for _key, value in tx.items(keys.toxresult_prefix(src, project, filename)):
         if value["filename"] in present:  # pushed before: one record per served path
             continue
+        try:
+            _check_room(room, value.get("size") or 0, filename)
+        except HTTPError:
+            break  # the target keeps its own; the push copies what fits
+        room.append((_key, value))
         path = f"{dst_dir}/{value['filename']}"
         tx.set(f"{target}{_next_number(tx, target)}", {
             **value, "path": path, "log": [*value.get("log", []), push_log],

@@ -20,7 +20,12 @@ from multipart import MultipartSegment, PushMultipartParser, parse_options_heade
 from twisted.internet.defer import FirstError, gatherResults
 
 from devpid.auth import can_upload
-from devpid.model.metadata import MetadataError, metadata_from_form, read_core_metadata
+from devpid.model.metadata import (
+    MetadataError,
+    check_release_size,
+    metadata_from_form,
+    read_core_metadata,
+)
 from devpid.model.names import (
     InvalidFilename,
     check_safe_filename,
@@ -28,9 +33,12 @@ from devpid.model.names import (
     normalize_name,
     parse_dist_filename,
     validate_project_name,
+    validate_version,
 )
 from devpid.store import keys
+from devpid.store.base import is_out_of_space, write_failed
 from devpid.store.blobs import BlobStore
+from devpid.store.sqlite import encode_value
 from devpid.web import indexes as index_routes
 from devpid.web import toxresults
 from devpid.web.app import (
@@ -43,7 +51,10 @@ from devpid.web.app import (
 )
 from devpid.web.errors import HTTPError, forbidden, submit_error, unauthorized
 
-MAX_FIELD_BYTES = 4 * 1024 * 1024
+# Form fields other than the file, one and all together: bounds what a parse holds in
+# memory (metadata fields are bounded further, see model.metadata.check_release_size).
+MAX_FIELD_BYTES = 2 * 1024 * 1024
+MAX_FORM_BYTES = 8 * 1024 * 1024
 MAX_DOC_MEMBERS = 20000
 MAX_DOC_UNPACKED = 512 * 1024 * 1024
 
@@ -81,6 +92,7 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
     tmp: Path | None = None
     hashers: list[Any] = []
     size = 0
+    form_bytes = 0
     try:
         with PushMultipartParser(boundary, max_segment_count=1000) as parser:
             while not parser.closed:
@@ -108,8 +120,14 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
                             size += len(event)
                         else:
                             buf += event
+                            form_bytes += len(event)
                             if len(buf) > MAX_FIELD_BYTES:
-                                raise HTTPError(400, "form field too large")
+                                raise HTTPError(
+                                    400, f"form field {segment.name if segment else ''!r} "
+                                    f"is larger than {MAX_FIELD_BYTES} bytes")
+                            if form_bytes > MAX_FORM_BYTES:
+                                raise HTTPError(400, f"form fields are larger than "
+                                                f"{MAX_FORM_BYTES} bytes in total")
                     else:
                         if segment is None:
                             continue
@@ -133,9 +151,14 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
     except HTTPError:
         _cleanup(out, tmp, blobs)
         raise
-    except Exception as e:  # the parser's errors: a malformed body is the client's fault
+    except ValueError as e:  # the parser's errors (MultipartError): the client's fault
         _cleanup(out, tmp, blobs)
         raise HTTPError(400, f"malformed multipart body: {e}") from None
+    except BaseException as e:  # ours: a full disk says so (507), anything else is a 500
+        _cleanup(out, tmp, blobs)
+        if is_out_of_space(e):
+            raise write_failed("receiving the upload", e) from e
+        raise
     if out is not None:
         out.close()
     if result.file is None and tmp is not None:
@@ -144,16 +167,22 @@ def parse_upload_body(stream: BinaryIO, boundary: str, blobs: BlobStore) -> Pars
 
 
 def _cleanup(out: BinaryIO | None, tmp: Path | None, blobs: BlobStore) -> None:
-    if out is not None:
-        out.close()
-    if tmp is not None:
-        blobs.discard(tmp)
+    """Remove the temp file at once (its close may fail too on a full disk)."""
+    try:
+        if out is not None:
+            out.close()
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            blobs.discard(tmp)
 
 
 def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedUpload:
     """Parse the body and, for a file upload, read its core metadata: one thread trip."""
     parsed = parse_upload_body(stream, boundary, blobs)
-    if parsed.file is not None and parsed.get(":action") == "file_upload":
+    action = parsed.get(":action")
+    if parsed.file is not None and action == "file_upload":
         try:
             check_safe_filename(parsed.file.filename)
             parsed.metadata = read_file_metadata(parsed.file, parsed.file.filename)
@@ -161,6 +190,15 @@ def parse_and_read(stream: BinaryIO, boundary: str, blobs: BlobStore) -> ParsedU
             parsed.metadata = e
         except (InvalidFilename, ValueError):
             parsed.metadata = None  # the ordinary checks report it
+    if action in ("file_upload", "submit", "register"):
+        read = parsed.metadata
+        archive = read[0] if isinstance(read, tuple) and read[0] is not None else {}
+        try:
+            check_release_size({**metadata_from_form(parsed.fields), **archive})
+        except MetadataError as e:
+            if parsed.file is not None:
+                blobs.discard(parsed.file.tmp)
+            raise HTTPError(400, f"invalid metadata: {e}") from None
     return parsed
 
 
@@ -284,7 +322,7 @@ async def _handle_form(
             ctx = Upload(server, request, stage, config, actor, parsed, parsed.file)
             return await (_file_upload if action == "file_upload" else _doc_upload)(ctx)
         if action in ("submit", "register"):
-            return _register(server, request, stage, parsed)
+            return await _register(server, request, stage, parsed)
         raise HTTPError(400, f"action {action!r} not supported")
     finally:
         if parsed.file is not None:
@@ -299,21 +337,54 @@ def _name_version(parsed: ParsedUpload) -> tuple[str, str]:
     error = validate_project_name(name)
     if error:
         raise HTTPError(400, f"invalid metadata: {error}")
-    if any(c in name + version for c in '<>%#"/\\') or any(ord(c) < 32 for c in version):
+    if any(c in name for c in '<>%#"/\\'):
         raise HTTPError(400, "invalid metadata: name or version contains invalid characters")
+    error = validate_version(version)
+    if error:
+        raise HTTPError(400, f"invalid metadata: {error}")
     return name, version
 
 
-def _register(server: DevpidServer, request: Any, stage: str, parsed: ParsedUpload) -> bytes:
+async def _register(
+    server: DevpidServer, request: Any, stage: str, parsed: ParsedUpload
+) -> bytes:
     name, version = _name_version(parsed)
     project = normalize_name(name)
     metadata = metadata_from_form(parsed.fields)
     metadata.update(name=name, version=version)
+    release_key = keys.release(stage, project, version)
+    prepared = await server.in_thread(prepare_release, server.store, release_key, metadata,
+                                      False)
     with server.store.transaction() as tx:
         _ensure_project(tx, stage, project, name)
-        tx.set(keys.release(stage, project, version), metadata)
+        set_release(tx, server.store, release_key, metadata, False, prepared)
     set_serial(request, tx.serial)
     return b""
+
+
+# A release record is up to MAX_RELEASE_SIZE: merging it with the stored one, comparing and
+# encoding happen in a worker thread; the commit on the reactor only writes the text.
+Prepared = tuple[dict[str, Any] | None, str | None, int]
+
+
+def prepare_release(store: Any, key: str, metadata: dict[str, Any], merge: bool) -> Prepared:
+    """(new record or None if unchanged, its encoding, serial of the record read). Thread."""
+    old, serial = store.read_apart(key)
+    new = {**old, **metadata} if merge and isinstance(old, dict) else metadata
+    if new == old:
+        return None, None, serial
+    return new, encode_value(new), serial
+
+
+def set_release(tx: Any, store: Any, key: str, metadata: dict[str, Any], merge: bool,
+                prepared: Prepared) -> None:
+    """Commit a prepared record, unless the record changed since: then do it here (rare)."""
+    new, text, serial = prepared
+    if key in tx.pending or store.serial_of(key) != serial:
+        old = tx.get(key)
+        tx.set(key, {**old, **metadata} if merge and isinstance(old, dict) else metadata)
+    elif new is not None and text is not None:
+        tx.set_encoded(key, new, text)
 
 
 def _ensure_project(tx: Any, stage: str, project: str, name: str) -> None:
@@ -392,6 +463,9 @@ async def _file_upload(ctx: Upload) -> bytes:
     log_entry: dict[str, Any] = {"what": "upload", "who": actor, "when": log_when(),
                                  "dst": stage}
 
+    release_key = keys.release(stage, project, version)
+    prepared = await server.in_thread(prepare_release, server.store, release_key, metadata, True)
+
     # Re-read inside the synchronous commit block: nothing can interleave from here on.
     current = server.store.get(file_key)
     if current is not None and not volatile:
@@ -414,11 +488,9 @@ async def _file_upload(ctx: Upload) -> bytes:
         "metadata_sha256": metadata_sha,
         "log": [*log, log_entry],
     }
-    release_key = keys.release(stage, project, version)
     with server.store.transaction() as tx:
         _ensure_project(tx, stage, project, name)
-        old = tx.get(release_key) or {}
-        tx.set(release_key, {**old, **metadata})
+        set_release(tx, server.store, release_key, metadata, True, prepared)
         toxresults.file_changing(tx, stage, project, filename, value)
         tx.set(file_key, value)
     set_serial(request, tx.serial)
@@ -443,8 +515,9 @@ async def _doc_upload(ctx: Upload) -> bytes:
         from devpid.links import version_key
 
         version = max(versions, key=version_key)
-    if any(c in version for c in '<>%#"/\\'):
-        raise HTTPError(400, "invalid version")
+    error = validate_version(version)  # the same rules as for release files
+    if error:
+        raise HTTPError(400, f"invalid version: {error}")
     if upload.size:  # an empty file (``devpi upload --only-docs`` of one) is empty docs
         await server.in_thread(check_doc_zip, upload.tmp)
     doc_key = keys.doc(stage, project, version)

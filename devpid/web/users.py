@@ -7,8 +7,9 @@ from typing import Any
 
 import devpid
 from devpid import metrics as prometheus
-from devpid.auth import TOKEN_LIFETIME, can_manage_user
+from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
 from devpid.model.names import validate_user_or_index_name
+from devpid.redact import may_see_secrets, redact_config, scrub
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
 from devpid.web.errors import HTTPError, forbidden, not_found
@@ -75,7 +76,7 @@ async def login(server: DevpidServer, request: Any) -> bytes:
     name, password = body["user"], body["password"]
     record = server.user_record(name)
     pwhash = record.get("pwhash") if record else None
-    if not pwhash or not await server.check_password(name, password, pwhash):
+    if not pwhash or not await server.check_password(name, password, pwhash, request):
         raise HTTPError(401, f"user {name!r} could not be authenticated")
     token = server.tokens.issue(name, pwhash)
     return json_response(
@@ -108,8 +109,11 @@ def status_result(server: DevpidServer) -> dict[str, Any]:
 
 
 @app.route("/+status", methods=["GET"])
-def status(server: DevpidServer, request: Any) -> bytes:
-    return json_response(request, result=status_result(server), type="status")
+async def status(server: DevpidServer, request: Any) -> bytes:
+    result = status_result(server)
+    if await _identify_lenient(server, request) != "root":
+        result = scrub(result)  # upstream and webhook errors may name credentials
+    return json_response(request, result=result, type="status")
 
 
 @app.route("/+metrics", methods=["GET"])
@@ -121,19 +125,25 @@ def metrics(server: DevpidServer, request: Any) -> bytes:
 
 
 # -- users -------------------------------------------------------------------------------------
-def public_user(server: DevpidServer, name: str, record: dict[str, Any]) -> dict[str, Any]:
+def public_user(
+    server: DevpidServer, name: str, record: dict[str, Any], viewer: str | None = "root"
+) -> dict[str, Any]:
+    """A user as shown; index credentials only to the owner and root (devpid/redact.py)."""
     out = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
     out["username"] = name
+    secrets_ok = may_see_secrets(viewer, name)
     out["indexes"] = {
-        key.rsplit("/", 1)[1]: config for key, config in server.store.items(f"index/{name}/")
+        key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
+        for key, config in server.store.items(f"index/{name}/")
     }
     return out
 
 
 @app.route("/", methods=["GET"])
-def list_users(server: DevpidServer, request: Any) -> bytes:
+async def list_users(server: DevpidServer, request: Any) -> bytes:
+    viewer = await _identify_lenient(server, request)
     result = {
-        key.split("/", 1)[1]: public_user(server, key.split("/", 1)[1], record)
+        key.split("/", 1)[1]: public_user(server, key.split("/", 1)[1], record, viewer)
         for key, record in server.store.items("user/")
     }
     return json_response(request, result=result, type="list:userconfig")
@@ -141,11 +151,13 @@ def list_users(server: DevpidServer, request: Any) -> bytes:
 
 @app.route("/<user>", methods=["GET"])
 @app.route("/<user>/", methods=["GET"])
-def get_user(server: DevpidServer, request: Any, user: str) -> bytes:
+async def get_user(server: DevpidServer, request: Any, user: str) -> bytes:
     record = server.user_record(user)
     if record is None:
         raise not_found(f"user '{user}' does not exist")
-    return json_response(request, result=public_user(server, user, record), type="userconfig")
+    viewer = await _identify_lenient(server, request)
+    return json_response(request, result=public_user(server, user, record, viewer),
+                         type="userconfig")
 
 
 @app.route("/<user>", methods=["PUT"])
@@ -162,6 +174,14 @@ async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
         raise HTTPError(400, "Unknown keys in user config: " + ", ".join(unknown))
     if server.user_record(user) is not None:
         raise HTTPError(409, "user already exists")
+    restrict = server.settings.restrict_modify
+    if restrict is not None or "pwhash" in body:
+        actor = await server.identify(request)
+        if not can_create_user(actor, restrict):
+            raise forbidden(f"no permission to create user {user} (--restrict-modify)")
+        if "pwhash" in body and actor != "root":
+            # a chosen hash (or its cost) is a way to stall the server: root (import) only
+            raise forbidden("only root may set pwhash")
     password = body.get("password")
     if not isinstance(password, str) and not body.get("pwhash"):
         raise HTTPError(400, "password needs to be set")
@@ -170,8 +190,9 @@ async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
         record["pwhash"] = await server.hash_password(password)
     else:
         pwhash = body["pwhash"]
-        if not isinstance(pwhash, str) or not pwhash.startswith("$2"):
-            raise HTTPError(400, "pwhash must be a bcrypt hash")
+        error = acceptable_pwhash(pwhash)
+        if error:
+            raise HTTPError(400, error)
         record["pwhash"] = pwhash
     record["created"] = utcnow()
     if server.user_record(user) is not None:  # created while we were hashing
@@ -194,7 +215,8 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
     body = read_json(request)
     if not isinstance(body, dict):
         raise HTTPError(400, "user config must be a JSON object")
-    if not can_manage_user(actor, user):
+    own_password = actor == user and set(body) <= {"password"}
+    if not (own_password or can_manage_user(actor, user, server.settings.restrict_modify)):
         what = "change password for" if set(body) == {"password"} else "modify"
         raise forbidden(f"no permission to {what} user {user}")
     new = dict(record)
@@ -238,13 +260,29 @@ def delete_stage_keys(tx: Any, prefix_tail: str) -> None:
             tx.delete(key)
 
 
+def _drop_from_acls(tx: Any, server: DevpidServer, user: str) -> None:
+    """A deleted user's name leaves every ACL: whoever registers it later gets no rights."""
+    from devpid.model.indexes import ACL_KEYS
+
+    for key, config in server.store.items("index/"):
+        if key.startswith(f"index/{user}/"):
+            continue
+        changed = {k: [p for p in config[k] if p != user] for k in ACL_KEYS
+                   if isinstance(config.get(k), list) and user in config[k]}
+        if changed:
+            tx.set(key, {**config, **changed})
+
+
 @app.route("/<user>", methods=["DELETE"])
 @app.route("/<user>/", methods=["DELETE"])
 async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
     if server.user_record(user) is None:
         raise not_found(f"user '{user}' does not exist")
     actor = await server.require_user(request)
-    if user == "root" or not can_manage_user(actor, user):
+    restrict = server.settings.restrict_modify
+    if user == "root" or not can_manage_user(actor, user, restrict) or (
+        restrict is not None and actor == user
+    ):
         raise forbidden(f"no permission to delete user {user}")
     for key, config in server.store.items(f"index/{user}/"):
         if not config.get("volatile", True):
@@ -253,5 +291,6 @@ async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
     with server.store.transaction() as tx:
         delete_stage_keys(tx, f"{user}/")
         tx.delete(keys.user(user))
+        _drop_from_acls(tx, server, user)
     set_serial(request, tx.serial)
     return json_response(request, message=f"user '{user}' deleted")

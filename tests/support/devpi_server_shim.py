@@ -19,6 +19,10 @@ from pathlib import Path
 from devpid import DEVPI_SERVER_COMPAT as COMPAT_VERSION
 
 BIN = Path(sys.executable).parent
+#: devpi-server's policy, which the suite assumes: every user may create mirrors, and its
+#: upstreams are on loopback (devpid refuses both by default).
+DEVPI_POLICY = ("--mirror-admins", ":AUTHENTICATED:", "--allow-private-addresses",
+                "--max-login-failures", "0")
 
 
 def devpi_init(argv: list[str]) -> int:
@@ -50,7 +54,7 @@ def devpi_server(argv: list[str]) -> int:
     parser.add_argument("--port", default="3141")
     args, _unknown = parser.parse_known_args(argv)
     cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "devpid", "--serverdir", args.serverdir,
-           "--host", args.host, "--port", args.port, "--bcrypt-rounds", "4"]
+           "--host", args.host, "--port", args.port, "--bcrypt-rounds", "4", *DEVPI_POLICY]
     os.execv(cmd[0], cmd)
     return 1  # not reached
 

@@ -2,7 +2,8 @@
 
 The mirror under test talks HTTP to its upstream, so the most faithful stand-in
 is an actual socket on 127.0.0.1 with PEP 503/691/658/700 behaviour and
-switchable faults (down, hanging, 500s, slow, corrupt, truncated bodies).
+switchable faults (down, hanging, 500s, slow, corrupt, truncated bodies, per-file
+stalls and trickles, and project pages that are 200 but no valid page).
 Standard library only, so it can also run standalone for benchmarks::
 
     python -m tests.support.fakepypi --port 0 --dir DIR --publish NAME==VER
@@ -47,7 +48,8 @@ from packaging.version import InvalidVersion, Version
 
 from . import pkgbuild
 
-__all__ = ["HTML_TYPE", "JSON_TYPE", "FakePyPI", "Mode"]
+__all__ = ["FILE_FAULTS", "HTML_TYPE", "JSON_TYPE", "PAGE_FAULTS", "FakePyPI", "FileFault", "Mode",
+           "PageFault"]
 
 Mode = Literal["ok", "hang", "error", "slow"]
 _MODES: frozenset[str] = frozenset({"ok", "hang", "error", "slow"})
@@ -58,6 +60,16 @@ API_VERSION = "1.1"
 _CHUNK = 256 * 1024
 _POLL = 0.05  # seconds; granularity for hang/slow loops to notice stop()/mode changes
 _INVERT = bytes(b ^ 0xFF for b in range(256))
+FileFault = Literal["corrupt", "truncate", "stall", "trickle"]
+# 200 answers for a project page that are not a valid page of it:
+PageFault = Literal["maintenance", "garbage", "cut", "cut-length", "badjson", "nofiles"]
+PAGE_FAULTS: tuple[PageFault, ...] = (
+    "maintenance", "garbage", "cut", "cut-length", "badjson", "nofiles")
+FILE_FAULTS: tuple[FileFault, ...] = ("corrupt", "truncate", "stall", "trickle")
+_MAINTENANCE = (
+    b"<!DOCTYPE html>\n<html><head><title>Down for maintenance</title></head>\n"
+    b"<body><h1>We will be back soon</h1><p>Please try again later.</p></body></html>\n"
+)
 
 
 @dataclass
@@ -321,6 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._redirect("/simple/")
             return
         if path == "/simple/":
+            if fake.list_fault is not None:
+                self._send_bad_page(None, fake.list_fault, head)
+                return
             fmt, ctype = self._format()
             rendered = fake._render_index(fmt)
             self._send_cached(200, rendered.body, ctype, head, rendered.etag, {"Vary": "Accept"})
@@ -333,6 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._redirect(f"/simple/{quote(norm)}/")
                 return
             fmt, ctype = self._format()
+            with fake._lock:
+                page_fault = fake._page_faults.get(norm)
+            if page_fault is not None:
+                self._send_bad_page(norm, page_fault, head)
+                return
             body = fake._render_project(norm, fmt)
             if body is None:
                 self._not_found(head)
@@ -344,6 +364,40 @@ class _Handler(BaseHTTPRequestHandler):
             self._serve_file(m.group(1), head)
             return
         self._not_found(head)
+
+    def _send_bad_page(self, project: str | None, fault: PageFault, head: bool) -> None:
+        """A 200 that is not a (whole) page of ``project`` (None: of the project list)."""
+        fake = self.server.fake
+        html_type = "text/html; charset=utf-8"
+        if fault == "maintenance":
+            self._send_bytes(200, _MAINTENANCE, html_type, head)
+        elif fault == "garbage":
+            noise = hashlib.sha256(str(project).encode()).digest() * 128
+            self._send_bytes(200, b"\x00" + noise, html_type, head)
+        elif fault == "badjson":
+            self._send_bytes(200, b'{"meta": {"api-version": "1.1"}, "name": "x", "fil', JSON_TYPE,
+                             head)
+        elif fault == "nofiles":
+            body = json.dumps({"meta": {"api-version": API_VERSION}, "message": "busy"})
+            self._send_bytes(200, body.encode(), JSON_TYPE, head)
+        else:  # "cut" / "cut-length": the HTML page up to its first file link, then close
+            if project is None:
+                page = fake._render_index("html").body
+                cut = len(page) // 2
+            else:
+                page = fake._render_project(project, "html") or _MAINTENANCE
+                cut = page.find(b"</a>") + len(b"</a>") if b"</a>" in page else len(page) // 2
+            self.send_response(200)
+            self._common_headers(None)
+            self.send_header("Content-Type", html_type)
+            if fault == "cut-length":
+                self.send_header("Content-Length", str(len(page)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if not head:
+                self.wfile.write(page[:cut])
+                self.wfile.flush()
+            self._abort()
 
     def _format(self) -> tuple[Literal["json", "html"], str]:
         if self.server.fake.html_only:
@@ -378,18 +432,40 @@ class _Handler(BaseHTTPRequestHandler):
             self._common_headers(etag)
             ctype = "application/octet-stream" if not is_meta else "text/plain; charset=utf-8"
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(size))
+            framing = fake.file_framing
+            if framing == "length":
+                self.send_header("Content-Length", str(size))
+            elif framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+            else:  # the end of the body is the end of the connection
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.send_header("Last-Modified", _http_date(f.upload_time))
             self.send_header("Accept-Ranges", "none")
             self.end_headers()
             if head:
                 return
-            limit = size // 2 if fault == "truncate" else size
+            limit = size // 2 if fault in ("truncate", "stall") else size
             chunks = self._chunks(source, f.metadata if is_meta else None, limit)
             for chunk in chunks:
                 if fault == "corrupt":
                     chunk = chunk.translate(_INVERT)
-                self._write_body(chunk)
+                if framing == "chunked":
+                    self.wfile.write(b"%x\r\n" % len(chunk))
+                self._write_body(chunk, slow=fault == "trickle")
+                if framing == "chunked":
+                    self.wfile.write(b"\r\n")
+            if framing == "chunked" and fault not in ("truncate", "stall"):
+                self.wfile.write(b"0\r\n\r\n")
+            if framing == "close":
+                self.wfile.flush()
+                self._abort()
+            if fault == "stall":  # keep the connection open, send nothing more
+                self.wfile.flush()
+                gen = self.server.gen
+                while fake._faults.get(filename) == "stall" and not gen.stop.wait(_POLL):
+                    pass
+                self._abort()
             if fault == "truncate":
                 self.wfile.flush()
                 self._abort()
@@ -411,15 +487,15 @@ class _Handler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
             yield chunk
 
-    def _write_body(self, chunk: bytes) -> None:
-        """Write, trickling at ``slow_rate`` bytes/s while in "slow" mode."""
+    def _write_body(self, chunk: bytes, slow: bool = False) -> None:
+        """Write, trickling at ``slow_rate`` bytes/s while in "slow" mode (or ``slow``)."""
         fake = self.server.fake
         gen = self.server.gen
         view = memoryview(chunk)
         while view:
             if gen.stop.is_set():
                 raise ConnectionAbortedError("server stopped")
-            if fake.mode != "slow":
+            if fake.mode != "slow" and not slow:
                 self.wfile.write(view)
                 return
             rate = max(1, fake.slow_rate)
@@ -444,6 +520,7 @@ class FakePyPI:
         extra_project_names: int = 0,
         absolute_urls: bool = False,
         slow_rate: int = 64 * 1024,
+        file_framing: Literal["length", "chunked", "close"] = "length",
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
@@ -454,13 +531,17 @@ class FakePyPI:
         self.html_only = html_only
         self.absolute_urls = absolute_urls
         self.slow_rate = slow_rate
+        # How a file body's end is marked: Content-Length, chunked, or closing the connection.
+        self.file_framing = file_framing
         self.extra_project_names = extra_project_names
         self.serial = 0
         self._port = port
         self._mode: Mode = "ok"
         self._lock = threading.RLock()
         self._files: dict[str, _File] = {}
-        self._faults: dict[str, Literal["corrupt", "truncate"]] = {}
+        self._faults: dict[str, FileFault] = {}
+        self._page_faults: dict[str, PageFault] = {}
+        self.list_fault: PageFault | None = None  # the same faults for the /simple/ list
         self._requests: list[tuple[str, str, dict[str, str]]] = []
         self._index_cache: dict[str, _Rendered] = {}
         self._extra_cache: dict[str, bytes] = {}
@@ -680,10 +761,48 @@ class FakePyPI:
         with self._lock:
             self._faults[filename] = "truncate"
 
+    def stall(self, filename: str) -> None:
+        """Send the headers and half the body, then nothing (connection kept open) until
+        the fault is cleared or the server stops."""
+        with self._lock:
+            self._faults[filename] = "stall"
+
+    def trickle(self, filename: str) -> None:
+        """Send this file at ``slow_rate`` bytes/s."""
+        with self._lock:
+            self._faults[filename] = "trickle"
+
+    def file_fault(self, filename: str, fault: FileFault) -> None:
+        """One of FILE_FAULTS for this file (see corrupt, truncate, stall, trickle)."""
+        if fault not in FILE_FAULTS:
+            raise ValueError(f"fault must be one of {FILE_FAULTS}")
+        with self._lock:
+            self._faults[filename] = fault
+
+    def page_fault(self, project: str, fault: PageFault) -> None:
+        """Answer this project's page with a 200 that is not a valid page (PAGE_FAULTS):
+        a maintenance page, garbage, HTML cut after the first link without (``cut``) or
+        with (``cut-length``) a Content-Length, broken JSON, or JSON without ``files``."""
+        if fault not in PAGE_FAULTS:
+            raise ValueError(f"fault must be one of {PAGE_FAULTS}")
+        with self._lock:
+            self._page_faults[canonicalize_name(project)] = fault
+
+    def claim(self, filename: str, sha256: str, metadata_sha256: str | None = None) -> None:
+        """Advertise hashes the file does not have (a lying upstream); bytes stay the same."""
+        with self._lock:
+            entry = self._files[filename]
+            entry.sha256 = sha256
+            if metadata_sha256 is not None:
+                entry.metadata_sha256 = metadata_sha256
+            self._bump()
+
     def clear_faults(self) -> None:
-        """Back to normal: mode "ok" and no per-file faults."""
+        """Back to normal: mode "ok" and no per-file or per-page faults."""
         with self._lock:
             self._faults.clear()
+            self._page_faults.clear()
+            self.list_fault = None
         self.mode = "ok"
 
     # -- observability -------------------------------------------------------
