@@ -156,6 +156,11 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
             family(
                 "event_hook_backlog_serials", "gauge", "Serials a hook has still to handle."
             ).add(max(0, serial - done), hook=hook)
+        failed = state.get("failed")
+        family(
+            "event_hook_failed_serials", "gauge",
+            "Serials a hook gave up on (devpid events retry delivers them again).",
+        ).add(len(failed) if isinstance(failed, list) else None, hook=hook)
     gc = status.get("blob-gc")
     if isinstance(gc, dict):
         family("blob_gc_last_sweep_timestamp_seconds", "gauge", "When the last sweep ended.").add(

@@ -66,6 +66,8 @@ class Settings:
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
+    event_retry_horizon: float = 6 * 3600.0  # seconds a failing hook retries one serial
+    mirror_max_page_size: int = 64 * 1024 * 1024  # bigger upstream project pages are refused
     header_timeout: float = 10.0  # seconds a request head may take to arrive
     idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
     max_connections: int = 4096  # open client connections per process (see connections.py)

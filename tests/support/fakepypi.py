@@ -545,6 +545,8 @@ class FakePyPI:
         self._requests: list[tuple[str, str, dict[str, str]]] = []
         self._index_cache: dict[str, _Rendered] = {}
         self._extra_cache: dict[str, bytes] = {}
+        self._synthetic: dict[str, tuple[int, int]] = {}  # project -> (files, generation)
+        self._synthetic_cache: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -726,6 +728,51 @@ class FakePyPI:
             self._bump()
         entry.path.unlink(missing_ok=True)
 
+    def add_synthetic(self, project: str, count: int) -> None:
+        """Serve a generated page of ``count`` wheel links for ``project`` (no real files):
+        the "50,000 files" project. Calling it again changes the page (new hashes)."""
+        norm = canonicalize_name(project)
+        with self._lock:
+            generation = self._synthetic.get(norm, (0, 0))[1] + 1
+            self._synthetic[norm] = (count, generation)
+            self._bump()
+
+    def _render_synthetic(self, project: str, fmt: str) -> bytes | None:
+        with self._lock:
+            spec = self._synthetic.get(project)
+            if spec is None:
+                return None
+            count, generation = spec
+            cached = self._synthetic_cache.get((project, fmt))
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+        stem = project.replace("-", "_")
+        entries = []
+        for i in range(count):
+            filename = f"{stem}-{i // 100}.{i % 100}-py3-none-any.whl"
+            sha = hashlib.sha256(f"{generation}:{filename}".encode()).hexdigest()
+            entries.append((filename, sha))
+        if fmt == "json":
+            body = json.dumps({
+                "meta": {"api-version": API_VERSION},
+                "name": project,
+                "files": [
+                    {"filename": fn, "url": self._href(fn), "hashes": {"sha256": sha},
+                     "requires-python": ">=3.8", "yanked": False, "size": 12345,
+                     "upload-time": "2024-01-01T00:00:00.000000Z",
+                     "core-metadata": {"sha256": sha}}
+                    for fn, sha in entries
+                ],
+            }).encode()
+        else:
+            body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(
+                f'<a href="{html.escape(self._href(fn))}#sha256={sha}" '
+                f'data-requires-python="&gt;=3.8">{fn}</a><br />\n' for fn, sha in entries
+            ) + "</body></html>\n").encode()
+        with self._lock:
+            self._synthetic_cache[(project, fmt)] = (generation, body)
+        return body
+
     def files(self, project: str | None = None) -> list[str]:
         """File names held, optionally for one project."""
         norm = canonicalize_name(project) if project else None
@@ -893,6 +940,9 @@ class FakePyPI:
         return f"../../files/{quote(filename)}"
 
     def _render_project(self, project: str, fmt: Literal["json", "html"]) -> bytes | None:
+        synthetic = self._render_synthetic(project, fmt)
+        if synthetic is not None:
+            return synthetic
         with self._lock:
             files = sorted(
                 (f for f in self._files.values() if f.project == project),
