@@ -154,7 +154,10 @@ def new_config(
         config["acl_upload"] = [owner]
     apply_changes(config, {k: v for k, v in raw.items() if k != "type"}, normalize)
     if index_type == "mirror" and not config.get("mirror_url"):
-        raise IndexConfigError("'mirror_url' option must be a URL.")
+        # devpi mirrors PyPI when no URL is given; store it so the config says so
+        from devpid.init import default_upstream_url
+
+        config["mirror_url"] = default_upstream_url()
     return config
 
 

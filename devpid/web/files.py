@@ -357,10 +357,21 @@ def file_meta(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@app.route("/<user>/<index>/+e/<path:rest>", methods=["GET", "HEAD"])
+async def get_external_file(
+    server: DevpidServer, request: Any, user: str, index: str, rest: str
+) -> Any:
+    """A mirror's file whose upstream link came without a hash (devpi's ``+e`` layout)."""
+    return await serve_file_path(server, request, f"{user}/{index}", f"+e/{rest}")
+
+
 @app.route("/<user>/<index>/+f/<path:rest>", methods=["GET", "HEAD"])
 async def get_file(server: DevpidServer, request: Any, user: str, index: str, rest: str) -> Any:
-    stage = f"{user}/{index}"
-    path = f"{stage}/+f/{rest}"
+    return await serve_file_path(server, request, f"{user}/{index}", f"+f/{rest}")
+
+
+async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: str) -> Any:
+    path = f"{stage}/{tail}"
     metadata = False
     found = server.store.lookup_path(path)
     if found is None and path.endswith(".metadata"):
