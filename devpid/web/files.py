@@ -383,8 +383,9 @@ async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: 
         raise not_found("no such file")
     key, filename = found
     kind = key.split("/", 1)[0]
-    value = server.store.get(key) if kind == "file" else None  # (a mirror page: not here)
-    stored = value if isinstance(value, dict) else {}
+    # A mirror page can be huge: its file is served (and its entry decoded) by the mirror.
+    value = server.store.get(key) if kind != "mirror" else None
+    stored = value if kind == "file" and isinstance(value, dict) else {}
     refused = file_refusal(server, stage, key.split("/")[3], filename, stored.get("upload_time"))
     if refused:
         raise forbidden(refused)
