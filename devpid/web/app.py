@@ -38,7 +38,7 @@ from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
 from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
-from devpid.web.errors import JSON_TYPE, HTTPError, render_error, unauthorized
+from devpid.web.errors import JSON_TYPE, HTTPError, render_error, submit_error, unauthorized
 
 log = Logger()
 app = Klein()
@@ -362,13 +362,19 @@ def _not_allowed(server: Any, request: Any, failure: Failure) -> bytes:
 @app.handle_errors(WriteFailed)  # type: ignore[arg-type]
 def _write_failed(server: Any, request: Any, failure: Failure) -> bytes:
     """Storage failed, not the request: its real error, 507 for a full disk (else 503)."""
+    return render_error(request, report_write_failure(request, failure))
+
+
+def report_write_failure(request: Any, failure: Failure) -> HTTPError:
+    """Log a failed write once (a full disk as one line, anything else with its traceback)
+    and give the answer for it."""
     if isinstance(failure.value, OutOfSpace):  # an operator's condition: one line, no trace
         log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
                   uri=request.uri.decode("latin-1"), message=str(failure.value))
     else:
         log.failure("a write failed for {method} {uri}", failure,
                     method=request.method, uri=request.uri)
-    return render_error(request, write_failed_error(failure.value))
+    return write_failed_error(failure.value)
 
 
 def write_failed_error(error: WriteFailed) -> HTTPError:
@@ -554,9 +560,10 @@ class RootResource(Resource):
                 HTTPError(413, f"request body exceeds the upload limit of {limit} bytes"),
             )
         if getattr(request, "body_error", None) is not None:
-            log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
-                      uri=request.uri.decode("latin-1"), message=str(request.body_error))
-            return render_error(request, write_failed_error(request.body_error))
+            error = report_write_failure(request, Failure(request.body_error))
+            if request.method == b"POST":  # an upload form: twine reads the status line
+                error = submit_error(error)
+            return render_error(request, error)
         # -- replication (devpid/replica.py): a replica forwards writes to its primary --
         proxy = server.components.get("write_proxy")
         if proxy is not None and proxy.wants(request):

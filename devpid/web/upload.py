@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from multipart import MultipartSegment, PushMultipartParser, parse_options_header
 from twisted.internet.defer import FirstError, gatherResults
+from twisted.python.failure import Failure
 
 from devpid.auth import can_upload
 from devpid.model.metadata import (
@@ -36,7 +37,7 @@ from devpid.model.names import (
     validate_version,
 )
 from devpid.store import keys
-from devpid.store.base import is_out_of_space, write_failed
+from devpid.store.base import WriteFailed, is_out_of_space, write_failed
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import encode_value
 from devpid.web import indexes as index_routes
@@ -46,6 +47,7 @@ from devpid.web.app import (
     header,
     log_when,
     overwrite_log,
+    report_write_failure,
     set_serial,
     utc_timestamp,
 )
@@ -288,6 +290,8 @@ async def handle_post(server: DevpidServer, request: Any, user: str, index: str)
         return await _handle_form(server, request, user, index, mime, options)
     except HTTPError as e:
         raise submit_error(e) from None
+    except WriteFailed:  # the storage's answer, told the same way (twine shows the phrase)
+        raise submit_error(report_write_failure(request, Failure())) from None
 
 
 async def _handle_form(
