@@ -20,7 +20,8 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "mirror_whitelist": [],
     "mirror_whitelist_inheritance": "intersection",
 }
-STAGE_OPTIONAL = ("title", "description", "custom_data", "webhooks")
+# acl_read: absent means [":ANONYMOUS:"] (devpid/readacl.py), so old configs read as before.
+STAGE_OPTIONAL = ("title", "description", "custom_data", "webhooks", "acl_read")
 
 MIRROR_DEFAULTS: dict[str, Any] = {
     "type": "mirror",
@@ -32,7 +33,8 @@ MIRROR_DEFAULTS: dict[str, Any] = {
     "mirror_use_external_urls": False,
     "mirror_provides_core_metadata": False,
 }
-MIRROR_OPTIONAL = ("title", "description", "custom_data", "mirror_web_url_fmt", "webhooks")
+MIRROR_OPTIONAL = ("title", "description", "custom_data", "mirror_web_url_fmt", "webhooks",
+                   "acl_read")
 # Keys that old exports put on mirrors and devpi silently drops.
 MIRROR_DROPPED = ("bases", "acl_upload", "mirror_whitelist", "pypi_whitelist")
 
@@ -43,8 +45,9 @@ BOOL_KEYS = {
     "mirror_use_external_urls",
     "mirror_provides_core_metadata",
 }
-LIST_KEYS = {"acl_upload", "acl_toxresult_upload", "bases", "mirror_whitelist", "webhooks"}
-ACL_KEYS = {"acl_upload", "acl_toxresult_upload"}
+LIST_KEYS = {"acl_upload", "acl_toxresult_upload", "acl_read", "bases", "mirror_whitelist",
+             "webhooks"}
+ACL_KEYS = {"acl_upload", "acl_toxresult_upload", "acl_read"}
 
 
 class IndexConfigError(ValueError):

@@ -546,6 +546,13 @@ class RootResource(Resource):
         if proxy is not None and proxy.wants(request):
             return proxy.render(request)
         # -- end replication hook --
+        from devpid.readacl import gate
+
+        return gate(server, request, decoded, lambda: self.route(request, decoded))
+
+    def route(self, request: Any, decoded: list[bytes]) -> Any:
+        """Fast paths, the web view, then Klein (after devpid.readacl's read check)."""
+        server = self.devpid
         for fast_path in self.fast_paths:
             try:
                 fast = fast_path(server, request, decoded)

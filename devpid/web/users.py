@@ -9,6 +9,7 @@ import devpid
 from devpid import metrics as prometheus
 from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
 from devpid.model.names import validate_user_or_index_name
+from devpid.readacl import may_read
 from devpid.redact import may_see_secrets, redact_config, scrub
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
@@ -135,6 +136,7 @@ def public_user(
     out["indexes"] = {
         key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
         for key, config in server.store.items(f"index/{name}/")
+        if may_read(server.index_config, viewer, key[len("index/"):])
     }
     return out
 
