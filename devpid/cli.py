@@ -141,6 +141,7 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("import", "devpid.dump_cli_import"),
     ("gen-config", "devpid.genconfig"),
     ("gc", "devpid.blobgc_cli"),
+    ("token", "devpid.token_cli"),
 ]
 
 

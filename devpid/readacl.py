@@ -102,6 +102,7 @@ async def require_read(server: Any, request: Any, stage: str) -> None:
 def gate(server: Any, request: Any, segments: list[bytes],
          proceed: Callable[[], Any]) -> Any:
     """``proceed()`` now for public indexes, else after ``require_read`` allowed it."""
+    request.devpid_segments = segments  # what a scoped token is checked against
     stage = stage_of(segments)
     if stage is None or public(server, stage):
         return proceed()

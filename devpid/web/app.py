@@ -169,6 +169,18 @@ class DevpidServer:
         pwhash = record.get("pwhash") if record else None
         if not pwhash:
             raise unauthorized(f"user {name!r} could not be authenticated")
+        from devpid import tokens
+
+        if tokens.looks_like_token(secret):  # a scoped API token (devpid/tokens.py)
+            scoped = tokens.verify(self.store, name, secret, pwhash)
+            if scoped is None:
+                raise unauthorized("API token expired, revoked or invalid")
+            from devpid.readacl import stage_of
+
+            segments = getattr(request, "devpid_segments", None) or list(request.postpath)
+            tokens.check_scope(scoped, request.method, segments, stage_of(segments))
+            request.devpid_token = scoped
+            return name
         if self.tokens.looks_like_token(secret):
             if self.tokens.verify(secret, name, pwhash):
                 return name

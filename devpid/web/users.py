@@ -293,6 +293,8 @@ async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
     with server.store.transaction() as tx:
         delete_stage_keys(tx, f"{user}/")
         tx.delete(keys.user(user))
+        for key in tx.keys(f"token/{user}/"):  # its API tokens (devpid/tokens.py)
+            tx.delete(key)
         _drop_from_acls(tx, server, user)
     set_serial(request, tx.serial)
     return json_response(request, message=f"user '{user}' deleted")
