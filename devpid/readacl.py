@@ -23,7 +23,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from devpid.auth import ANONYMOUS, acl_allows
 from devpid.model.indexes import resolution_order
-from devpid.web.errors import HTTPError, forbidden, render_error, unauthorized
+
+# devpid.web.errors is imported where used: the web package imports this module.
 
 log = Logger()
 Lookup = Callable[[str], Mapping[str, Any] | None]
@@ -91,6 +92,8 @@ def public_path(server: Any, segments: list[bytes]) -> bool:
 async def require_read(server: Any, request: Any, stage: str) -> None:
     """401 (with a Basic challenge, so pip and uv retry with credentials) when no
     credentials came, 403 when they did but name someone who may not read ``stage``."""
+    from devpid.web.errors import forbidden, unauthorized
+
     user = await server.identify(request)
     if may_read(server.index_config, user, stage):
         return
@@ -109,6 +112,7 @@ def gate(server: Any, request: Any, segments: list[bytes],
     # Not for shared caches: nginx's micro-cache honours X-Accel-Expires (genconfig.py).
     request.setHeader(b"X-Accel-Expires", b"0")
     request.devpid_private = True
+    from devpid.web.errors import HTTPError, render_error
 
     async def check() -> Any:
         await require_read(server, request, stage)
