@@ -142,6 +142,7 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("gen-config", "devpid.genconfig"),
     ("gc", "devpid.blobgc_cli"),
     ("token", "devpid.token_cli"),
+    ("audit", "devpid.audit_cli"),
 ]
 
 

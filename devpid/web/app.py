@@ -108,7 +108,7 @@ class DevpidServer:
         self.request_counters = RequestCounters()
         # Filled by the services that exist in this process (mirror, replica, events).
         self.components: dict[str, Any] = {}
-        self.status_providers: list[Callable[[], dict[str, Any]]] = []
+        self.status_providers: list[Callable[[], dict[str, Any]]] = [self.passwords.status]
         from devpid.links import track_commits
 
         track_commits(self)
@@ -168,12 +168,14 @@ class DevpidServer:
         record = self.user_record(name)
         pwhash = record.get("pwhash") if record else None
         if not pwhash:
+            self.passwords.failures += 1
             raise unauthorized(f"user {name!r} could not be authenticated")
         from devpid import tokens
 
         if tokens.looks_like_token(secret):  # a scoped API token (devpid/tokens.py)
             scoped = tokens.verify(self.store, name, secret, pwhash)
             if scoped is None:
+                self.passwords.failures += 1
                 raise unauthorized("API token expired, revoked or invalid")
             from devpid.readacl import stage_of
 
@@ -587,6 +589,7 @@ class DevpidSite(twserver.Site):
     """A Site whose access log is one cheap line per request (see devpid.accesslog)."""
 
     access: Any = None
+    audit: Any = None  # an AuditLog (devpid.audit): every write request
     counters: RequestCounters | None = None
     devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
     devpid_header_timeout: float | None = None
@@ -607,6 +610,8 @@ class DevpidSite(twserver.Site):
         duration = (time.monotonic() - started) * 1000 if started else 0.0
         if self.counters is not None:
             self.counters.count(request.code, request.sentLength, duration)
+        if self.audit is not None:
+            self.audit.record(request)
         if self.access is None:
             return
         address = request.getClientAddress()
@@ -648,4 +653,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
 
     site.access = AccessLog(server.reactor, server.settings.log_format)
     site.counters = server.request_counters
+    from devpid.audit import AuditLog
+
+    site.audit = AuditLog(server.settings.serverdir)
     return site
