@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -18,6 +19,7 @@ from tests.conftest import Devpid, client_env
 from tests.support.pkgbuild import make_wheel
 from tests.test_genconfig import free_port, require_nginx, start_nginx, stop_nginx
 from tests.test_private_index import http_upload, make_index, make_user, pip_download, uv_install
+from tests.test_replication import cluster, secretfile, serial_of, wait_serial  # noqa: F401
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -246,3 +248,24 @@ def test_nginx_caches_serve_nothing_private_to_others(front: str, private: Priva
         assert f.content != private.wheel.read_bytes()
     assert requests.get(front + private.file_path).headers["WWW-Authenticate"].startswith(
         "Basic realm=")
+
+
+def test_replicas_apply_acl_read_and_accept_api_tokens(cluster: Any) -> None:  # noqa: F811
+    """The replica gets every config, user and token record with the changelog (which only
+    it may read) and refuses its own readers as the primary does."""
+    primary = cluster.primary()
+    owner, reader, other = (make_user(primary) for _ in range(3))
+    stage = make_index(primary, owner, "priv", acl_read=[reader[0]])
+    r = primary.json("POST", f"/{reader[0]}/+tokens", auth=reader,
+                     json={"indexes": [stage], "actions": ["read"]})
+    token = r.json()["result"]["token"]
+    replica = cluster.replica(primary)
+    wait_serial(replica, serial_of(primary))
+    url = f"{replica.url}/{stage}/+simple/"
+    r = requests.get(url)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    assert requests.get(url, auth=other).status_code == 403
+    assert requests.get(url, auth=reader).status_code == 200
+    assert requests.get(url, auth=(reader[0], token)).status_code == 200
+    listing = replica.json("GET", f"/{owner[0]}").json()["result"]["indexes"]
+    assert "priv" not in listing
