@@ -123,6 +123,30 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sibling_tmpdir(final: Path) -> Path:
+    """A new ``FINAL.tmp-PID-XXXX`` directory to build ``final`` in, renamed at the end.
+
+    A run killed with -9 cannot remove its own: such leftovers (a partial copy of every blob)
+    are removed here, by the next run for the same target, once their process is gone.
+    """
+    prefix = f"{final.name}.tmp-"
+    for stale in final.parent.glob(prefix + "*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final.parent))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -211,7 +235,7 @@ def export(
             needed.setdefault(digest, key)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    tmp = sibling_tmpdir(target)
     try:
         manifest: list[tuple[str, str]] = []
         progress = Progress("exported", len(needed), "files", out)
@@ -451,7 +475,7 @@ def write_plan(
     out = stream if stream is not None else sys.stderr
     check_target(serverdir)
     serverdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{serverdir.name}.tmp-", dir=serverdir.parent))
+    tmp = sibling_tmpdir(serverdir)
     try:
         store, blobs = open_store(tmp)
         try:

@@ -2,10 +2,15 @@
 
 Each hook has its own cursor (the last serial it finished), persisted atomically in
 ``SERVERDIR/.event-serial``, so a slow or failing hook never delays another hook or any request.
-A hook that raises is retried with exponential backoff up to ``MAX_ATTEMPTS`` times for that
-serial, then the serial is logged and skipped for that hook (one poisoned serial must not stop
-a hook forever). Cursors are written at most every ``SAVE_DELAY`` seconds (and on stop), not
-once per serial and hook: an fsync per upload on the reactor thread cost more than the upload.
+A hook that raises is retried with exponential backoff (capped at ``BACKOFF_MAX``) for that
+serial until the failures have lasted the retry horizon (``--event-retry-horizon``, hours by
+default: a webhook receiver down for a maintenance window must not lose events). Only then is
+the serial given up for that hook (one poisoned serial must not stop a hook forever): it is
+recorded in the state file as failed, so it survives restarts, is listed in ``/+status`` and
+``/+metrics``, and can be delivered again on request (``POST /+events/retry``, root only, or
+``devpid events retry``). Cursors are written at most every ``SAVE_DELAY`` seconds (and on
+stop), not once per serial and hook: an fsync per upload on the reactor thread cost more
+than the upload.
 Delivery is at-least-once across crashes: a kill repeats the serials finished since the last
 write (at most ``SAVE_DELAY`` seconds' worth) after the restart.
 
@@ -27,6 +32,7 @@ from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
@@ -37,12 +43,16 @@ from devpid.store.base import Changes
 log = Logger()
 
 STATE_FILE = ".event-serial"
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 5  # attempts of a requested retry of a failed serial
 BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 300.0
+DEFAULT_HORIZON = 6 * 3600.0  # seconds of failures before a serial is given up
+MAX_FAILED = 10000  # failed serials kept per hook (the oldest go first)
 HOOK_TIMEOUT = 120.0  # a hook call taking longer counts as a failure
 SAVE_DELAY = 0.5  # seconds between cursor writes while hooks make progress
 ENTRY_POINT_GROUP = "devpid.hooks"
+BIG_CHANGES = 256 * 1024  # changelog text above which it is decoded off the reactor
+MAX_RECENT = 1000  # committed serials whose changes are kept for hooks that lag behind
 
 
 class Hook(Protocol):
@@ -58,37 +68,55 @@ class EventService(service.Service):
         serverdir: Path,
         clock: Any,
         hooks: dict[str, Any],
+        horizon: float = DEFAULT_HORIZON,
     ) -> None:
         self.store = store
         self.clock = clock
+        self.horizon = horizon
         self.statefile = serverdir / STATE_FILE
         self.runners = {name: _HookRunner(self, name, hook) for name, hook in hooks.items()}
         self.saves = 0
         self._wake_call: Any = None
         self._save_call: Any = None
         self._save_delay = SAVE_DELAY
+        # Changes of serials committed in this process that a hook has still to see: a hook
+        # gets them as committed instead of decoding them again (a 20 MB mirror page).
+        self.recent: dict[int, Changes] = {}
         store.add_commit_listener(self._committed)
 
     # -- persisted cursors ----------------------------------------------------------------
-    def _load(self) -> dict[str, int]:
+    def _load(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """(cursor per hook, failed serials per hook) from the state file."""
         try:
             data = json.loads(self.statefile.read_text())
-            hooks = data.get("hooks", {}) if isinstance(data, dict) else {}
-            return {k: int(v) for k, v in hooks.items() if isinstance(v, int)}
+            if not isinstance(data, dict):
+                data = {}
+            hooks = data.get("hooks", {})
+            failed = data.get("failed", {})
+            cursors = {k: int(v) for k, v in hooks.items() if isinstance(v, int)}
+            gave_up = {
+                k: [int(n) for n in v if isinstance(n, int)]
+                for k, v in (failed.items() if isinstance(failed, dict) else [])
+                if isinstance(v, list)
+            }
+            return cursors, gave_up
         except FileNotFoundError:
-            return {}
-        except (ValueError, OSError):
+            return {}, {}
+        except (ValueError, OSError, AttributeError):
             log.failure("unreadable {file}; hooks restart at the current serial",
                         file=self.statefile)
-            return {}
+            return {}, {}
 
     def save(self) -> None:
-        """Write all cursors atomically (temp file, fsync, rename)."""
+        """Write all cursors and failed serials atomically (temp file, fsync, rename)."""
         cursors = {name: r.done for name, r in self.runners.items()}
-        data = {
+        data: dict[str, Any] = {
             "serial": min(cursors.values(), default=self.store.serial),
             "hooks": cursors,
         }
+        failed = {name: list(r.failed) for name, r in self.runners.items() if r.failed}
+        if failed:
+            data["failed"] = failed
         tmp = self.statefile.with_name(self.statefile.name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
@@ -121,20 +149,50 @@ class EventService(service.Service):
     def status(self) -> dict[str, Any]:
         return {
             "event-serial": self.event_serial,
+            "event-retry-horizon": self.horizon,
             "event-hooks": {
-                name: {"serial": r.done, "last-error": r.last_error, "skipped": r.skipped}
+                name: {
+                    "serial": r.done,
+                    "last-error": r.last_error,
+                    "failed": list(r.failed),
+                    "skipped": list(r.failed),  # the older name of "failed"
+                    "retrying": list(r.retry_queue),
+                }
                 for name, r in self.runners.items()
             },
         }
 
+    def retry(
+        self, hook: str | None = None, serials: list[int] | None = None
+    ) -> dict[str, list[int]]:
+        """Queue failed serials (all, or those given) for delivery again; hook -> queued.
+
+        A serial stays listed as failed until a retry delivers it; a retry that fails again
+        (after ``MAX_ATTEMPTS`` quick attempts) leaves it there.
+        """
+        if hook is not None and hook not in self.runners:
+            raise KeyError(hook)
+        queued: dict[str, list[int]] = {}
+        for name, runner in self.runners.items():
+            if hook is not None and name != hook:
+                continue
+            chosen = [n for n in runner.failed if serials is None or n in serials]
+            new = [n for n in chosen if n not in runner.retry_queue]
+            runner.retry_queue.extend(new)
+            if chosen:
+                queued[name] = chosen
+            runner.wake()
+        return queued
+
     # -- service ---------------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
-        saved = self._load()
+        saved, failed = self._load()
         for name, runner in self.runners.items():
             # A hook seen for the first time starts at the current serial: enabling a
             # hook (or events) does not replay the whole history to it.
             runner.done = saved.get(name, self.store.serial)
+            runner.failed = failed.get(name, [])
         self.save()
         for runner in self.runners.values():
             runner.start()
@@ -157,9 +215,19 @@ class EventService(service.Service):
             log.failure("could not write {file} on stop", file=self.statefile)
 
     def _committed(self, serial: int, changes: Changes) -> None:
+        if self.runners and self.running:
+            self.recent[serial] = changes
+            while len(self.recent) > MAX_RECENT:
+                del self.recent[min(self.recent)]
         # Never run hooks (or write the state file) inside the committing request's call.
         if self._wake_call is None or not self._wake_call.active():
             self._wake_call = self.clock.callLater(0, self._wake_all)
+
+    def forget_done(self) -> None:
+        """Drop remembered changes every hook has handled."""
+        done = self.event_serial
+        for serial in [s for s in self.recent if s <= done]:
+            del self.recent[serial]
 
     def _wake_all(self) -> None:
         for runner in self.runners.values():
@@ -175,7 +243,8 @@ class _HookRunner:
         self.hook = hook
         self.done = -1
         self.last_error: str | None = None
-        self.skipped: list[int] = []
+        self.failed: list[int] = []  # serials given up on (persisted)
+        self.retry_queue: list[int] = []  # failed serials to deliver again (on request)
         self._running = False
         self._loop: Deferred[None] | None = None
         self._wakeup: Deferred[None] | None = None
@@ -190,6 +259,11 @@ class _HookRunner:
         if loop is not None:
             loop.cancel()
         return defer.succeed(None)
+
+    @property
+    def skipped(self) -> list[int]:
+        """The older name of ``failed``."""
+        return self.failed
 
     def wake(self) -> None:
         d, self._wakeup = self._wakeup, None
@@ -207,14 +281,19 @@ class _HookRunner:
         while self._running:
             try:
                 store = self.events.store
+                if self.retry_queue:
+                    await self._retry_one(self.retry_queue[0])
+                    continue
                 if self.done >= store.serial:
                     self._wakeup = Deferred()
                     await self._wakeup
                     continue
                 serial = self.done + 1
-                changes = store.changelog(serial)
-                await self._deliver(serial, changes if changes is not None else {})
+                changes = await self._changes(serial)
+                if not await self._deliver(serial, changes, self.events.horizon):
+                    self.failed = [*self.failed[-(MAX_FAILED - 1):], serial]
                 self.done = serial
+                self.events.forget_done()
                 self.events.save_soon()
                 backoff = BACKOFF_START
             except CancelledError:
@@ -229,30 +308,77 @@ class _HookRunner:
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _deliver(self, serial: int, changes: Changes) -> None:
+    async def _changes(self, serial: int) -> Changes:
+        """One serial's changes; a big entry (a mirror page of 50,000 files) is decoded in a
+        thread, not on the reactor."""
+        changes = self.events.recent.get(serial)
+        if changes is not None:
+            return changes
+        text = self.events.store.changelog_text(serial)
+        if text is None:
+            return {}
+        clock = self.events.clock
+        if len(text) <= BIG_CHANGES or not hasattr(clock, "getThreadPool"):
+            return dict(json.loads(text))
+        decoded = await deferToThreadPool(clock, clock.getThreadPool(), json.loads, text)
+        return dict(decoded)
+
+    async def _retry_one(self, serial: int) -> None:
+        """Deliver a failed serial again, as asked; it stays failed if this fails too."""
+        ok = await self._deliver(serial, await self._changes(serial), None)
+        if self.retry_queue and self.retry_queue[0] == serial:
+            self.retry_queue.pop(0)
+        if ok:
+            self.failed = [n for n in self.failed if n != serial]
+            log.info("hook {hook} delivered failed serial {serial} on retry",
+                     hook=self.name, serial=serial)
+        self.events.save_soon()
+
+    async def _deliver(self, serial: int, changes: Changes, horizon: float | None) -> bool:
+        """Call the hook until it succeeds (True) or gives up (False).
+
+        It gives up once failures have lasted ``horizon`` seconds, or (``horizon`` None, a
+        requested retry) after ``MAX_ATTEMPTS`` attempts. The first failure is logged with its
+        traceback, the following ones as one line each.
+        """
+        clock = self.events.clock
+        started = clock.seconds()
         backoff = BACKOFF_START
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 d = defer.ensureDeferred(self.hook.on_serial(serial, changes))
-                d.addTimeout(HOOK_TIMEOUT, self.events.clock)
+                d.addTimeout(HOOK_TIMEOUT, clock)
                 await d
                 self.last_error = None
-                return
+                return True
             except CancelledError:
                 if not self._running:
                     raise
                 error = f"timed out after {HOOK_TIMEOUT:.0f}s"
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
-                log.failure("hook {hook} failed on serial {serial} (attempt {attempt}/{max})",
-                            hook=self.name, serial=serial, attempt=attempt, max=MAX_ATTEMPTS)
+                if attempt == 1:
+                    log.failure("hook {hook} failed on serial {serial}; retrying",
+                                hook=self.name, serial=serial)
             self.last_error = f"serial {serial}: {error}"
-            if attempt < MAX_ATTEMPTS:
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-        log.error("hook {hook} gave up on serial {serial} after {n} attempts; skipping it",
-                  hook=self.name, serial=serial, n=MAX_ATTEMPTS)
-        self.skipped = [*self.skipped[-99:], serial]
+            if horizon is None:
+                out_of_time = attempt >= MAX_ATTEMPTS
+            else:
+                out_of_time = clock.seconds() - started + backoff > horizon
+            if out_of_time:
+                break
+            if attempt > 1:
+                log.warn("hook {hook} failed on serial {serial} (attempt {attempt}): {error}; "
+                         "retrying in {delay:g} s", hook=self.name, serial=serial,
+                         attempt=attempt, error=error, delay=backoff)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        log.error("hook {hook} gave up on serial {serial} after {n} attempts: {error}; "
+                  "listed as failed (retry: devpid events retry)",
+                  hook=self.name, serial=serial, n=attempt, error=error)
+        return False
 
 
 # -- the built-in webhook hook ------------------------------------------------------------------
@@ -339,6 +465,54 @@ class WebhookHook:
             raise RuntimeError("webhook delivery failed: " + "; ".join(failures))
 
 
+# -- REST: retry failed serials ------------------------------------------------------------
+def _retry_request(body: Any) -> tuple[str | None, list[int] | None]:
+    """(hook, serials) from ``{"hook": ..., "serials": [...]}`` (both optional)."""
+    from devpid.web.errors import HTTPError
+
+    if body is None:
+        return None, None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "expected a JSON object like {\"hook\": NAME, \"serials\": [N]}")
+    hook, serials = body.get("hook"), body.get("serials")
+    if hook is not None and not isinstance(hook, str):
+        raise HTTPError(400, "'hook' must be a hook name")
+    if serials is not None and not (
+        isinstance(serials, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in serials)
+    ):
+        raise HTTPError(400, "'serials' must be a list of serial numbers")
+    return hook, serials
+
+
+def _register_routes() -> None:
+    from devpid.web.app import DevpidServer, app, json_response, read_json
+    from devpid.web.errors import HTTPError, forbidden
+
+    @app.route("/+events/retry", methods=["POST"])
+    async def retry_failed(server: DevpidServer, request: Any) -> bytes:
+        """Deliver again serials hooks gave up on (root only); answers what was queued."""
+        user = await server.require_user(request)
+        if user != "root":
+            raise forbidden("only root may retry event hooks")
+        events = server.components.get("events")
+        if events is None:
+            raise HTTPError(404, "this process runs no event hooks")
+        request.content.seek(0)
+        hook, serials = _retry_request(read_json(request) if request.content.read(1) else None)
+        try:
+            queued = events.retry(hook, serials)
+        except KeyError:
+            raise HTTPError(404, f"no event hook named {hook!r}") from None
+        count = sum(len(v) for v in queued.values())
+        return json_response(request, result={"queued": queued}, type="events-retry",
+                             message=f"{count} failed serial(s) queued for delivery",
+                             code=202 if count else 200)
+
+
+_register_routes()
+
+
 # -- wiring ---------------------------------------------------------------------------------
 def discover_hooks(server: Any) -> dict[str, Any]:
     """Hooks from the ``devpid.hooks`` entry points (broken ones are logged, not fatal)."""
@@ -366,7 +540,8 @@ def build(server: Any) -> list[service.Service]:
     if server.settings.role != "replica":
         # Replicas see the same serials; posting there too would deliver every event twice.
         hooks.setdefault("webhooks", WebhookHook(server))
-    events = EventService(server.store, server.settings.serverdir, server.reactor, hooks)
+    events = EventService(server.store, server.settings.serverdir, server.reactor, hooks,
+                          horizon=server.settings.event_retry_horizon)
     server.components["events"] = events
     server.status_providers.append(events.status)
     return [events]

@@ -32,13 +32,22 @@ from urllib.parse import urlsplit
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, DeferredQueue
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server as twserver
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -50,7 +59,7 @@ from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
 from devpid.store.sqlite import ChangelogReader, encode_value
 from devpid.web.app import DevpidServer, app, header
-from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
+from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, status_reason
 
 log = Logger()
 
@@ -395,6 +404,33 @@ class _BodyReader(Protocol):
             self.done.errback(reason)
 
 
+# Failures that are part of a primary being down or restarting (retried, logged as one line);
+# anything else is a bug or a broken disk and keeps its traceback.
+_ORDINARY = (
+    ReplicationError,
+    ierror.ConnectError,
+    ierror.ConnectionLost,
+    ierror.ConnectionDone,
+    ierror.TimeoutError,
+    ResponseFailed,
+    ResponseNeverReceived,
+    RequestTransmissionFailed,
+)
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an ordinary failure (twisted.web wraps the real cause in ``reasons``)."""
+    reasons = getattr(e, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        inner = "; ".join(
+            _describe(r.value) if isinstance(r, Failure) and r.value is not None else str(r)
+            for r in reasons
+        )
+        return f"{type(e).__name__}: {inner}"
+    text = str(e).strip().replace("\n", " ")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 class ReplicaFollower(service.Service):
     """Follows the primary's changelog forever: applies serials, fetches blobs, backs off."""
 
@@ -513,8 +549,13 @@ class ReplicaFollower(service.Service):
             except Exception as e:
                 if not self._running:
                     return  # the stream was cut by our own shutdown
-                log.failure("replication from {url} failed; retrying in {delay:.1f}s",
-                            url=self.primary_url, delay=self.backoff)
+                if isinstance(e, _ORDINARY):
+                    # The primary is down, restarting or unreachable: expected, one line.
+                    log.warn("replication from {url} failed: {error}; retrying in {delay:.1f}s",
+                             url=self.primary_url, error=_describe(e), delay=self.backoff)
+                else:
+                    log.failure("replication from {url} failed; retrying in {delay:.1f}s",
+                                url=self.primary_url, delay=self.backoff)
                 self._failed(f"{type(e).__name__}: {e}")
             if not self._running:
                 return
@@ -884,7 +925,7 @@ class WriteProxy:
     def _respond_error(self, request: Any, gone: list[bool], error: HTTPError) -> None:
         if gone:
             return
-        request.setResponseCode(error.code, reason_phrase(error.message))
+        request.setResponseCode(error.code, status_reason(error))
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.write(json.dumps({"message": error.message}).encode() + b"\n")
         request.finish()

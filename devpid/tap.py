@@ -76,14 +76,21 @@ class Options(usage.Options):
         ["primary-url", None, None, "run as a replica of the primary at this URL"],
         ["mirror-cache-expiry", None, 1800, "default seconds before mirror pages refresh", int],
         ["max-upload-size", None, "1G", "largest accepted upload (e.g. 500M, 2G)"],
+        ["mirror-max-page-size", None, "64M",
+         "largest upstream project page a mirror accepts (bounds memory per page)"],
         ["bcrypt-rounds", None, auth.DEFAULT_BCRYPT_ROUNDS, "bcrypt cost for new passwords", int],
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
         ["workers", None, 1, "processes serving requests (reads in all, writes in one)", int],
+        ["mirror-max-bytes", None, "0",
+         "bound on all mirror caches together, least recently downloaded files evicted "
+         "first (e.g. 50G; 0 = none; per mirror: the mirror_max_bytes index option)"],
         ["gc-interval", None, 86400.0,
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
          "seconds an unreferenced file is kept before a sweep may delete it", float],
+        ["event-retry-horizon", None, 6 * 3600.0,
+         "seconds a failing event hook retries one serial before giving it up", float],
         ["mirror-file-hosts", None, "",
          "comma-separated extra hosts mirror file URLs may point at (* = any public host)"],
         ["mirror-admins", None, "root",
@@ -133,12 +140,14 @@ class Options(usage.Options):
         if self["mirror-min-rate"] < 0:
             raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
+        self["mirror-max-bytes"] = parse_size(str(self["mirror-max-bytes"]))
+        self["mirror-max-page-size"] = parse_size(str(self["mirror-max-page-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
                 raise usage.UsageError(f"--{key} must start with http:// or https://")
         if self["primary-url"] and self["init"]:
             raise usage.UsageError("a replica needs no --init: it copies the primary")
-        for key in ("gc-interval", "gc-grace"):
+        for key in ("gc-interval", "gc-grace", "event-retry-horizon"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
         for key in ("mirror-file-hosts", "mirror-admins"):
@@ -258,13 +267,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         offline_mode=bool(options["offline-mode"]),
         mirror_cache_expiry=options["mirror-cache-expiry"],
         max_upload_size=options["max-upload-size"],
+        mirror_max_page_size=options["mirror-max-page-size"],
         primary_url=options["primary-url"],
         role="replica" if replica else "standalone",
         bcrypt_rounds=options["bcrypt-rounds"],
         log_format=options["log-format"],
         workers=options["workers"],
         gc_interval=options["gc-interval"],
+        mirror_max_bytes=options["mirror-max-bytes"],
         gc_grace=options["gc-grace"],
+        event_retry_horizon=options["event-retry-horizon"],
         allow_private_addresses=bool(options["allow-private-addresses"]),
         mirror_file_hosts=options["mirror-file-hosts"],
         mirror_admins=options["mirror-admins"],

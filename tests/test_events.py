@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -74,7 +75,7 @@ def test_hook_failing_every_third_serial_still_reaches_the_head(
     clock = Clock()
     flaky = Recorder(lambda serial, attempt: serial % 3 == 0)
     good = Recorder()
-    svc = EventService(store, tmp_path, clock, {"flaky": flaky, "good": good})
+    svc = EventService(store, tmp_path, clock, {"flaky": flaky, "good": good}, horizon=10.0)
     svc.startService()
     commit(store, 10)
     clock.advance(0)
@@ -83,13 +84,64 @@ def test_hook_failing_every_third_serial_still_reaches_the_head(
     assert svc.runners["flaky"].done == 2
     drive(clock, lambda: svc.event_serial == store.serial)
     assert flaky.seen == [s for s in range(1, 11) if s % 3]
-    assert all(flaky.attempts[s] == MAX_ATTEMPTS for s in (3, 6, 9))
-    assert svc.runners["flaky"].skipped == [3, 6, 9]
+    # backoff 0.5, 1, 2, 4 s: the fifth attempt (at 7.5 s) is the last within 10 s
+    assert all(flaky.attempts[s] == 5 for s in (3, 6, 9))
+    assert svc.runners["flaky"].failed == [3, 6, 9]
     assert good.seen == list(range(1, 11))  # still exactly once each
     clock.advance(SAVE_DELAY)  # cursors are written at most every SAVE_DELAY seconds
     state = json.loads((tmp_path / ".event-serial").read_text())
-    assert state == {"serial": 10, "hooks": {"flaky": 10, "good": 10}}
+    assert state == {"serial": 10, "hooks": {"flaky": 10, "good": 10},
+                     "failed": {"flaky": [3, 6, 9]}}
     svc.stopService()
+
+
+def test_a_failing_hook_keeps_retrying_for_hours_by_default(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """A receiver down for an hour loses nothing: the serial is retried, not given up."""
+    clock = Clock()
+    down = {"until": 3600.0}
+    hook = Recorder(lambda serial, attempt: clock.seconds() < down["until"])
+    svc = EventService(store, tmp_path, clock, {"h": hook})
+    svc.startService()
+    commit(store, 1)
+    for _ in range(4000):  # an hour and a bit, in fake seconds
+        clock.advance(1)
+    assert hook.seen == [1]
+    assert svc.runners["h"].failed == []
+    assert 10 < hook.attempts[1] < 40  # backed off (capped), not hammered nor given up
+    svc.stopService()
+
+
+def test_given_up_serials_survive_a_restart_and_can_be_retried(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    clock = Clock()
+    broken = {"on": True}
+    hook = Recorder(lambda serial, attempt: broken["on"] and serial == 2)
+    svc = EventService(store, tmp_path, clock, {"h": hook}, horizon=5.0)
+    svc.startService()
+    commit(store, 3)
+    drive(clock, lambda: svc.event_serial == store.serial)
+    assert svc.runners["h"].failed == [2]
+    svc.stopService()
+    hook2 = Recorder(lambda serial, attempt: broken["on"])
+    svc2 = EventService(store, tmp_path, clock, {"h": hook2}, horizon=5.0)
+    svc2.startService()
+    assert svc2.status()["event-hooks"]["h"]["failed"] == [2]  # persisted
+    assert svc2.retry(serials=[2]) == {"h": [2]}
+    drive(clock, lambda: not svc2.runners["h"].retry_queue)
+    assert hook2.attempts[2] == MAX_ATTEMPTS  # a retry that fails again: still failed
+    assert svc2.runners["h"].failed == [2]
+    broken["on"] = False
+    assert svc2.retry() == {"h": [2]}
+    drive(clock, lambda: not svc2.runners["h"].failed)
+    assert hook2.seen == [2]
+    clock.advance(SAVE_DELAY)
+    state = json.loads((tmp_path / ".event-serial").read_text())
+    assert state == {"serial": 3, "hooks": {"h": 3}}
+    assert svc2.retry() == {}
+    svc2.stopService()
 
 
 def test_a_hook_failing_once_is_retried_and_sees_the_serial_again(
@@ -300,13 +352,17 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.code = 204  # what it answers (a 5xx simulates a broken receiver)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                outer.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
+                body = json.loads(self.rfile.read(length))
+                if outer.code < 300:
+                    outer.bodies.append(body)
+                self.send_response(outer.code)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *a: Any) -> None:
@@ -359,3 +415,55 @@ def test_webhook_receiver_gets_each_upload_exactly_once(
     finally:
         receiver.close()
 
+
+
+@pytest.mark.skipif(not UPLOAD_PY.exists(), reason="devpid/web/upload.py not written yet")
+def test_a_given_up_webhook_serial_is_listed_persisted_and_retried(
+    start_devpid: Any, tmp_path: Path
+) -> None:
+    """Receiver broken past the horizon: the serial is listed in /+status and /+metrics,
+    survives a restart, and ``devpid events retry`` (root only) delivers it."""
+    from tests.conftest import ROOT_PASSWORD
+    from tests.support.pkgbuild import make_wheel
+
+    receiver = Receiver()
+    receiver.code = 503
+    try:
+        server: Devpid = start_devpid("--event-retry-horizon", "1", name="hooks")
+        assert server.json("PUT", "/w", json={"password": "pw"}).status_code == 201
+        r = server.json("PUT", "/w/dev", auth=("w", "pw"),
+                        json={"bases": [], "webhooks": [receiver.url]})
+        assert r.status_code == 200, r.text
+        env = client_env(tmp_path)
+        wheel = make_wheel(tmp_path, "retried-pkg", "1.0")
+        run([tool("twine"), "upload", "--repository-url", server.url + "/w/dev/", "-u", "w",
+             "-p", "pw", str(wheel)], env)
+        upload_serial = serial_of(server)
+
+        def failed() -> list[int]:
+            return list(status(server)["event-hooks"]["webhooks"]["failed"])
+
+        wait_for(lambda: failed() == [upload_serial], timeout=20, what="the serial given up")
+        metrics = requests.get(server.url + "/+metrics", timeout=5).text
+        assert 'devpid_event_hook_failed_serials{hook="webhooks"} 1' in metrics
+        server.stop()
+        server.start()
+        assert failed() == [upload_serial]  # persisted across the restart
+        r = server.json("POST", "/+events/retry", auth=("w", "pw"), json={})
+        assert r.status_code == 403 and "root" in r.json()["message"]
+        r = server.json("POST", "/+events/retry", auth=("root", ROOT_PASSWORD),
+                        json={"serials": "all"})
+        assert r.status_code == 400 and "serials" in r.json()["message"]
+        assert receiver.bodies == []
+        receiver.code = 204
+        proc = run([tool("devpid"), "events", "retry", "--url", server.url,
+                    "--password", ROOT_PASSWORD], env)
+        assert f"webhooks: retrying serials [{upload_serial}]" in proc.stdout
+        wait_for(lambda: receiver.bodies, what="the retried post")
+        assert [b["serial"] for b in receiver.bodies] == [upload_serial]
+        assert receiver.bodies[0]["files"][0]["filename"] == wheel.name
+        wait_for(lambda: failed() == [], what="the serial no longer failed")
+        proc = run([tool("devpid"), "events", "list", "--url", server.url], env)
+        assert "webhooks: serial" in proc.stdout and "failed none" in proc.stdout
+    finally:
+        receiver.close()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Devpid, init_serverdir
+from tests.conftest import ROOT_PASSWORD, Devpid, init_serverdir
 from tests.support.fakepypi import PAGE_FAULTS, FakePyPI, PageFault
 from tests.support.mirrorclients import (
     JSON_ACCEPT,
@@ -57,7 +57,7 @@ def mirror(server: Devpid, up: FakePyPI, unique: str) -> Iterator[str]:
     """A fresh mirror index (own backoff state) with a 1 s cache expiry."""
     user = f"f{unique}"
     assert server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-    r = server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+    r = server.json("PUT", f"/{user}/mirror", auth=("root", ROOT_PASSWORD), json={
         "type": "mirror", "mirror_url": up.url, "mirror_cache_expiry": "1"})
     assert r.status_code == 200, r.text
     yield f"{user}/mirror"

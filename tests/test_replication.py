@@ -329,6 +329,25 @@ def test_replica_survives_primary_down_and_garbage(cluster: Any, tmp_path: Path)
         fake_primary.stop()
 
 
+def test_replica_retrying_a_down_primary_logs_one_warning_line_per_attempt(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A primary that is down is ordinary: each retry is one warning line, no traceback."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    replica = cluster.replica(Devpid(tmp_path / "nowhere", port=port))
+    wait_for(lambda: status(replica)["replica"]["polls"] >= 3, timeout=20, what="3 attempts")
+    polls = status(replica)["replica"]["polls"]
+    log = replica.log()
+    lines = [line for line in log.splitlines() if "replication from" in line]
+    assert "Traceback" not in log and "#critical" not in log, log
+    assert len(lines) >= polls - 1, log
+    assert all("#warn" in line and "connection refused" in line.lower() for line in lines), lines
+
+
 def test_replica_refuses_a_different_primary(cluster: Any, start_devpid: Any) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Devpid, init_serverdir
+from tests.conftest import ROOT_PASSWORD, Devpid, init_serverdir
 from tests.support.fakepypi import FILE_FAULTS, PAGE_FAULTS, FakePyPI
 from tests.support.mirrorclients import concurrent_reads, file_url, page, status, wait_for
 
@@ -72,7 +72,7 @@ class Trials:
         self.n += 1
         user = f"t{self.n}x{SEED}"
         assert self.server.json("PUT", f"/{user}", json={"password": "pw"}).status_code == 201
-        r = self.server.json("PUT", f"/{user}/mirror", auth=(user, "pw"), json={
+        r = self.server.json("PUT", f"/{user}/mirror", auth=("root", ROOT_PASSWORD), json={
             "type": "mirror", "mirror_url": self.up.url, "mirror_cache_expiry": "1"})
         assert r.ok, r.text
         return f"{user}/mirror"

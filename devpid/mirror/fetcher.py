@@ -59,6 +59,7 @@ ACCEPT = (
 _NORMALIZE_RE = re.compile(r"[-_.]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ERROR_BODY_LIMIT = 64 * 1024  # read small error bodies so the connection can be reused
+_PARSE_INLINE = 64 * 1024  # bodies up to this size are parsed on the reactor (fast enough)
 
 
 class UpstreamError(Exception):
@@ -67,6 +68,10 @@ class UpstreamError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class PageTooLarge(UpstreamError):
+    """The upstream's answer is larger than we accept (``max_page_size``): no backoff."""
 
 
 class ProjectNotFound(Exception):
@@ -381,6 +386,8 @@ class UpstreamClient:
             raise UpstreamError(
                 f"upstream {url}: timeout after {deadline.seconds:g} s (reading body)"
             ) from None
+        except _TooLarge as e:
+            raise PageTooLarge(f"upstream {url}: {_reason_text(e)}") from e
         except Exception as e:
             raise UpstreamError(f"upstream {url}: {_reason_text(e)}") from e
 
@@ -435,6 +442,11 @@ class UpstreamClient:
                     await self._discard(response, deadline)
                     phrase = response.phrase.decode("latin-1", "replace")
                     raise UpstreamError(f"upstream {clean}: HTTP {code} {phrase}".rstrip())
+            except PageTooLarge:
+                # The upstream answered; the page is over our bound. Other projects are fine.
+                self.backoff.succeeded()
+                verdict = True
+                raise
             except UpstreamError as e:
                 self.backoff.failed(e.message)
                 verdict = True
@@ -464,11 +476,15 @@ class UpstreamClient:
             response: IResponse, body: bytes, delimited: bool
         ) -> tuple[str, list[UpstreamFile]]:
             content_type = _header(response, b"Content-Type") or ""
-            display, files = parse_project_page(
-                body, content_type, _final_url(response, url), name
-            )
-            check_project_page(body, content_type, len(files), delimited)
-            return display, files
+            base = _final_url(response, url)
+
+            def work() -> tuple[str, list[UpstreamFile]]:
+                display, files = parse_project_page(body, content_type, base, name)
+                check_project_page(body, content_type, len(files), delimited)
+                return display, files
+
+            # A page of a project with 50,000 files takes seconds to parse: off the reactor.
+            return await self._parse_off_reactor(len(body), work)
 
         response, parsed = await self._get_index(
             url, etag, self.timeout, self.max_page_size, parse
@@ -485,6 +501,14 @@ class UpstreamClient:
             return ProjectPage(name, [], new_etag or etag, serial, not_modified=True)
         display, files = parsed
         return ProjectPage(display, files, new_etag, serial, not_modified=False)
+
+    async def _parse_off_reactor(self, size: int, f: Callable[..., T], *args: Any) -> T:
+        """``f(*args)`` in the reactor's thread pool, unless the input is small."""
+        if size <= _PARSE_INLINE:
+            return f(*args)
+        reactor: Any = self._reactor
+        result: T = await deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return result
 
     async def get_project_list(
         self, etag: str | None = None

@@ -11,6 +11,11 @@ Policy, per (mirror, project):
   upstream is back; then updates resume by themselves;
 - only a real change of the upstream page writes a new serial.
 
+Big pages (a project with 50,000 files is a 20 MB page) are decoded, merged, compared and
+encoded in a worker thread, one at a time (``PAGE_WORK``), never on the reactor, so cached
+pages of other projects keep their latency; a page above ``--mirror-max-page-size`` is refused
+as an upstream failure before it is parsed.
+
 Files are downloaded on first request (see downloads.py) and recorded as ``file/`` keys.
 In ``--offline-mode`` the upstream is never contacted and pages list only cached files.
 """
@@ -18,18 +23,21 @@ In ``--offline-mode`` the upstream is never contacted and pages list only cached
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from devpid import __version__
+from devpid import __version__, memory
 from devpid.links import Link, UpstreamUnavailable, version_key
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.downloads import BodyToDownload, Download, DownloadFailed, TailProducer
@@ -43,6 +51,7 @@ from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
 from devpid.netpolicy import mirror_file_hosts
 from devpid.store import keys
+from devpid.store.sqlite import encode_value
 
 log = Logger()
 
@@ -50,6 +59,7 @@ GRACE = 0.04  # seconds a request with a stale cached page waits for a fresh one
 _NORMALIZE_RUNS = re.compile(r"[-_.]+")
 _SAFE_NAMES = re.compile(r"[a-z0-9\n-]*")
 _SAFE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+BIG_PAGE = 256 * 1024  # stored page text above which work on it leaves the reactor thread
 
 
 @dataclass
@@ -72,12 +82,27 @@ class ListState:
     rendered: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
+_UNSAFE_DIR_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` fit for a message: no ``user:password@``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def mirror_path(stage: str, f: UpstreamFile) -> str:
-    sha = f.hashes.get("sha256")
-    if sha and len(sha) == 64:
-        return f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{f.filename}"
-    digest = hashlib.sha256(f.url.encode()).hexdigest()
-    return f"{stage}/+f/url/{digest[:16]}/{f.filename}"
+    """Where a mirror serves an upstream file: devpi's layout (spec 4.5), which clients and
+    devpi-client's tests see in hrefs. With a hash (sha256 first, else the one upstream
+    gave): ``+f/{h[:3]}/{h[3:16]}/NAME``; without: ``+e/{scheme_host_port_dirs}/NAME``."""
+    value = f.hashes.get("sha256") or next(iter(f.hashes.values()), None)
+    if value:
+        return f"{stage}/+f/{value[:3]}/{value[3:16]}/{f.filename}"
+    parts = urlsplit(f.url)
+    dirs = [unquote(d) for d in parts.path.split("/")[:-1] if d]
+    dirname = _UNSAFE_DIR_CHARS.sub("_", "_".join([parts.scheme, parts.netloc.rpartition("@")[2],
+                                                   *dirs]))
+    return f"{stage}/+e/{dirname}/{f.filename}"
 
 
 def file_version(filename: str) -> str | None:
@@ -98,6 +123,8 @@ class Mirror:
         self.lists: dict[str, ListState] = {}
         self.downloads: dict[str, Download] = {}
         self.starting: dict[str, Shared] = {}
+        # Big pages are worked on one at a time: memory stays bounded by one page's objects.
+        self.page_work = DeferredSemaphore(1)
         self.download_failures: dict[str, int] = {}  # per stage, for /+status and /+metrics
 
     # -- upstream clients ---------------------------------------------------------------------
@@ -118,6 +145,7 @@ class Mirror:
                 allow_private=self.server.settings.allow_private_addresses,
                 file_hosts=mirror_file_hosts(url, self.server.settings.mirror_file_hosts),
             )
+            client.max_page_size = self.server.settings.mirror_max_page_size
             self.clients[key] = client
         return client
 
@@ -127,6 +155,20 @@ class Mirror:
 
     def _now(self) -> float:
         return float(self.reactor.seconds())
+
+    async def _page_work(
+        self, text: str | None, work: Callable[..., Any], *args: Any, size: int = 0
+    ) -> Any:
+        """``work(text, *args)``: inline for a small page, in a thread (one at a time) for a
+        big one (``text`` or ``size`` above BIG_PAGE), so the reactor never decodes or builds
+        a big page itself."""
+        if max(size, len(text or "")) <= BIG_PAGE:
+            return work(text, *args)
+        await self.page_work.acquire()
+        try:
+            return await self.server.in_thread(_then_trim, work, text, *args)
+        finally:
+            self.page_work.release()
 
     # -- project pages ------------------------------------------------------------------------
     def _state(self, stage: str, project: str) -> ProjectState:
@@ -159,13 +201,13 @@ class Mirror:
         state = self._state(stage, project)
         now = self._now()
         expiry = float(config.get("mirror_cache_expiry") or 1800)
-        cached = self.server.store.get(keys.mirror_page(stage, project))
         if state.fetched_at and now - state.fetched_at < expiry:
             return
-        if cached is None and state.not_found_until > now:
+        cached = self.server.store.exists(keys.mirror_page(stage, project))
+        if not cached and state.not_found_until > now:
             return
         shared = self._shared(state, lambda: self._fetch(stage, config, project))
-        timeout = GRACE if cached is not None else self.server.settings.request_timeout + 1
+        timeout = GRACE if cached else self.server.settings.request_timeout + 1
         await self._wait_at_most(shared, timeout)
 
     def _shared(self, state: Any, start: Any) -> Deferred[None]:
@@ -207,10 +249,11 @@ class Mirror:
             return await self._fetch_via_primary(stage, project)
         state = self._state(stage, project)
         key = keys.mirror_page(stage, project)
-        cached = self.server.store.get(key)
+        text = self.server.store.get_text(key)
+        etag, stored_serial = await self._page_work(text, _page_head)
         client = self.client(stage, config)
         try:
-            page = await client.get_project(project, (cached or {}).get("etag"))
+            page = await client.get_project(project, etag)
         except ProjectNotFound:
             state.error = None
             state.fetched_at = self._now()
@@ -228,7 +271,6 @@ class Mirror:
         state.not_found_until = 0.0
         if page.not_modified:
             return
-        stored_serial = (cached or {}).get("upstream_serial")
         if (
             page.upstream_serial is not None
             and isinstance(stored_serial, int)
@@ -240,21 +282,14 @@ class Mirror:
                 f"({page.upstream_serial} < {stored_serial}); serving the cached page"
             )
             return
-        files = []
-        for f in page.files:
-            entry = f.to_json()
-            entry["path"] = mirror_path(stage, f)
-            files.append(entry)
-        value = {
-            "name": page.name,
-            "files": files,
-            "etag": page.etag,
-            "upstream_serial": page.upstream_serial,
-        }
-        if cached is not None and {**cached, "etag": None} == {**value, "etag": None}:
+        # ~400 bytes per stored file entry: a first fetch of a huge project is big too
+        built = await self._page_work(text, _build_page, stage, page, etag,
+                                      size=400 * len(page.files))
+        if built is None:
             return  # same links: no new serial
+        value, encoded = built
         with self.server.store.transaction() as tx:
-            tx.set(key, value)
+            tx.set_encoded(key, value, encoded)
 
     async def _fetch_via_primary(self, stage: str, project: str) -> None:
         """On a replica, the primary fetches and records the page; we wait for its serial."""
@@ -292,9 +327,9 @@ class Mirror:
     async def project_links(
         self, stage: str, config: dict[str, Any], project: str
     ) -> list[Link] | None:
-        cached = self.server.store.get(keys.mirror_page(stage, project))
+        text = self.server.store.get_text(keys.mirror_page(stage, project))
         state = self.projects.get((stage, project))
-        if cached is None:
+        if text is None:
             if self.offline:
                 raise UpstreamUnavailable(
                     f"{project} is not cached on {stage} and the server runs in offline mode",
@@ -316,32 +351,10 @@ class Mirror:
             value["filename"]: value
             for _, value in self.server.store.items(keys.file_prefix(stage, project))
         }
-        links = []
-        for entry in cached["files"]:
-            stored = cached_files.get(entry["filename"])
-            if self.offline and stored is None:
-                continue
-            f = UpstreamFile.from_json(entry)
-            meta: dict[str, str] | bool = f.core_metadata
-            if stored is not None and stored.get("metadata_sha256"):
-                meta = {"sha256": stored["metadata_sha256"]}
-            elif not config.get("mirror_provides_core_metadata", True):
-                meta = False
-            links.append(
-                Link(
-                    filename=f.filename,
-                    path=entry["path"],
-                    stage=stage,
-                    version=file_version(f.filename),
-                    hashes=dict(f.hashes),
-                    requires_python=f.requires_python,
-                    yanked=f.yanked,
-                    core_metadata=meta,
-                    size=f.size,
-                    upload_time=f.upload_time,
-                )
-            )
-        links.sort(key=lambda link: (version_key(link.version), link.filename))
+        provides_meta = bool(config.get("mirror_provides_core_metadata", True))
+        links: list[Link] = await self._page_work(
+            text, _page_links, stage, cached_files, self.offline, provides_meta
+        )
         return links
 
     # -- project list -------------------------------------------------------------------------
@@ -417,8 +430,9 @@ class Mirror:
         parts = key.split("/")
         stage, project = f"{parts[1]}/{parts[2]}", parts[3]
         stored = self.server.store.get(keys.file(stage, project, filename))
-        page = self.server.store.get(key) or {}
-        entry = next((e for e in page.get("files", []) if e.get("filename") == filename), None)
+        text = self.server.store.get_text(key)  # a big page: find the entry in a thread
+        entry = (_page_entry(text, filename) if text is None or len(text) <= BIG_PAGE
+                 else await self.server.in_thread(_page_entry, text, filename))
         if metadata:
             return await self._serve_metadata(request, stage, stored, entry, filename)
         if stored is not None and self.server.blobs.exists(stored["sha256"]):
@@ -487,8 +501,9 @@ class Mirror:
         try:
             response = await client.open_file(entry["url"])
         except FileNotFoundUpstream:
-            raise HTTPError(
-                404, f"the upstream of {stage} no longer has {entry['filename']}"
+            raise HTTPError(  # devpi's wording, which its client's tests match
+                404, f"error 404 getting {_without_userinfo(entry['url'])}: the upstream of"
+                f" {stage} no longer has {entry['filename']}"
             ) from None
         except UpstreamError as e:
             raise HTTPError(502, e.message) from None
@@ -632,6 +647,158 @@ class Mirror:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+
+
+# -- work on one stored page (pure functions: they run in a thread for big pages) -----------
+# A thread running one json call on 20 MB holds the GIL for half a second, which stalls the
+# reactor as surely as doing it there. So big pages are decoded and encoded one file entry
+# at a time: the GIL is released between entries.
+_FILES_AT = '"files":['
+_DECODER = json.JSONDecoder()
+
+
+def _page_files(text: str) -> list[dict[str, Any]]:
+    """The ``files`` of a stored page (as ``encode_value`` wrote it), entry by entry."""
+    start = text.find(_FILES_AT)
+    if start == -1:
+        files = json.loads(text).get("files", [])
+        return files if isinstance(files, list) else []
+    pos = start + len(_FILES_AT)
+    out: list[dict[str, Any]] = []
+    raw_decode = _DECODER.raw_decode
+    if text.startswith("]", pos):
+        return out
+    while True:
+        entry, pos = raw_decode(text, pos)
+        out.append(entry)
+        if text.startswith(",", pos):
+            pos += 1
+        elif text.startswith("]", pos):
+            return out
+        else:  # not our compact encoding after all
+            files = json.loads(text).get("files", [])
+            return files if isinstance(files, list) else []
+
+
+def encode_page(value: dict[str, Any]) -> str:
+    """``encode_value(value)``, built entry by entry (same text, no long GIL hold)."""
+    parts = []
+    for key in sorted(value):
+        item = value[key]
+        if key == "files" and isinstance(item, list):
+            text = "[" + ",".join(encode_value(e) for e in item) + "]"
+        else:
+            text = encode_value(item)
+        parts.append(f"{json.dumps(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _then_trim(work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, then give the memory its temporaries took back to the system."""
+    try:
+        return work(*args)
+    finally:
+        memory.trim()
+
+
+def _page_head(text: str | None) -> tuple[str | None, int | None]:
+    """(etag, upstream serial) of a stored page, without decoding its files."""
+    if text is None:
+        return None, None
+    start, end = text.find(_FILES_AT), text.rfind('],"name":')
+    try:
+        if start == -1 or end < start:
+            raise ValueError("not the compact encoding")
+        cached = json.loads(text[:start] + '"files":[]' + text[end + 1 :])
+    except ValueError:
+        cached = json.loads(text)
+    serial = cached.get("upstream_serial")
+    etag = cached.get("etag")
+    return etag if isinstance(etag, str) else None, serial if isinstance(serial, int) else None
+
+
+def _build_page(
+    text: str | None, stage: str, page: Any, etag: str | None
+) -> tuple[dict[str, Any], str] | None:
+    """The value to store for a fetched page and its encoding; None if the links are the
+    ones stored already (``text``, whose ETag was ``etag``)."""
+    files = []
+    for f in page.files:
+        entry = f.to_json()
+        entry["path"] = mirror_path(stage, f)
+        files.append(entry)
+    value = {
+        "name": page.name,
+        "files": files,
+        "etag": page.etag,
+        "upstream_serial": page.upstream_serial,
+    }
+    encoded = encode_page(value)
+    if text is not None:
+        # Unchanged links but a new ETag are no change: "etag" is the first key, so the text
+        # with the stored ETag differs from ours only in its head.
+        head = '{"etag":' + encode_value(page.etag)
+        assert encoded.startswith(head)
+        if '{"etag":' + encode_value(etag) + encoded[len(head) :] == text:
+            return None
+    return value, encoded
+
+
+def _page_links(
+    text: str,
+    stage: str,
+    cached_files: dict[str, dict[str, Any]],
+    offline: bool,
+    provides_meta: bool,
+) -> list[Link]:
+    """A stored page's links, sorted by version (offline: only the downloaded files)."""
+    links = []
+    for entry in _page_files(text):
+        stored = cached_files.get(entry["filename"])
+        if offline and stored is None:
+            continue
+        f = UpstreamFile.from_json(entry)
+        meta: dict[str, str] | bool = f.core_metadata
+        if stored is not None and stored.get("metadata_sha256"):
+            meta = {"sha256": stored["metadata_sha256"]}
+        elif not provides_meta:
+            meta = False
+        links.append(
+            Link(
+                filename=f.filename,
+                path=entry["path"],
+                stage=stage,
+                version=file_version(f.filename),
+                hashes=dict(f.hashes),
+                requires_python=f.requires_python,
+                yanked=f.yanked,
+                core_metadata=meta,
+                size=f.size,
+                upload_time=f.upload_time,
+            )
+        )
+    links.sort(key=lambda link: (version_key(link.version), link.filename))
+    return links
+
+
+def _page_entry(text: str | None, filename: str) -> dict[str, Any] | None:
+    """The stored page's entry for ``filename``; in a big page only that entry is decoded
+    (each file request of a 50,000-file project must not decode all of them)."""
+    if text is None:
+        return None
+    at = text.find('"filename":' + json.dumps(filename) + ",")
+    if at == -1:
+        return None  # a JSON string cannot hide this key: no such entry
+    # Entries are encoded with sorted keys, and "core_metadata" (always there) comes first.
+    start = text.rfind('{"core_metadata":', 0, at)
+    if start != -1:
+        try:
+            entry, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and entry.get("filename") == filename:
+            return entry
+    return next((e for e in _page_files(text) if e.get("filename") == filename), None)
 
 
 class Shared:

@@ -157,6 +157,14 @@ class SQLiteStore:
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def get_text(self, key: str) -> str | None:
+        """The stored JSON text of ``key``: big values can then be decoded off the reactor."""
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def exists(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM kv WHERE key=?", (key,)).fetchone() is not None
+
     def serial_of(self, key: str) -> int:
         """The serial that last wrote ``key`` (-1 if it does not exist); reads no value."""
         row = self._conn.execute("SELECT serial FROM kv WHERE key=?", (key,)).fetchone()
@@ -209,6 +217,13 @@ class SQLiteStore:
             "SELECT changes FROM changelog WHERE serial=?", (serial,)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def changelog_text(self, serial: int) -> str | None:
+        """The JSON text of one changelog entry (decode big ones off the reactor)."""
+        row = self._conn.execute(
+            "SELECT changes FROM changelog WHERE serial=?", (serial,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def changelog_raw(self, serial: int) -> tuple[float, str] | None:
         row = self._conn.execute(
@@ -310,19 +325,15 @@ class SQLiteStore:
                 (serial, time.time(), entry),
             )
             for key, value in changes.items():
-                conn.execute("DELETE FROM paths WHERE key=?", (key,))
                 if value is None:
+                    conn.execute("DELETE FROM paths WHERE key=?", (key,))
                     conn.execute("DELETE FROM kv WHERE key=?", (key,))
                     continue
                 conn.execute(
                     "INSERT OR REPLACE INTO kv(key, serial, value) VALUES (?, ?, ?)",
                     (key, serial, texts[key]),
                 )
-                for path, filename in paths_of(key, value):
-                    conn.execute(
-                        "INSERT OR REPLACE INTO paths(path, key, filename) VALUES (?, ?, ?)",
-                        (path, key, filename),
-                    )
+                self._replace_paths(key, paths_of(key, value))
             conn.execute("COMMIT")
         except BaseException as e:
             # SQLite may have rolled back already (SQLITE_FULL, I/O errors): a second
@@ -340,6 +351,24 @@ class SQLiteStore:
         self.serial = serial
         self._notify(serial, changes)
         return serial
+
+    def _replace_paths(self, key: str, paths: list[tuple[str, str]]) -> None:
+        """Make ``paths`` the rows of ``key``; for a big mirror page only the difference
+        is written (a refresh adding one file to 50,000 must not rewrite 50,000 rows)."""
+        conn = self._conn
+        if len(paths) < 1000:
+            conn.execute("DELETE FROM paths WHERE key=?", (key,))
+            new = paths
+        else:
+            old = set(conn.execute("SELECT path, filename FROM paths WHERE key=?", (key,)))
+            wanted = set(paths)
+            conn.executemany("DELETE FROM paths WHERE path=? AND key=?",
+                             [(path, key) for path, _ in old - wanted])
+            new = [p for p in paths if p not in old]
+        conn.executemany(
+            "INSERT OR REPLACE INTO paths(path, key, filename) VALUES (?, ?, ?)",
+            [(path, key, filename) for path, filename in new],
+        )
 
     def _notify(self, serial: int, changes: Changes) -> None:
         for listener in list(self._listeners):
@@ -425,7 +454,7 @@ class Transaction:
         self.encoded[key] = text
 
     def delete(self, key: str) -> None:
-        if key in self.pending or self._store.get(key) is not None:
+        if key in self.pending or self._store.exists(key):
             self.pending[key] = None
             self.encoded.pop(key, None)
 

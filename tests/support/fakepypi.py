@@ -88,6 +88,7 @@ class _File:
     yanked: str | bool = False
     metadata: bytes | None = None  # PEP 658 core metadata (wheels only)
     metadata_sha256: str | None = None
+    upload_time_known: bool = True  # False: the JSON page gives no upload-time (old uploads)
 
     @property
     def etag(self) -> str:
@@ -545,6 +546,8 @@ class FakePyPI:
         self._requests: list[tuple[str, str, dict[str, str]]] = []
         self._index_cache: dict[str, _Rendered] = {}
         self._extra_cache: dict[str, bytes] = {}
+        self._synthetic: dict[str, tuple[int, int]] = {}  # project -> (files, generation)
+        self._synthetic_cache: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -637,11 +640,13 @@ class FakePyPI:
         *,
         requires_python: str | None = None,
         upload_time: datetime | None = None,
+        no_upload_time: bool = False,
     ) -> Path:
         """Publish an existing file (path or bytes); name/version come from the file name.
 
         Requires-Python and PEP 658 metadata are read from the archive unless
-        ``requires_python`` is given.  Re-adding a file name replaces it.
+        ``requires_python`` is given.  Re-adding a file name replaces it.  With
+        ``no_upload_time`` the JSON page omits its PEP 700 upload-time.
         """
         if filename is None:
             if isinstance(source, bytes):
@@ -685,6 +690,7 @@ class FakePyPI:
             requires_python=requires_python,
             metadata=meta if is_wheel else None,
             metadata_sha256=hashlib.sha256(meta).hexdigest() if (is_wheel and meta) else None,
+            upload_time_known=not no_upload_time,
         )
         with self._lock:
             self._files[filename] = entry
@@ -700,13 +706,14 @@ class FakePyPI:
     ) -> Path:
         """Build a distribution with :mod:`pkgbuild` and add it (kwargs go to the builder)."""
         upload_time = kw.pop("upload_time", None)
+        no_upload_time = bool(kw.pop("no_upload_time", False))
         if kind == "wheel":
             path = pkgbuild.make_wheel(self.directory, name, version, **kw)
         elif kind == "sdist":
             path = pkgbuild.make_sdist(self.directory, name, version, **kw)
         else:
             raise ValueError(f"unknown kind {kind!r}")
-        return self.add(path, upload_time=upload_time)
+        return self.add(path, upload_time=upload_time, no_upload_time=no_upload_time)
 
     def yank(self, filename: str, reason: str | None = None) -> None:
         """Mark a file yanked (PEP 592); an empty/None reason means plain ``true``."""
@@ -725,6 +732,51 @@ class FakePyPI:
             entry = self._files.pop(filename)
             self._bump()
         entry.path.unlink(missing_ok=True)
+
+    def add_synthetic(self, project: str, count: int) -> None:
+        """Serve a generated page of ``count`` wheel links for ``project`` (no real files):
+        the "50,000 files" project. Calling it again changes the page (new hashes)."""
+        norm = canonicalize_name(project)
+        with self._lock:
+            generation = self._synthetic.get(norm, (0, 0))[1] + 1
+            self._synthetic[norm] = (count, generation)
+            self._bump()
+
+    def _render_synthetic(self, project: str, fmt: str) -> bytes | None:
+        with self._lock:
+            spec = self._synthetic.get(project)
+            if spec is None:
+                return None
+            count, generation = spec
+            cached = self._synthetic_cache.get((project, fmt))
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+        stem = project.replace("-", "_")
+        entries = []
+        for i in range(count):
+            filename = f"{stem}-{i // 100}.{i % 100}-py3-none-any.whl"
+            sha = hashlib.sha256(f"{generation}:{filename}".encode()).hexdigest()
+            entries.append((filename, sha))
+        if fmt == "json":
+            body = json.dumps({
+                "meta": {"api-version": API_VERSION},
+                "name": project,
+                "files": [
+                    {"filename": fn, "url": self._href(fn), "hashes": {"sha256": sha},
+                     "requires-python": ">=3.8", "yanked": False, "size": 12345,
+                     "upload-time": "2024-01-01T00:00:00.000000Z",
+                     "core-metadata": {"sha256": sha}}
+                    for fn, sha in entries
+                ],
+            }).encode()
+        else:
+            body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(
+                f'<a href="{html.escape(self._href(fn))}#sha256={sha}" '
+                f'data-requires-python="&gt;=3.8">{fn}</a><br />\n' for fn, sha in entries
+            ) + "</body></html>\n").encode()
+        with self._lock:
+            self._synthetic_cache[(project, fmt)] = (generation, body)
+        return body
 
     def files(self, project: str | None = None) -> list[str]:
         """File names held, optionally for one project."""
@@ -893,6 +945,9 @@ class FakePyPI:
         return f"../../files/{quote(filename)}"
 
     def _render_project(self, project: str, fmt: Literal["json", "html"]) -> bytes | None:
+        synthetic = self._render_synthetic(project, fmt)
+        if synthetic is not None:
+            return synthetic
         with self._lock:
             files = sorted(
                 (f for f in self._files.values() if f.project == project),
@@ -921,7 +976,7 @@ class FakePyPI:
                         "requires-python": f.requires_python,
                         "yanked": f.yanked,
                         "size": f.size,
-                        "upload-time": _iso(f.upload_time),
+                        **({"upload-time": _iso(f.upload_time)} if f.upload_time_known else {}),
                         "core-metadata": (
                             {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
                         ),
