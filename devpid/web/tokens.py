@@ -8,16 +8,21 @@ from typing import Any
 
 from devpid import tokens
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
-from devpid.web.errors import HTTPError, forbidden, not_found
+from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
 
 
 async def _owner(server: DevpidServer, request: Any, user: str) -> dict[str, Any]:
-    actor = await server.require_user(request)
-    if getattr(request, "devpid_token", None) is not None:
-        raise forbidden("a scoped token may not manage tokens; use the password")
+    """The user's record once the caller may manage its tokens: 404 before any credential
+    check (as devpi orders them), then a 401 challenge without credentials (tokens are
+    private data, so a client that can authenticate is told to)."""
     record = server.user_record(user)
     if record is None:
         raise not_found(f"user '{user}' does not exist")
+    actor = await server.identify(request)
+    if actor is None:
+        raise unauthorized()
+    if getattr(request, "devpid_token", None) is not None:
+        raise forbidden("a scoped token may not manage tokens; use the password")
     if actor not in ("root", user):
         raise forbidden(f"no permission to manage the tokens of {user}")
     return record
