@@ -75,7 +75,8 @@ def serve_blob(
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
     etag = blob_etag(sha256)
     accel = header(request, b"x-devpid-accel")
-    if accel and accel.startswith("/") and "\n" not in accel:
+    # Only a printable path: no CR, LF or NUL can reach the X-Accel-Redirect header line.
+    if accel and accel.startswith("/") and accel.isprintable():
         # nginx sends the file (and its Last-Modified): no need to touch the disk here.
         _file_headers(request, filename, etag)
         if _not_modified(request, etag):
