@@ -60,7 +60,7 @@ from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
 from devpid.store.sqlite import ChangelogReader, encode_value
-from devpid.web.app import DevpidServer, app, header
+from devpid.web.app import DevpidServer, app, client_address, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
 
 log = Logger()
@@ -927,8 +927,13 @@ class WriteProxy:
         for name, values in request.requestHeaders.getAllRawHeaders():
             if name.lower() not in HOP_BY_HOP:
                 headers.setRawHeaders(name, values)
-        if not headers.hasHeader(b"x-outside-url"):
-            headers.setRawHeaders(b"X-Outside-Url", [self.server.outside_url(request).encode()])
+        # What this process concluded under its own --trusted-proxy rules, never the client's
+        # own headers: the primary (or main process) trusts us as a proxy.
+        headers.setRawHeaders(b"X-Outside-Url", [self.server.outside_url(request).encode()])
+        real = client_address(request, self.server.trusted_proxies)
+        headers.removeHeader(b"x-real-ip")
+        if real:
+            headers.setRawHeaders(b"X-Real-IP", [real.encode("latin-1", "replace")])
         addr = request.getClientAddress()
         forwarded = [*(headers.getRawHeaders(b"x-forwarded-for") or []),
                      getattr(addr, "host", "-").encode()]
