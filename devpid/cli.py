@@ -141,6 +141,8 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("import", "devpid.dump_cli_import"),
     ("gen-config", "devpid.genconfig"),
     ("gc", "devpid.blobgc_cli"),
+    ("mirror", "devpid.prefetch_cli"),
+    ("cache", "devpid.cache_cli"),
     ("events", "devpid.events_cli"),
 ]
 

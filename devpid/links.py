@@ -14,6 +14,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from devpid.mirror.policy import cooldown_of, filter_links
 from devpid.model.indexes import resolution_order
 from devpid.store import keys
 
@@ -167,12 +168,16 @@ async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Lin
             if mirror is None:
                 continue
             try:
+                # every view of a mirror's project (simple page, JSON, push) asks upstream
+                # as the simple page does, not only what an earlier page view cached
+                await mirror.ensure(name, config, project)
                 stage_links = await mirror.project_links(name, config, project)
             except UpstreamUnavailable as e:
                 errors.append(e)
                 continue
             if stage_links is None:
                 continue
+            stage_links = _apply_cooldown(server, name, config, project, stage_links)
         else:
             stage_links = private_links(server.store, name, project)
         known = True
@@ -185,12 +190,30 @@ async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Lin
     return links, known
 
 
+def _apply_cooldown(
+    server: Any, stage: str, config: dict[str, Any], project: str, links: list[Link]
+) -> list[Link]:
+    """A mirror's links minus those its release cooldown holds back now (mirror/policy.py);
+    remembers when the result next changes, for project_token."""
+    cooldown = cooldown_of(config)
+    if cooldown is None:
+        return links
+    kept, next_change = filter_links(cooldown, project, links, server.reactor.seconds())
+    server.components.setdefault("cooldown_until", {})[(stage, project)] = next_change
+    return kept
+
+
 def project_token(server: Any, stage: str, project: str) -> tuple[Any, ...]:
-    """Changes whenever anything a page of ``project`` in ``stage`` shows may have changed."""
+    """Changes whenever anything a page of ``project`` in ``stage`` shows may have changed:
+    serials, and for a mirror with a release cooldown, the time a held-back file ages in."""
     serials = server.components.setdefault("project_serials", {})
     parts: list[Any] = [server.components.get("config_serial", -1)]
-    for name, _config in sro(server, stage):
+    for name, config in sro(server, stage):
         parts.append(serials.get((name, project), -1))
+        if cooldown_of(config) is not None:
+            until = server.components.get("cooldown_until", {}).get((name, project))
+            parts.append("due" if until is not None and server.reactor.seconds() >= until
+                         else until)
     return tuple(parts)
 
 

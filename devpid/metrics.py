@@ -76,6 +76,19 @@ _MIRROR = [  # labelled with the mirror's stage
     ("mirror_downloads_in_progress", "gauge", "Files being fetched upstream now.",
      "downloads_in_progress"),
 ]
+_MIRROR_CACHE = [  # labelled with the mirror's stage (see devpid.mirror.cache)
+    ("mirror_cache_bytes", "gauge", "Bytes of cached mirror files.", "bytes"),
+    ("mirror_cache_files", "gauge", "Cached mirror files.", "files"),
+    ("mirror_cache_max_bytes", "gauge", "The mirror_max_bytes bound (absent: none).",
+     "max_bytes"),
+    ("mirror_cache_hits_total", "counter", "File requests served from the cache.", "hits"),
+    ("mirror_cache_misses_total", "counter", "File requests that went upstream.", "misses"),
+    ("mirror_cache_hit_ratio", "gauge", "hits / (hits + misses) since the start.",
+     "hit_ratio"),
+    ("mirror_cache_evictions_total", "counter", "Files evicted to stay within the bound.",
+     "evictions"),
+    ("mirror_cache_evicted_bytes_total", "counter", "Bytes evicted.", "evicted_bytes"),
+]
 _REPLICA = [
     ("replica_lag_serials", "gauge", "Serials the primary has and this replica not.", "lag"),
     ("replica_in_sync", "gauge", "1 when the replica has every serial.", "in-sync"),
@@ -140,6 +153,14 @@ def render(status: dict[str, Any], counters: RequestCounters | None) -> bytes:
         family("mirror_project_list_names", "gauge", "Names in the cached upstream list.").add(
             (mirror.get("project_list") or {}).get("names"), stage=stage
         )
+    for stage, cache in sorted((status.get("mirror-cache") or {}).items()):
+        out.add_all(_MIRROR_CACHE, cache, stage=stage)
+    total = status.get("mirror-cache-total")
+    if isinstance(total, dict):
+        family("mirror_cache_total_bytes", "gauge", "Bytes of all cached mirror files.").add(
+            total.get("bytes"))
+        family("mirror_cache_total_max_bytes", "gauge", "The --mirror-max-bytes bound.").add(
+            total.get("max_bytes"))
     if isinstance(status.get("replica"), dict):
         out.add_all(_REPLICA, status["replica"])
     if isinstance(status.get("polling-replicas"), dict):

@@ -61,7 +61,7 @@ from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
 from devpid.store.sqlite import ChangelogReader, encode_value
 from devpid.web.app import DevpidServer, app, client_address, header
-from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, reason_phrase
+from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, status_reason
 
 log = Logger()
 
@@ -981,7 +981,7 @@ class WriteProxy:
     def _respond_error(self, request: Any, gone: list[bool], error: HTTPError) -> None:
         if gone:
             return
-        request.setResponseCode(error.code, reason_phrase(error.message))
+        request.setResponseCode(error.code, status_reason(error))
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.write(json.dumps({"message": error.message}).encode() + b"\n")
         request.finish()

@@ -25,7 +25,13 @@ def build(server: Any, *, worker: bool = False) -> list[service.Service]:
 
     services.extend(replica.build(server))
     if not worker:
+        from pathlib import Path
+
         from devpid import blobgc
+        from devpid.mirror import cache
+        from devpid.store import DB_NAME
+
+        services.extend(cache.build(server, Path(server.settings.serverdir) / DB_NAME))
 
         services.extend(events.build(server))
         services.extend(blobgc.build(server))

@@ -86,6 +86,9 @@ class Options(usage.Options):
         ["root-password", None, None, "root password when --init creates the serverdir"],
         ["portfile", None, None, "write the listening port number to this file"],
         ["workers", None, 1, "processes serving requests (reads in all, writes in one)", int],
+        ["mirror-max-bytes", None, "0",
+         "bound on all mirror caches together, least recently downloaded files evicted "
+         "first (e.g. 50G; 0 = none; per mirror: the mirror_max_bytes index option)"],
         ["gc-interval", None, 86400.0,
          "seconds between sweeps that delete unreferenced files (0 = never)", float],
         ["gc-grace", None, 3600.0,
@@ -141,6 +144,7 @@ class Options(usage.Options):
         if self["mirror-min-rate"] < 0:
             raise usage.UsageError("--mirror-min-rate must not be negative")
         self["max-upload-size"] = parse_size(str(self["max-upload-size"]))
+        self["mirror-max-bytes"] = parse_size(str(self["mirror-max-bytes"]))
         self["mirror-max-page-size"] = parse_size(str(self["mirror-max-page-size"]))
         for key in ("outside-url", "primary-url"):
             if self[key] and not self[key].startswith(("http://", "https://")):
@@ -279,6 +283,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         log_format=options["log-format"],
         workers=options["workers"],
         gc_interval=options["gc-interval"],
+        mirror_max_bytes=options["mirror-max-bytes"],
         gc_grace=options["gc-grace"],
         event_retry_horizon=options["event-retry-horizon"],
         allow_private_addresses=bool(options["allow-private-addresses"]),

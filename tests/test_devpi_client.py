@@ -62,7 +62,7 @@ def test_devpi_client_session(devpid_server: Devpid, env: dict[str, str], unique
     out = devpi(env, "getjson", f"/{alice}/dev")
     assert '"indexconfig"' in out
     r = devpid_server.json("PATCH", f"/{alice}/dev", json=["volatile=True"])
-    assert r.status_code == 401
+    assert r.status_code == 403
     assert devpid_server.json("GET", f"/{alice}/dev").json()["result"]["volatile"] is False
 
 

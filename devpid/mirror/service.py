@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
@@ -81,12 +82,27 @@ class ListState:
     rendered: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
+_UNSAFE_DIR_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` fit for a message: no ``user:password@``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def mirror_path(stage: str, f: UpstreamFile) -> str:
-    sha = f.hashes.get("sha256")
-    if sha and len(sha) == 64:
-        return f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{f.filename}"
-    digest = hashlib.sha256(f.url.encode()).hexdigest()
-    return f"{stage}/+f/url/{digest[:16]}/{f.filename}"
+    """Where a mirror serves an upstream file: devpi's layout (spec 4.5), which clients and
+    devpi-client's tests see in hrefs. With a hash (sha256 first, else the one upstream
+    gave): ``+f/{h[:3]}/{h[3:16]}/NAME``; without: ``+e/{scheme_host_port_dirs}/NAME``."""
+    value = f.hashes.get("sha256") or next(iter(f.hashes.values()), None)
+    if value:
+        return f"{stage}/+f/{value[:3]}/{value[3:16]}/{f.filename}"
+    parts = urlsplit(f.url)
+    dirs = [unquote(d) for d in parts.path.split("/")[:-1] if d]
+    dirname = _UNSAFE_DIR_CHARS.sub("_", "_".join([parts.scheme, parts.netloc.rpartition("@")[2],
+                                                   *dirs]))
+    return f"{stage}/+e/{dirname}/{f.filename}"
 
 
 def file_version(filename: str) -> str | None:
@@ -485,8 +501,9 @@ class Mirror:
         try:
             response = await client.open_file(entry["url"])
         except FileNotFoundUpstream:
-            raise HTTPError(
-                404, f"the upstream of {stage} no longer has {entry['filename']}"
+            raise HTTPError(  # devpi's wording, which its client's tests match
+                404, f"error 404 getting {_without_userinfo(entry['url'])}: the upstream of"
+                f" {stage} no longer has {entry['filename']}"
             ) from None
         except UpstreamError as e:
             raise HTTPError(502, e.message) from None

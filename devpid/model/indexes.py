@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from devpid.mirror.policy import POLICY_KEYS, PolicyError, coerce_policy_value
+
 DEFAULT_MIRROR_CACHE_EXPIRY = 1800
 
 STAGE_DEFAULTS: dict[str, Any] = {
@@ -32,7 +34,9 @@ MIRROR_DEFAULTS: dict[str, Any] = {
     "mirror_use_external_urls": False,
     "mirror_provides_core_metadata": False,
 }
-MIRROR_OPTIONAL = ("title", "description", "custom_data", "mirror_web_url_fmt", "webhooks")
+MIRROR_OPTIONAL = (
+    "title", "description", "custom_data", "mirror_web_url_fmt", "webhooks", *POLICY_KEYS,
+)
 # Keys that old exports put on mirrors and devpi silently drops.
 MIRROR_DROPPED = ("bases", "acl_upload", "mirror_whitelist", "pypi_whitelist")
 
@@ -43,7 +47,10 @@ BOOL_KEYS = {
     "mirror_use_external_urls",
     "mirror_provides_core_metadata",
 }
-LIST_KEYS = {"acl_upload", "acl_toxresult_upload", "bases", "mirror_whitelist", "webhooks"}
+LIST_KEYS = {
+    "acl_upload", "acl_toxresult_upload", "bases", "mirror_whitelist", "webhooks",
+    "mirror_min_age_exempt",
+}
 ACL_KEYS = {"acl_upload", "acl_toxresult_upload"}
 
 
@@ -95,6 +102,8 @@ def coerce_value(key: str, value: Any, normalize: Callable[[str], str]) -> Any:
             items = _coerce_acl(items)
         if key == "mirror_whitelist":
             items = [x if x == "*" else normalize(x) for x in items]
+        if key == "mirror_min_age_exempt":
+            items = [normalize(x) for x in items]
         # keep order, drop duplicates
         return list(dict.fromkeys(items))
     if key == "mirror_cache_expiry":
@@ -102,6 +111,11 @@ def coerce_value(key: str, value: Any, normalize: Callable[[str], str]) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise IndexConfigError("'mirror_cache_expiry' option must be an integer") from None
+    if key in POLICY_KEYS:
+        try:
+            return coerce_policy_value(key, value)
+        except PolicyError as e:
+            raise IndexConfigError(str(e)) from None
     if key == "mirror_url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise IndexConfigError("'mirror_url' option must be a URL.")
@@ -140,7 +154,10 @@ def new_config(
         config["acl_upload"] = [owner]
     apply_changes(config, {k: v for k, v in raw.items() if k != "type"}, normalize)
     if index_type == "mirror" and not config.get("mirror_url"):
-        raise IndexConfigError("'mirror_url' option must be a URL.")
+        # devpi mirrors PyPI when no URL is given; store it so the config says so
+        from devpid.init import default_upstream_url
+
+        config["mirror_url"] = default_upstream_url()
     return config
 
 

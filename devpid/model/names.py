@@ -168,6 +168,11 @@ def _parse_sdist(filename: str, stem: str, ext: str) -> DistFile:
     except InvalidSdistFilename:
         project_part, version = _legacy_split(stem, filename)
     _check_project_part(project_part, filename)
+    dumb = _PLATFORM_SUFFIX_RE.search(version)
+    if dumb and dumb.start() > 0:
+        # bdist_dumb: name-version.platform.tar.gz / .zip, a built (not source) archive
+        return DistFile(filename, normalize_name(project_part), version[: dumb.start()],
+                        "other", "bdist_dumb")
     return DistFile(filename, normalize_name(project_part), version, "sdist", "sdist")
 
 

@@ -116,6 +116,10 @@ class BlobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
 
+    def unmark_fetched(self, origin: str, sha256: str) -> None:
+        """Forget that ``origin`` fetched this blob (an evicted mirror file). Blocking."""
+        self._origin_path(origin, sha256).unlink(missing_ok=True)
+
     def fetched_by(self, origin: str, sha256: str) -> bool:
         """Whether the blob is stored and ``origin`` fetched it from its own upstream."""
         try:

@@ -66,6 +66,7 @@ class Settings:
     workers: int = 1
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS
     gc_interval: float = 86400.0  # seconds between blob gc sweeps (0: never)
+    mirror_max_bytes: int = 0  # bound on all mirror caches together (0: none)
     gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept
     event_retry_horizon: float = 6 * 3600.0  # seconds a failing hook retries one serial
     mirror_max_page_size: int = 64 * 1024 * 1024  # bigger upstream project pages are refused
@@ -213,9 +214,11 @@ class DevpidServer:
             raise HTTPError(e.code, e.message, headers={"Retry-After": "60"}) from None
 
     async def require_user(self, request: Any) -> str:
+        """The authenticated user; anonymous callers get 403, as devpi's JSON API answers
+        any missing permission (devpi-client expects it). Bad credentials stay 401."""
         user = await self.identify(request)
         if user is None:
-            raise unauthorized()
+            raise HTTPError(403, "authentication required")
         return user
 
     def resource(self) -> Resource:
@@ -329,6 +332,17 @@ def utc_timestamp() -> str:
 def log_when() -> list[int]:
     """The time for a file's ``log`` entry, as devpi writes it."""
     return list(time.gmtime()[:6])
+
+
+def overwrite_log(existing: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The log a replaced file starts from, as devpi keeps it: the old file's own entries
+    go, one ``overwrite`` entry counts how often the file was replaced (devpi-client reads
+    it)."""
+    if existing is None:
+        return []
+    count = max((e.get("count", 0) for e in existing.get("log", [])
+                 if e.get("what") == "overwrite"), default=0)
+    return [{"what": "overwrite", "who": None, "when": log_when(), "count": count + 1}]
 
 
 def set_serial(request: Any, serial: int | None) -> None:

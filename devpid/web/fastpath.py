@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from devpid.links import project_token
+from devpid.mirror.policy import file_refusal
 from devpid.web.app import header
 from devpid.web.errors import HTTPError
 from devpid.web.files import blob_etag, content_type_for, serve_blob
@@ -94,6 +95,12 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     sha = value.get("metadata_sha256") if metadata else value.get("sha256")
     if not isinstance(sha, str) or len(sha) != 64:
         return None
+    # A cached mirror file its release cooldown holds back: the full route says why (403).
+    # Files only ever age in, and a config change empties ``known``, so a hit stays valid.
+    parts = found[0].split("/")
+    if file_refusal(server, f"{parts[1]}/{parts[2]}", parts[3], found[1],
+                    value.get("upload_time")):
+        return None
     hit = (sha, found[1] + ".metadata" if metadata else found[1])
     if len(known) >= MAX_KNOWN_PATHS:
         known.clear()
@@ -150,6 +157,9 @@ def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | 
         request.setHeader(b"X-Accel-Expires", b"0")
         return b""
     sha, filename = blob
+    cache = server.components.get("mirror_cache")
+    if cache is not None:
+        cache.touch(sha)  # nginx sends it: still a hit for the mirror cache
     request.setHeader(b"X-Devpid-Blob", ("/" + server.blobs.relpath(sha)).encode())
     request.setHeader(b"X-Devpid-Type", content_type_for(filename).encode())
     request.setHeader(b"ETag", blob_etag(sha))

@@ -22,8 +22,9 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import NoRangeStaticProducer
 from zope.interface import implementer
 
+from devpid.mirror.policy import file_refusal
 from devpid.web.app import DevpidServer, app, header, json_response
-from devpid.web.errors import HTTPError, not_found
+from devpid.web.errors import HTTPError, forbidden, not_found
 from devpid.web.fastchannel import tcp_unqueued
 from devpid.web.negotiate import wants_json_api
 
@@ -74,6 +75,9 @@ def serve_blob(
 ) -> Any:
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
     etag = blob_etag(sha256)
+    cache = server.components.get("mirror_cache")
+    if cache is not None:
+        cache.touch(sha256)  # a mirror cache hit, and its least-recently-used order
     accel = header(request, b"x-devpid-accel")
     # Only a printable path: no CR, LF or NUL can reach the X-Accel-Redirect header line.
     if accel and accel.startswith("/") and accel.isprintable():
@@ -354,10 +358,21 @@ def file_meta(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@app.route("/<user>/<index>/+e/<path:rest>", methods=["GET", "HEAD"])
+async def get_external_file(
+    server: DevpidServer, request: Any, user: str, index: str, rest: str
+) -> Any:
+    """A mirror's file whose upstream link came without a hash (devpi's ``+e`` layout)."""
+    return await serve_file_path(server, request, f"{user}/{index}", f"+e/{rest}")
+
+
 @app.route("/<user>/<index>/+f/<path:rest>", methods=["GET", "HEAD"])
 async def get_file(server: DevpidServer, request: Any, user: str, index: str, rest: str) -> Any:
-    stage = f"{user}/{index}"
-    path = f"{stage}/+f/{rest}"
+    return await serve_file_path(server, request, f"{user}/{index}", f"+f/{rest}")
+
+
+async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: str) -> Any:
+    path = f"{stage}/{tail}"
     metadata = False
     found = server.store.lookup_path(path)
     if found is None and path.endswith(".metadata"):
@@ -369,12 +384,19 @@ async def get_file(server: DevpidServer, request: Any, user: str, index: str, re
         raise not_found("no such file")
     key, filename = found
     kind = key.split("/", 1)[0]
+    value = server.store.get(key) if kind == "file" else None  # (a mirror page: not here)
+    stored = value if isinstance(value, dict) else {}
+    refused = file_refusal(server, stage, key.split("/")[3], filename, stored.get("upload_time"))
+    if refused:
+        raise forbidden(refused)
     if kind == "mirror":
         mirror = server.components.get("mirror")
         if mirror is None:
             raise not_found("no such file")
+        cache = server.components.get("mirror_cache")
+        if cache is not None and not metadata and request.method == b"GET":
+            cache.miss(stage)
         return await mirror.serve_file(request, key, filename, metadata=metadata)
-    value = server.store.get(key)
     if not isinstance(value, dict):
         raise HTTPError(410, "file existed, deleted in later serial")
     if wants_json_api(header(request, b"accept")):

@@ -99,13 +99,13 @@ async def get_index(server: DevpidServer, request: Any, user: str, index: str) -
 @app.route("/<user>/<index>", methods=["PUT"])
 @app.route("/<user>/<index>/", methods=["PUT"])
 async def create_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
-    actor = await server.require_user(request)
     stage = f"{user}/{index}"
+    if server.user_record(user) is None:  # 404 before any credential check, as devpi
+        raise not_found(f"user '{user}' does not exist")
+    actor = await server.require_user(request)
     error = validate_user_or_index_name(index)
     if error:
         raise HTTPError(400, error)
-    if server.user_record(user) is None:
-        raise not_found(f"user '{user}' does not exist")
     if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to create index {stage}")
     if server.index_config(stage) is not None:
@@ -134,9 +134,9 @@ async def create_index(server: DevpidServer, request: Any, user: str, index: str
 @app.route("/<user>/<index>", methods=["PATCH"])
 @app.route("/<user>/<index>/", methods=["PATCH"])
 async def modify_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
-    actor = await server.require_user(request)
     stage = f"{user}/{index}"
     config = require_index(server, stage)
+    actor = await server.require_user(request)
     if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to modify index {stage}")
     body = read_json(request)
@@ -167,9 +167,9 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
 @app.route("/<user>/<index>", methods=["DELETE"])
 @app.route("/<user>/<index>/", methods=["DELETE"])
 async def delete_index(server: DevpidServer, request: Any, user: str, index: str) -> bytes:
-    actor = await server.require_user(request)
     stage = f"{user}/{index}"
     config = require_index(server, stage)
+    actor = await server.require_user(request)
     if not can_manage_index(actor, user, server.settings.restrict_modify):
         raise forbidden(f"no permission to delete index {stage}")
     if not config.get("volatile", True) and not query_flag(request, b"force"):

@@ -24,6 +24,7 @@ from devpid.web.app import (
     header,
     json_response,
     log_when,
+    overwrite_log,
     query_flag,
     read_json,
     set_serial,
@@ -182,7 +183,9 @@ async def _deletion_allowed(
     if not can_delete_entry(actor, user, config.get("acl_upload") or []):
         raise forbidden(f"no permission to delete {what} on {stage}")
     if not config.get("volatile", True) and not query_flag(request, b"force"):
-        raise forbidden(f"cannot delete {what} on non-volatile index {stage} (use ?force)")
+        raise forbidden(
+            f"cannot delete {what} on non-volatile index {stage} (use devpi remove -f)"
+        )
     return stage, config
 
 
@@ -368,7 +371,8 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
             sha = value["sha256"]
             copied = {**value, "path": f"{target}/+f/{sha[:3]}/{sha[3:16]}/{value['filename']}",
                       "upload_time": utc_timestamp(),
-                      "log": [e for e in value.get("log", []) if e.get("what") != "overwrite"]
+                      "log": overwrite_log(existing)
+                      + [e for e in value.get("log", []) if e.get("what") != "overwrite"]
                       + [push_log]}
             toxresults.file_changing(tx, target, project, value["filename"], copied)
             tx.set(tkey, copied)

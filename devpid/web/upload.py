@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qs
 
 from multipart import MultipartSegment, PushMultipartParser, parse_options_header
 from twisted.internet.defer import FirstError, gatherResults
@@ -40,8 +41,15 @@ from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import encode_value
 from devpid.web import indexes as index_routes
 from devpid.web import toxresults
-from devpid.web.app import DevpidServer, header, log_when, set_serial, utc_timestamp
-from devpid.web.errors import HTTPError, forbidden, unauthorized
+from devpid.web.app import (
+    DevpidServer,
+    header,
+    log_when,
+    overwrite_log,
+    set_serial,
+    utc_timestamp,
+)
+from devpid.web.errors import HTTPError, forbidden, submit_error, unauthorized
 
 # Form fields other than the file, one and all together: bounds what a parse holds in
 # memory (metadata fields are bounded further, see model.metadata.check_release_size).
@@ -251,12 +259,41 @@ def check_doc_zip(path: Path) -> None:
         raise HTTPError(400, "doc upload is not a valid zip file") from None
 
 
+FORM_URLENCODED = "application/x-www-form-urlencoded"
+
+
+def parse_urlencoded(stream: BinaryIO) -> ParsedUpload:
+    """A urlencoded form (``:action=submit`` as some clients register): fields only."""
+    stream.seek(0)
+    body = stream.read(MAX_FIELD_BYTES + 1)
+    if len(body) > MAX_FIELD_BYTES:
+        raise HTTPError(400, "form too large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "form is not UTF-8") from None
+    return ParsedUpload(fields=parse_qs(text, keep_blank_values=True))
+
+
 async def handle_post(server: DevpidServer, request: Any, user: str, index: str) -> Any:
-    """The INDEX_POST_HOOK for multipart uploads (``:action`` forms)."""
+    """The INDEX_POST_HOOK for legacy upload forms (``:action`` fields).
+
+    Errors are reported the legacy protocol's way (the message in the status line).
+    """
     ctype = header(request, b"content-type") or ""
     mime, options = parse_options_header(ctype)
-    if mime != "multipart/form-data":
+    if mime not in ("multipart/form-data", FORM_URLENCODED):
         return None
+    try:
+        return await _handle_form(server, request, user, index, mime, options)
+    except HTTPError as e:
+        raise submit_error(e) from None
+
+
+async def _handle_form(
+    server: DevpidServer, request: Any, user: str, index: str, mime: str,
+    options: dict[str, str],
+) -> Any:
     stage = f"{user}/{index}"
     config = server.index_config(stage)
     if config is None:
@@ -268,12 +305,13 @@ async def handle_post(server: DevpidServer, request: Any, user: str, index: str)
         if actor is None:
             raise unauthorized("authentication required to upload")
         raise forbidden(f"no permission to submit to {stage}")
-    boundary = options.get("boundary")
-    if not boundary:
-        raise HTTPError(400, "multipart body without boundary")
-    parsed: ParsedUpload = await server.in_thread(
-        parse_and_read, request.content, boundary, server.blobs
-    )
+    if mime == FORM_URLENCODED:
+        parsed: ParsedUpload = await server.in_thread(parse_urlencoded, request.content)
+    else:
+        boundary = options.get("boundary")
+        if not boundary:
+            raise HTTPError(400, "multipart body without boundary")
+        parsed = await server.in_thread(parse_and_read, request.content, boundary, server.blobs)
     try:
         action = parsed.get(":action")
         if action is None:
@@ -435,9 +473,7 @@ async def _file_upload(ctx: Upload) -> bytes:
             request.setResponseCode(200, b"Upload of identical file to non volatile index.")
             return b""
         raise HTTPError(409, f"{filename} already exists in non-volatile index")
-    log = list(current.get("log", [])) if current else []
-    if current is not None:
-        log_entry = {**log_entry, "what": "overwrite", "count": len(log)}
+    log = overwrite_log(current)
     sha = upload.sha256
     value = {
         "filename": filename,
@@ -482,7 +518,8 @@ async def _doc_upload(ctx: Upload) -> bytes:
     error = validate_version(version)  # the same rules as for release files
     if error:
         raise HTTPError(400, f"invalid version: {error}")
-    await server.in_thread(check_doc_zip, upload.tmp)
+    if upload.size:  # an empty file (``devpi upload --only-docs`` of one) is empty docs
+        await server.in_thread(check_doc_zip, upload.tmp)
     doc_key = keys.doc(stage, project, version)
     existing = server.store.get(doc_key)
     if existing is not None and not config.get("volatile", True):

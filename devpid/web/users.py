@@ -93,7 +93,7 @@ def status_result(server: DevpidServer) -> dict[str, Any]:
     result: dict[str, Any] = {
         "serverdir": str(server.settings.serverdir),
         "uuid": store.uuid,
-        "versioninfo": {"devpid": devpid.__version__},
+        "versioninfo": {"devpi-server": devpid.DEVPI_SERVER_COMPAT, "devpid": devpid.__version__},
         "server-code": "devpid",
         "host": server.settings.host,
         "port": server.settings.port,
@@ -208,10 +208,10 @@ async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
 @app.route("/<user>", methods=["PATCH"])
 @app.route("/<user>/", methods=["PATCH"])
 async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
-    actor = await server.require_user(request)
     record = server.user_record(user)
-    if record is None:
+    if record is None:  # 404 before any credential check, as devpi
         raise not_found(f"user '{user}' does not exist")
+    actor = await server.require_user(request)
     body = read_json(request)
     if not isinstance(body, dict):
         raise HTTPError(400, "user config must be a JSON object")
@@ -229,7 +229,7 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
                 new[key] = body[key]
             else:
                 new.pop(key, None)
-    if password:
+    if password is not None:  # "" too: devpi lets root go back to its empty password
         new["pwhash"] = await server.hash_password(password)
     current = server.user_record(user)
     if current is None:
@@ -239,7 +239,7 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
     with server.store.transaction() as tx:
         tx.set(keys.user(user), new)
     set_serial(request, tx.serial)
-    if password:
+    if password is not None:
         token = server.tokens.issue(user, new["pwhash"])
         return json_response(
             request,
@@ -276,9 +276,9 @@ def _drop_from_acls(tx: Any, server: DevpidServer, user: str) -> None:
 @app.route("/<user>", methods=["DELETE"])
 @app.route("/<user>/", methods=["DELETE"])
 async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
-    actor = await server.require_user(request)
     if server.user_record(user) is None:
         raise not_found(f"user '{user}' does not exist")
+    actor = await server.require_user(request)
     restrict = server.settings.restrict_modify
     if user == "root" or not can_manage_user(actor, user, restrict) or (
         restrict is not None and actor == user

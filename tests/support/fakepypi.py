@@ -88,6 +88,7 @@ class _File:
     yanked: str | bool = False
     metadata: bytes | None = None  # PEP 658 core metadata (wheels only)
     metadata_sha256: str | None = None
+    upload_time_known: bool = True  # False: the JSON page gives no upload-time (old uploads)
 
     @property
     def etag(self) -> str:
@@ -639,11 +640,13 @@ class FakePyPI:
         *,
         requires_python: str | None = None,
         upload_time: datetime | None = None,
+        no_upload_time: bool = False,
     ) -> Path:
         """Publish an existing file (path or bytes); name/version come from the file name.
 
         Requires-Python and PEP 658 metadata are read from the archive unless
-        ``requires_python`` is given.  Re-adding a file name replaces it.
+        ``requires_python`` is given.  Re-adding a file name replaces it.  With
+        ``no_upload_time`` the JSON page omits its PEP 700 upload-time.
         """
         if filename is None:
             if isinstance(source, bytes):
@@ -687,6 +690,7 @@ class FakePyPI:
             requires_python=requires_python,
             metadata=meta if is_wheel else None,
             metadata_sha256=hashlib.sha256(meta).hexdigest() if (is_wheel and meta) else None,
+            upload_time_known=not no_upload_time,
         )
         with self._lock:
             self._files[filename] = entry
@@ -702,13 +706,14 @@ class FakePyPI:
     ) -> Path:
         """Build a distribution with :mod:`pkgbuild` and add it (kwargs go to the builder)."""
         upload_time = kw.pop("upload_time", None)
+        no_upload_time = bool(kw.pop("no_upload_time", False))
         if kind == "wheel":
             path = pkgbuild.make_wheel(self.directory, name, version, **kw)
         elif kind == "sdist":
             path = pkgbuild.make_sdist(self.directory, name, version, **kw)
         else:
             raise ValueError(f"unknown kind {kind!r}")
-        return self.add(path, upload_time=upload_time)
+        return self.add(path, upload_time=upload_time, no_upload_time=no_upload_time)
 
     def yank(self, filename: str, reason: str | None = None) -> None:
         """Mark a file yanked (PEP 592); an empty/None reason means plain ``true``."""
@@ -971,7 +976,7 @@ class FakePyPI:
                         "requires-python": f.requires_python,
                         "yanked": f.yanked,
                         "size": f.size,
-                        "upload-time": _iso(f.upload_time),
+                        **({"upload-time": _iso(f.upload_time)} if f.upload_time_known else {}),
                         "core-metadata": (
                             {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
                         ),
