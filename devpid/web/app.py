@@ -33,6 +33,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 import devpid
 from devpid import auth
 from devpid.metrics import RequestCounters
+from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.store import keys
 from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
@@ -79,6 +80,8 @@ class Settings:
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
     max_login_failures: int = 10  # per user and minute before password checks get 429
     body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
+    # Peers whose Host, X-Outside-Url and X-Real-IP are believed (see devpid/proxies.py).
+    trusted_proxies: list[str] = field(default_factory=lambda: list(DEFAULT_TRUSTED))
 
 
 class DevpidServer:
@@ -107,6 +110,7 @@ class DevpidServer:
         # bcrypt in its own bounded pool (started by the process's service tree)
         self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
         self.secret = secret
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.started = time.time()
         self.request_counters = RequestCounters()
         # Filled by the services that exist in this process (mirror, replica, events).
@@ -122,13 +126,18 @@ class DevpidServer:
         return deferToThreadPool(self.reactor, self.cpu_pool, f, *args, **kw)
 
     def outside_url(self, request: Any) -> str:
-        """Base URL for absolute links: X-Outside-Url, else --outside-url, else Host."""
-        forwarded = header(request, b"x-outside-url")
+        """Base URL for absolute links: X-Outside-Url, else --outside-url, else Host; the
+        headers only from a trusted proxy, else the local address (devpid/proxies.py)."""
+        trusted = self.trusted_proxies.trusts(request)
+        forwarded = header(request, b"x-outside-url") if trusted else None
         if forwarded:
             return forwarded.rstrip("/")
         if self.settings.outside_url:
             return self.settings.outside_url.rstrip("/")
-        host = header(request, b"host") or f"{self.settings.host}:{self.settings.port}"
+        fallback = f"{self.settings.host}:{self.settings.port}"
+        if not trusted:
+            return local_origin(request, fallback)
+        host = header(request, b"host") or fallback
         scheme = "https" if request.isSecure() else "http"
         return f"{scheme}://{host}"
 
@@ -204,7 +213,7 @@ class DevpidServer:
         """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
         from devpid.passwords import Throttled
 
-        address = client_address(request) if request else None
+        address = client_address(request, self.trusted_proxies) if request else None
         try:
             return await self.passwords.check(name, password, pwhash, address)
         except Throttled as e:
@@ -231,11 +240,11 @@ class DevpidServer:
 
 
 # -- response helpers ------------------------------------------------------------------------
-def client_address(request: Any) -> str | None:
-    """The client's address; behind a proxy on loopback (the generated nginx) the address it
-    names in ``X-Real-IP`` (no one else can choose that value)."""
+def client_address(request: Any, trusted: TrustedProxies) -> str | None:
+    """The client's address; behind a trusted proxy (``--trusted-proxy``, default loopback:
+    the generated nginx) the address it names in ``X-Real-IP``."""
     peer = getattr(request.getClientAddress(), "host", None)
-    if peer in ("127.0.0.1", "::1"):
+    if trusted.trusts(request):
         forwarded = header(request, b"x-real-ip")
         if forwarded:
             return forwarded.strip()[:64]

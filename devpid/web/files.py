@@ -86,7 +86,8 @@ def serve_blob(
     if cache is not None:
         cache.touch(sha256)  # a mirror cache hit, and its least-recently-used order
     accel = header(request, b"x-devpid-accel")
-    if accel and accel.startswith("/") and "\n" not in accel:
+    # Only a printable path: no CR, LF or NUL can reach the X-Accel-Redirect header line.
+    if accel and accel.startswith("/") and accel.isprintable():
         # nginx sends the file (and its Last-Modified): no need to touch the disk here.
         _file_headers(request, filename, etag)
         if _not_modified(request, etag):
