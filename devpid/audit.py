@@ -39,8 +39,9 @@ def connect(serverdir: Path, *, create: bool = True) -> sqlite3.Connection:
 class AuditLog:
     """Appends one row per finished write request."""
 
-    def __init__(self, serverdir: Path) -> None:
+    def __init__(self, serverdir: Path, trusted: Any) -> None:
         self.conn = connect(serverdir)
+        self.trusted = trusted  # devpid.proxies.TrustedProxies: whose X-Real-IP counts
 
     def record(self, request: Any) -> None:
         if request.method in READS:
@@ -53,7 +54,8 @@ class AuditLog:
             self.conn.execute(
                 "INSERT INTO audit (time, who, address, method, path, code, serial)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), who if isinstance(who, str) else None, client_address(request),
+                (time.time(), who if isinstance(who, str) else None,
+                 client_address(request, self.trusted),
                  request.method.decode("latin-1")[:16],
                  request.uri.decode("latin-1").split("?", 1)[0][:2000], int(request.code),
                  int(serial[0]) if serial and serial[0].isdigit() else None))

@@ -680,5 +680,5 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site.counters = server.request_counters
     from devpid.audit import AuditLog
 
-    site.audit = AuditLog(server.settings.serverdir)
+    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies)
     return site
