@@ -144,6 +144,8 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
     ("mirror", "devpid.prefetch_cli"),
     ("cache", "devpid.cache_cli"),
     ("events", "devpid.events_cli"),
+    ("token", "devpid.token_cli"),
+    ("audit", "devpid.audit_cli"),
 ]
 
 

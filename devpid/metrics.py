@@ -61,6 +61,10 @@ _SERVER = [
     ("fast_requests_total", "counter", "Requests answered by the fast front door.",
      "fast-requests"),
     ("offline_mode", "gauge", "1 when upstreams are never contacted.", "offline-mode"),
+    ("login_failures_total", "counter", "Wrong passwords (logins and Basic auth).",
+     "login-failures"),
+    ("login_throttled_total", "counter", "Password checks refused after repeated failures.",
+     "login-throttled"),
 ]
 _MIRROR = [  # labelled with the mirror's stage
     ("mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row.",

@@ -86,17 +86,25 @@ class PasswordChecker:
         self.limited = max_failures > 0
         self.users = FailureLimiter(reactor, max_failures)
         self.addresses = FailureLimiter(reactor, max_failures * ADDRESS_FACTOR)
+        self.failures = 0  # wrong passwords since start (/+metrics)
+        self.throttled = 0  # checks refused by the rate limit
+
+    def status(self) -> dict[str, Any]:
+        return {"login-failures": self.failures, "login-throttled": self.throttled}
 
     async def check(self, user: str, password: str, pwhash: str, address: str | None) -> bool:
         if self.verified.known(user, password, pwhash):
             return True
         addr_key = address or "-"
         if self.limited and (self.users.blocked(user) or self.addresses.blocked(addr_key)):
+            self.throttled += 1
             raise Throttled(429, "too many failed logins; try again in a minute")
         ok = await self._run(auth.check_password, password, pwhash)
         if ok:
             self.verified.remember(user, password, pwhash)
-        elif self.limited:
+            return True
+        self.failures += 1
+        if self.limited:
             self.users.failed(user)
             self.addresses.failed(addr_key)
         return bool(ok)

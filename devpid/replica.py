@@ -10,9 +10,11 @@ Wire format and guarantees are documented in ``docs/replication.rst``; in short:
   never lists a file it cannot serve; writes it receives are proxied to the primary and answered
   once the replica has applied the serial the write produced.
 
-Replica authentication: ``Authorization: DevpidReplica <uuid>:<unix-time>:<hex hmac>`` where
-the HMAC-SHA256 (key derived from the shared secret) covers ``uuid:time:path``; accepted
-within +-60 s of the primary's clock.
+Replica authentication: ``Authorization: DevpidReplica <uuid>:<unix-time>:<nonce>:<hex hmac>``
+where the HMAC-SHA256 (key derived from the shared secret) covers uuid, time, nonce, method,
+path and query string; accepted within +-60 s of the primary's clock and only once (the nonce
+is remembered for the window), so a captured header can neither fetch anything else nor be
+replayed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from treq.client import HTTPClient
 from twisted.application import service
@@ -58,7 +60,7 @@ from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
 from devpid.store.sqlite import ChangelogReader, encode_value
-from devpid.web.app import DevpidServer, app, header
+from devpid.web.app import DevpidServer, app, client_address, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, status_reason
 
 log = Logger()
@@ -89,6 +91,8 @@ OWN_RESPONSE_HEADERS = HOP_BY_HOP | {
     b"x-devpi-uuid", b"x-devpi-primary-uuid", b"x-devpi-master-uuid", b"server", b"date",
 }
 _UUID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_NONCE = re.compile(r"[0-9a-f]{16,64}")
+MAX_NONCES = 100_000  # nonces remembered at most (only correctly signed requests add one)
 
 
 # -- authentication -------------------------------------------------------------------------
@@ -97,14 +101,49 @@ def _replica_key(secret: bytes) -> bytes:
     return hashlib.sha256(b"devpid-replica\0" + secret).digest()
 
 
-def sign(secret: bytes, replica_uuid: str, timestamp: int, path: str) -> str:
-    """The hex HMAC a replica sends for ``path`` (e.g. ``/+changelog``, no query string)."""
-    data = f"{replica_uuid}:{timestamp}:{path}".encode()
+def canonical_query(args: dict[bytes, list[bytes]]) -> str:
+    """The query string as signed: its parameters sorted and re-encoded, so a proxy that
+    re-encodes or reorders it changes nothing, while any other parameter or value does."""
+    return urlencode(sorted((k, v) for k, values in args.items() for v in values))
+
+
+def sign(secret: bytes, replica_uuid: str, timestamp: int, nonce: str, method: str,
+         path: str, query: str) -> str:
+    """The hex HMAC a replica sends for one request: ``path`` is the endpoint path (e.g.
+    ``/+changelog``, without any prefix of the primary's URL), ``query`` its canonical query."""
+    data = "\n".join(("devpid-replica-v2", replica_uuid, str(timestamp), nonce, method, path,
+                      query)).encode()
     return hmac.new(_replica_key(secret), data, hashlib.sha256).hexdigest()
 
 
-def auth_header(secret: bytes, replica_uuid: str, timestamp: int, path: str) -> str:
-    return f"{AUTH_SCHEME} {replica_uuid}:{timestamp}:{sign(secret, replica_uuid, timestamp, path)}"
+def auth_header(secret: bytes, replica_uuid: str, timestamp: int, method: str, path: str,
+                args: dict[bytes, list[bytes]] | None = None) -> str:
+    """A fresh ``Authorization`` value (new nonce) for one request."""
+    nonce = os.urandom(16).hex()
+    signature = sign(secret, replica_uuid, timestamp, nonce, method, path,
+                     canonical_query(args or {}))
+    return f"{AUTH_SCHEME} {replica_uuid}:{timestamp}:{nonce}:{signature}"
+
+
+class NonceGuard:
+    """Nonces of accepted replica requests, each kept until its timestamp is out of the
+    window (after that the timestamp alone refuses it). Per process: with ``--workers N``
+    a replay within the window could be taken once by each process (same request only)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}  # nonce -> time it may be forgotten (in order)
+
+    def first_use(self, nonce: str, now: float) -> bool:
+        seen = self.seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > now and len(seen) < MAX_NONCES:
+                break
+            del seen[oldest]
+        if nonce in seen:
+            return False
+        seen[nonce] = now + 2 * CLOCK_SKEW + 1
+        return True
 
 
 def check_auth(server: DevpidServer, request: Any, path: str) -> str:
@@ -114,14 +153,24 @@ def check_auth(server: DevpidServer, request: Any, path: str) -> str:
     if scheme != AUTH_SCHEME:
         raise forbidden("replication requires replica authentication")
     parts = credentials.strip().split(":")
-    if len(parts) != 3 or not _UUID.fullmatch(parts[0]) or not parts[1].isdigit():
-        raise forbidden("malformed replica credentials")
-    replica_uuid, stamp, signature = parts
-    if abs(int(stamp) - server.reactor.seconds()) > CLOCK_SKEW:
+    if (len(parts) != 4 or not _UUID.fullmatch(parts[0]) or not parts[1].isdigit()
+            or not _NONCE.fullmatch(parts[2])):
+        raise forbidden("malformed replica credentials (do primary and replica run the same "
+                        "devpid version?)")
+    replica_uuid, stamp, nonce, signature = parts
+    now = server.reactor.seconds()
+    if abs(int(stamp) - now) > CLOCK_SKEW:
         raise forbidden("replica credentials expired (check the clocks of primary and replica)")
-    expected = sign(server.secret, replica_uuid, int(stamp), path)
+    method = request.method.decode("ascii", "replace")
+    expected = sign(server.secret, replica_uuid, int(stamp), nonce, method, path,
+                    canonical_query(request.args or {}))
     if not hmac.compare_digest(signature, expected):
         raise forbidden("invalid replica credentials (do primary and replica share the secret?)")
+    guard: NonceGuard | None = server.components.get("replica_nonces")
+    if guard is None:
+        guard = server.components["replica_nonces"] = NonceGuard()
+    if not guard.first_use(nonce, now):
+        raise forbidden("replica credentials already used (a replayed request)")
     return replica_uuid
 
 
@@ -575,8 +624,10 @@ class ReplicaFollower(service.Service):
         timer = self.clock.callLater(seconds, d.callback, None)
         return d
 
-    def _auth(self, path: str) -> dict[bytes, list[bytes]]:
-        value = auth_header(self.server.secret, self.store.uuid, int(self.clock.seconds()), path)
+    def _auth(self, path: str, args: dict[bytes, list[bytes]] | None = None
+              ) -> dict[bytes, list[bytes]]:
+        value = auth_header(self.server.secret, self.store.uuid, int(self.clock.seconds()),
+                            "GET", path, args)
         out = {b"Authorization": [value.encode()]}
         if self.server.settings.outside_url:
             out[b"X-Devpid-Replica-Url"] = [self.server.settings.outside_url.encode()]
@@ -588,7 +639,7 @@ class ReplicaFollower(service.Service):
         since = self.store.serial + 1
         response = await self.http.get(
             f"{self.primary_url}/+changelog?since={since}",
-            headers=self._auth("/+changelog"),
+            headers=self._auth("/+changelog", {b"since": [str(since).encode()]}),
             unbuffered=True,
             timeout=self.server.settings.request_timeout,
         )
@@ -876,8 +927,13 @@ class WriteProxy:
         for name, values in request.requestHeaders.getAllRawHeaders():
             if name.lower() not in HOP_BY_HOP:
                 headers.setRawHeaders(name, values)
-        if not headers.hasHeader(b"x-outside-url"):
-            headers.setRawHeaders(b"X-Outside-Url", [self.server.outside_url(request).encode()])
+        # What this process concluded under its own --trusted-proxy rules, never the client's
+        # own headers: the primary (or main process) trusts us as a proxy.
+        headers.setRawHeaders(b"X-Outside-Url", [self.server.outside_url(request).encode()])
+        real = client_address(request, self.server.trusted_proxies)
+        headers.removeHeader(b"x-real-ip")
+        if real:
+            headers.setRawHeaders(b"X-Real-IP", [real.encode("latin-1", "replace")])
         addr = request.getClientAddress()
         forwarded = [*(headers.getRawHeaders(b"x-forwarded-for") or []),
                      getattr(addr, "host", "-").encode()]

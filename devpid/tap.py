@@ -28,6 +28,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from devpid import auth, firstscreen
+from devpid.proxies import DEFAULT_TRUSTED, parse_networks
 from devpid.store import is_initialised, open_store
 
 log = Logger()
@@ -67,6 +68,9 @@ class Options(usage.Options):
         ["port", None, 3141, "TCP port to listen on (0 = any free port)", int],
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
         ["outside-url", None, None, "URL under which clients reach this server"],
+        ["trusted-proxy", None, ",".join(DEFAULT_TRUSTED),
+         "comma-separated addresses/networks whose Host, X-Outside-Url and X-Real-IP are "
+         "believed ('' = none)"],
         ["request-timeout", None, 5.0, "seconds to wait for an upstream or primary", float],
         ["mirror-min-rate", None, 1024.0,
          "bytes/s a mirror file download must average over each --request-timeout window; "
@@ -154,6 +158,11 @@ class Options(usage.Options):
             self[key] = _comma_list(self[key])
         if self["restrict-modify"] is not None:
             self["restrict-modify"] = _comma_list(self["restrict-modify"])
+        self["trusted-proxy"] = _comma_list(self["trusted-proxy"])
+        try:
+            parse_networks(self["trusted-proxy"])
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {e}") from None
         for key in ("header-timeout", "idle-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
@@ -283,6 +292,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         restrict_modify=options["restrict-modify"],
         max_login_failures=options["max-login-failures"],
         body_timeout=options["body-timeout"],
+        trusted_proxies=options["trusted-proxy"],
         header_timeout=options["header-timeout"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
@@ -341,6 +351,7 @@ def _add_workers(options: Options, server: Any, top: Any, reactor: Any, secretfi
     site = make_site(server)
     _AdoptedSite(reactor, sock.fileno(), sock.family, site).setServiceParent(top)
     private = reactor.listenTCP(0, site, interface="127.0.0.1")
+    server.trusted_proxies.internal_ports.add(private.getHost().port)
     settings = {k: v for k, v in dataclasses.asdict(server.settings).items()
                 if k != "serverdir"}
     config = {

@@ -247,3 +247,64 @@ def test_a_storage_fault_is_a_json_error_not_a_dropped_connection(
         blob.rmdir()
         saved.rename(blob)
     assert requests.get(url, timeout=30).content == wheel.read_bytes()
+
+
+def status_until_close(sock: socket.socket) -> tuple[int, bytes]:
+    """Status code and head of the one response the server sends before it closes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[0]
+
+
+# Requests twisted.web refuses (400): the fast front door must not answer them either
+# (issue 19: one request grammar, RFC 9112), so each goes to twisted.web.
+REFUSED_HEADS = {
+    "bare-lf-hides-content-length": b"X-A: 1\nContent-Length: 5\r\n",
+    "bare-cr-in-value": b"X-A: 1\rX-B: 2\r\n",
+    "nul-in-value": b"X-A: 1\x002\r\n",
+    "nul-in-name": b"X-\x00A: 1\r\n",
+    "non-token-name": b"X(A): 1\r\n",
+    "600-headers": b"".join(b"X-H%d: v\r\n" % i for i in range(600)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_HEADS))
+def test_the_fast_door_refuses_what_twisted_web_refuses(
+        devpid_server: Devpid, published: dict[str, Any], case: str) -> None:
+    path, _ = published["small"]  # a stored file: the fast door answers it at once
+    head = (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (path.encode(), devpid_server.port)
+            + REFUSED_HEADS[case] + b"\r\n")
+    assert len(head) < 16384  # (within twisted.web's head size: refused for its grammar)
+    before = fast_count(devpid_server)
+    with connect(devpid_server) as sock:
+        sock.sendall(head)
+        status, _ = status_until_close(sock)
+    assert status == 400, case
+    assert fast_count(devpid_server) == before  # twisted.web answered
+
+
+def test_accel_with_a_bare_cr_adds_no_response_header(
+        devpid_server: Devpid, published: dict[str, Any]) -> None:
+    path, _ = published["small"]
+    with connect(devpid_server) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Devpid-Accel: /b/\rX-Injected: 1\r\n\r\n"
+                     % path.encode())
+        status, head = status_until_close(sock)
+    assert b"x-injected" not in head.lower()
+    assert b"\r" not in head.replace(b"\r\n", b"")
+    assert status == 400
+
+
+def test_fast_response_headers_are_one_line_each() -> None:
+    """A value with CR or LF (e.g. taken from a request) cannot add a header line."""
+    from devpid.web.fastchannel import FastRequest
+
+    request = FastRequest(None, b"GET", b"/", {})  # type: ignore[arg-type]
+    request.setHeader(b"X-Accel-Redirect", b"/a\rX-Injected: 1\nX-Other: 2")
+    head = request.head(0)
+    assert head.count(b"\r\n") == head.count(b"\n") == head.count(b"\r")
+    assert b"\r\nX-Injected" not in head and b"\r\nX-Other" not in head

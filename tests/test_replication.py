@@ -79,9 +79,12 @@ def make_users(server: Devpid, prefix: str, count: int) -> None:
         assert r.status_code == 201, r.text
 
 
-def sign(secret: bytes, uuid: str, stamp: int, path: str) -> str:
+def sign(secret: bytes, uuid: str, stamp: int, path: str, query: str = "",
+         nonce: str = "0123456789abcdef") -> str:
+    """The credentials (``uuid:time:nonce:hmac``) docs/replication.rst specifies."""
     key = hashlib.sha256(b"devpid-replica\0" + secret).digest()
-    return hmac.new(key, f"{uuid}:{stamp}:{path}".encode(), hashlib.sha256).hexdigest()
+    data = "\n".join(("devpid-replica-v2", uuid, str(stamp), nonce, "GET", path, query))
+    return f"{uuid}:{stamp}:{nonce}:" + hmac.new(key, data.encode(), hashlib.sha256).hexdigest()
 
 
 @pytest.fixture
@@ -124,15 +127,17 @@ def test_changelog_refuses_unauthenticated_and_forged_requests(
 ) -> None:
     primary = cluster.primary()
     url = primary.url + "/+changelog?since=0"
+    q = "since=0"
     now = int(time.time())
     secret = secretfile.read_bytes()
     forged = [
         {},
         {"Authorization": "Basic cm9vdDpyb290LXNlY3JldA=="},  # root's password is not enough
-        {"Authorization": f"DevpidReplica abc:{now}:{sign(b'x' * 32, 'abc', now, '/+changelog')}"},
-        {"Authorization": f"DevpidReplica abc:{now - 600}:"
-                          f"{sign(secret, 'abc', now - 600, '/+changelog')}"},
-        {"Authorization": f"DevpidReplica abc:{now}:{sign(secret, 'abc', now, '/+blob/x')}"},
+        {"Authorization": f"DevpidReplica {sign(b'x' * 32, 'abc', now, '/+changelog', q)}"},
+        {"Authorization": f"DevpidReplica {sign(secret, 'abc', now - 600, '/+changelog', q)}"},
+        {"Authorization": f"DevpidReplica {sign(secret, 'abc', now, '/+blob/x', q)}"},
+        {"Authorization": f"DevpidReplica {sign(secret, 'abc', now, '/+changelog', 'since=1')}"},
+        {"Authorization": f"DevpidReplica {sign(secret, 'abc', now, '/+changelog', '')}"},
         {"Authorization": "DevpidReplica garbage"},
     ]
     for headers in forged:
@@ -145,8 +150,7 @@ def test_changelog_refuses_unauthenticated_and_forged_requests(
     assert r.status_code == 403
 
     # Properly signed: 200, our content type, the changelog as JSON lines, then held open.
-    signature = sign(secret, "abc", now, "/+changelog")
-    headers = {"Authorization": f"DevpidReplica abc:{now}:{signature}"}
+    headers = {"Authorization": f"DevpidReplica {sign(secret, 'abc', now, '/+changelog', q)}"}
     with requests.get(url, headers=headers, stream=True, timeout=10) as r:
         assert r.status_code == 200
         assert r.headers["Content-Type"] == "application/x-devpid-changelog"
@@ -156,6 +160,50 @@ def test_changelog_refuses_unauthenticated_and_forged_requests(
         entry = json.loads(line)
         assert entry["serial"] == 0 and "user/root" in entry["changes"]
     assert "abc" in status(primary)["polling-replicas"]
+
+
+def test_a_captured_replica_header_fetches_nothing_else_and_only_once(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A real replica's Authorization header, captured on its way to a fake primary, gets
+    nothing from the real primary for another query or path, and is good for one use only."""
+    captured: list[tuple[str, str]] = []
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            captured.append((self.path, self.headers["Authorization"]))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    thread = threading.Thread(target=capture.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fake = Devpid(tmp_path / "fake", port=capture.server_address[1])
+        replica = cluster.replica(fake)
+        wait_for(lambda: captured, what="the replica's first poll")
+        replica.stop()
+    finally:
+        capture.shutdown()
+        capture.server_close()
+    path, auth = captured[0]
+    assert path.startswith("/+changelog?since=")
+    since = int(path.partition("=")[2])
+    primary = cluster.primary()
+    headers = {"Authorization": auth}
+    for other in (f"/+changelog?since={since + 1}", f"/+changelog?since={since}&x=1",
+                  "/+changelog", f"/+changelog/{max(since, 0)}", "/+blob/" + "0" * 64):
+        with requests.get(primary.url + other, headers=headers, stream=True, timeout=5) as r:
+            assert r.status_code == 403, (other, r.status_code)  # (a 200 would stream on)
+            assert r.json()["message"]
+    with requests.get(primary.url + path, headers=headers, stream=True, timeout=10) as r:
+        assert r.status_code == 200  # the request it was made for, within the window
+    with requests.get(primary.url + path, headers=headers, stream=True, timeout=5) as r:
+        assert r.status_code == 403 and "already used" in r.json()["message"]
 
 
 # -- following -------------------------------------------------------------------------------------
@@ -527,3 +575,14 @@ def test_a_committed_serial_of_any_size_replicates(cluster: Any) -> None:
     finally:
         store.close()
     assert replica.json("GET", "/after0").status_code == 200  # and it went on following
+
+
+def test_nonce_guard_remembers_nonces_for_the_window_only() -> None:
+    """Pure logic: a nonce is good once; it is forgotten only once its timestamp is stale."""
+    from devpid.replica import CLOCK_SKEW, NonceGuard
+
+    guard = NonceGuard()
+    assert guard.first_use("a" * 32, 1000.0)
+    assert not guard.first_use("a" * 32, 1000.0 + CLOCK_SKEW)
+    assert guard.first_use("b" * 32, 1000.0 + 2 * CLOCK_SKEW + 2)
+    assert "a" * 32 not in guard.seen and len(guard.seen) == 1

@@ -390,3 +390,46 @@ def test_failures_per_address_count_the_proxys_client(start_devpid: Any) -> None
     assert codes == [401] * 6, codes
     assert login("u9", "192.0.2.1") == 429  # this address is done for a minute
     assert login("u9", "192.0.2.2") == 401  # another client is not
+
+
+FORGED = {"X-Outside-Url": "http://evil.invalid/x", "Host": "evil.invalid:1",
+          "Accept": "application/json"}
+
+
+def test_forwarding_headers_count_only_from_trusted_proxies(
+        start_devpid: Any, devpid_server: Devpid) -> None:
+    """Host, X-Outside-Url and X-Real-IP are believed only from ``--trusted-proxy`` peers:
+    with a list that leaves out loopback, this test's requests are an untrusted client's,
+    and links, redirects and the login limit's address ignore what it claims."""
+    server: Devpid = start_devpid("--trusted-proxy", "192.0.2.7,198.51.100.0/24",
+                                  "--max-login-failures", "1")  # 3 per address
+    own = f"http://127.0.0.1:{server.port}"
+    r = requests.get(server.url + "/+api", headers=FORGED, timeout=10)
+    assert r.json()["result"]["login"] == own + "/+login"
+    r = requests.get(server.url + "/root/pypi/+simple", headers=FORGED, timeout=10,
+                     allow_redirects=False)
+    assert r.status_code in (301, 302, 307, 308) and r.headers["Location"].startswith(own), r
+    for name in ("v0", "v1", "v2", "v9"):
+        assert server.json("PUT", f"/{name}", json={"password": "pw"}).status_code == 201
+    codes = [requests.post(server.url + "/+login", json={"user": f"v{n}", "password": "x"},
+                           headers={"X-Real-IP": f"192.0.2.{n + 10}"}, timeout=10).status_code
+             for n in range(3)]
+    assert codes == [401] * 3, codes
+    r = requests.post(server.url + "/+login", json={"user": "v9", "password": "x"},
+                      headers={"X-Real-IP": "192.0.2.99"}, timeout=10)
+    assert r.status_code == 429  # all of them came from 127.0.0.1, whatever they said
+    # From a trusted proxy (loopback, the default) the same headers are what links use.
+    r = requests.get(devpid_server.url + "/+api", headers=FORGED, timeout=10)
+    assert r.json()["result"]["login"] == "http://evil.invalid/x/+login"
+
+
+def test_trusted_proxy_option_is_validated(tmp_path: Path) -> None:
+    from twisted.python import usage
+
+    from devpid.tap import Options
+
+    with pytest.raises(usage.UsageError, match="trusted-proxy"):
+        Options().parseOptions(["--serverdir", str(tmp_path), "--trusted-proxy", "nginx"])
+    options = Options()
+    options.parseOptions(["--serverdir", str(tmp_path), "--trusted-proxy", ""])
+    assert options["trusted-proxy"] == []

@@ -89,3 +89,39 @@ def test_a_dead_worker_is_restarted(start_devpid: Any) -> None:
     time.sleep(0.5)
     assert not Path(f"/proc/{pids[0]}").exists() or b"zombie" in Path(
         f"/proc/{pids[0]}/status").read_bytes().lower()
+
+
+def test_workers_forward_their_own_conclusion_not_the_clients_headers(
+        start_devpid: Any) -> None:
+    """With --trusted-proxy leaving out loopback, a client's X-Real-IP counts nowhere, also
+    not when a worker forwards its login to the main process (which trusts its workers)."""
+    server: Devpid = start_devpid("--workers", "2", "--trusted-proxy", "192.0.2.7",
+                                  "--max-login-failures", "1")  # 3 per address
+    deadline = time.monotonic() + 20
+    while len(worker_pids(server)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for name in ("w0", "w1", "w2", "w9"):
+        assert server.json("PUT", f"/{name}", json={"password": "pw"}).status_code == 201
+
+    def on_worker() -> requests.Session:
+        """A keep-alive connection a worker accepted (its /+status says so)."""
+        deadline = time.monotonic() + 20  # (the worker may still be starting)
+        while time.monotonic() < deadline:
+            s = requests.Session()
+            status = s.get(server.url + "/+status", headers={"Accept": "application/json"})
+            if "running" not in status.json()["result"].get("workers", {}):
+                return s
+            s.close()
+            time.sleep(0.02)
+        raise AssertionError("no connection landed on the worker")
+
+    codes = []
+    for n in range(3):
+        with on_worker() as s:
+            codes.append(s.post(server.url + "/+login", json={"user": f"w{n}", "password": "x"},
+                                headers={"X-Real-IP": f"192.0.2.{n + 10}"}).status_code)
+    assert codes == [401] * 3, codes
+    with on_worker() as s:
+        r = s.post(server.url + "/+login", json={"user": "w9", "password": "x"},
+                   headers={"X-Real-IP": "192.0.2.50"})
+    assert r.status_code == 429, r.text  # every one came from 127.0.0.1, whatever it said

@@ -22,7 +22,8 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "mirror_whitelist": [],
     "mirror_whitelist_inheritance": "intersection",
 }
-STAGE_OPTIONAL = ("title", "description", "custom_data", "webhooks")
+# acl_read: absent means [":ANONYMOUS:"] (devpid/readacl.py), so old configs read as before.
+STAGE_OPTIONAL = ("title", "description", "custom_data", "webhooks", "acl_read")
 
 MIRROR_DEFAULTS: dict[str, Any] = {
     "type": "mirror",
@@ -35,7 +36,8 @@ MIRROR_DEFAULTS: dict[str, Any] = {
     "mirror_provides_core_metadata": False,
 }
 MIRROR_OPTIONAL = (
-    "title", "description", "custom_data", "mirror_web_url_fmt", "webhooks", *POLICY_KEYS,
+    "title", "description", "custom_data", "mirror_web_url_fmt", "webhooks", "acl_read",
+    *POLICY_KEYS,
 )
 # Keys that old exports put on mirrors and devpi silently drops.
 MIRROR_DROPPED = ("bases", "acl_upload", "mirror_whitelist", "pypi_whitelist")
@@ -48,10 +50,10 @@ BOOL_KEYS = {
     "mirror_provides_core_metadata",
 }
 LIST_KEYS = {
-    "acl_upload", "acl_toxresult_upload", "bases", "mirror_whitelist", "webhooks",
+    "acl_upload", "acl_toxresult_upload", "acl_read", "bases", "mirror_whitelist", "webhooks",
     "mirror_min_age_exempt",
 }
-ACL_KEYS = {"acl_upload", "acl_toxresult_upload"}
+ACL_KEYS = {"acl_upload", "acl_toxresult_upload", "acl_read"}
 
 
 class IndexConfigError(ValueError):

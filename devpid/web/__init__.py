@@ -7,6 +7,7 @@ from devpid.web import (  # noqa: F401  (routes)
     indexes,
     projects,
     simple,
+    tokens,
     toxresults,
     upload,
     users,

@@ -33,6 +33,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 import devpid
 from devpid import auth
 from devpid.metrics import RequestCounters
+from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.store import keys
 from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
@@ -79,6 +80,8 @@ class Settings:
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
     max_login_failures: int = 10  # per user and minute before password checks get 429
     body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
+    # Peers whose Host, X-Outside-Url and X-Real-IP are believed (see devpid/proxies.py).
+    trusted_proxies: list[str] = field(default_factory=lambda: list(DEFAULT_TRUSTED))
 
 
 class DevpidServer:
@@ -107,11 +110,12 @@ class DevpidServer:
         # bcrypt in its own bounded pool (started by the process's service tree)
         self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
         self.secret = secret
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.started = time.time()
         self.request_counters = RequestCounters()
         # Filled by the services that exist in this process (mirror, replica, events).
         self.components: dict[str, Any] = {}
-        self.status_providers: list[Callable[[], dict[str, Any]]] = []
+        self.status_providers: list[Callable[[], dict[str, Any]]] = [self.passwords.status]
         from devpid.links import track_commits
 
         track_commits(self)
@@ -122,13 +126,18 @@ class DevpidServer:
         return deferToThreadPool(self.reactor, self.cpu_pool, f, *args, **kw)
 
     def outside_url(self, request: Any) -> str:
-        """Base URL for absolute links: X-Outside-Url, else --outside-url, else Host."""
-        forwarded = header(request, b"x-outside-url")
+        """Base URL for absolute links: X-Outside-Url, else --outside-url, else Host; the
+        headers only from a trusted proxy, else the local address (devpid/proxies.py)."""
+        trusted = self.trusted_proxies.trusts(request)
+        forwarded = header(request, b"x-outside-url") if trusted else None
         if forwarded:
             return forwarded.rstrip("/")
         if self.settings.outside_url:
             return self.settings.outside_url.rstrip("/")
-        host = header(request, b"host") or f"{self.settings.host}:{self.settings.port}"
+        fallback = f"{self.settings.host}:{self.settings.port}"
+        if not trusted:
+            return local_origin(request, fallback)
+        host = header(request, b"host") or fallback
         scheme = "https" if request.isSecure() else "http"
         return f"{scheme}://{host}"
 
@@ -171,7 +180,21 @@ class DevpidServer:
         record = self.user_record(name)
         pwhash = record.get("pwhash") if record else None
         if not pwhash:
+            self.passwords.failures += 1
             raise unauthorized(f"user {name!r} could not be authenticated")
+        from devpid import tokens
+
+        if tokens.looks_like_token(secret):  # a scoped API token (devpid/tokens.py)
+            scoped = tokens.verify(self.store, name, secret, pwhash)
+            if scoped is None:
+                self.passwords.failures += 1
+                raise unauthorized("API token expired, revoked or invalid")
+            from devpid.readacl import stage_of
+
+            segments = getattr(request, "devpid_segments", None) or list(request.postpath)
+            tokens.check_scope(scoped, request.method, segments, stage_of(segments))
+            request.devpid_token = scoped
+            return name
         if self.tokens.looks_like_token(secret):
             if self.tokens.verify(secret, name, pwhash):
                 return name
@@ -190,7 +213,7 @@ class DevpidServer:
         """bcrypt off the reactor and off the worker pool, rate-limited (devpid/passwords.py)."""
         from devpid.passwords import Throttled
 
-        address = client_address(request) if request else None
+        address = client_address(request, self.trusted_proxies) if request else None
         try:
             return await self.passwords.check(name, password, pwhash, address)
         except Throttled as e:
@@ -217,11 +240,11 @@ class DevpidServer:
 
 
 # -- response helpers ------------------------------------------------------------------------
-def client_address(request: Any) -> str | None:
-    """The client's address; behind a proxy on loopback (the generated nginx) the address it
-    names in ``X-Real-IP`` (no one else can choose that value)."""
+def client_address(request: Any, trusted: TrustedProxies) -> str | None:
+    """The client's address; behind a trusted proxy (``--trusted-proxy``, default loopback:
+    the generated nginx) the address it names in ``X-Real-IP``."""
     peer = getattr(request.getClientAddress(), "host", None)
-    if peer in ("127.0.0.1", "::1"):
+    if trusted.trusts(request):
         forwarded = header(request, b"x-real-ip")
         if forwarded:
             return forwarded.strip()[:64]
@@ -569,6 +592,13 @@ class RootResource(Resource):
         if proxy is not None and proxy.wants(request):
             return proxy.render(request)
         # -- end replication hook --
+        from devpid.readacl import gate
+
+        return gate(server, request, decoded, lambda: self.route(request, decoded))
+
+    def route(self, request: Any, decoded: list[bytes]) -> Any:
+        """Fast paths, the web view, then Klein (after devpid.readacl's read check)."""
+        server = self.devpid
         for fast_path in self.fast_paths:
             try:
                 fast = fast_path(server, request, decoded)
@@ -591,6 +621,7 @@ class DevpidSite(twserver.Site):
     """A Site whose access log is one cheap line per request (see devpid.accesslog)."""
 
     access: Any = None
+    audit: Any = None  # an AuditLog (devpid.audit): every write request
     counters: RequestCounters | None = None
     devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
     devpid_header_timeout: float | None = None
@@ -611,6 +642,8 @@ class DevpidSite(twserver.Site):
         duration = (time.monotonic() - started) * 1000 if started else 0.0
         if self.counters is not None:
             self.counters.count(request.code, request.sentLength, duration)
+        if self.audit is not None:
+            self.audit.record(request)
         if self.access is None:
             return
         address = request.getClientAddress()
@@ -652,4 +685,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
 
     site.access = AccessLog(server.reactor, server.settings.log_format)
     site.counters = server.request_counters
+    from devpid.audit import AuditLog
+
+    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies)
     return site

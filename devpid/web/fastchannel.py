@@ -19,6 +19,7 @@ seconds (twisted.web's own idle timer, the site's ``timeOut``). The site's
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from twisted.web import http
 from twisted.web.http import datetimeToString, unquote
 from twisted.web.server import NOT_DONE_YET, version
 
+from devpid.readacl import public_path
 from devpid.web.errors import HTTPError
 
 # A fast path: (server, request, decoded path segments) -> None (decline), bytes (the body),
@@ -45,6 +47,20 @@ _HEAD_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_HEAD_TIMEOUT_BODY)
 ) + _HEAD_TIMEOUT_BODY
+# twisted.web refuses more than this many header lines with 400 (HTTPChannel.maxHeaders).
+MAX_HEADERS = http.HTTPChannel.maxHeaders
+# The one request grammar (RFC 9112 sections 3 and 5, RFC 9110 section 5.6.2) a head must
+# match, whole, to be answered here: a GET/HEAD request line with a visible-ASCII target,
+# then at most MAX_HEADERS ``token ":" value`` lines whose values hold only VCHAR, obs-text,
+# SP and HTAB, each line ended by CRLF. So a bare CR or LF (which could hide a header), a
+# NUL or other control byte, a name that is not a token, obs-fold, or too many headers never
+# get here: twisted.web sees them and answers 400 (or, for what it tolerates, its own
+# answer), and the two paths can never read one request differently.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_HEAD = re.compile(
+    rb"(?:GET|HEAD) /[\x21-\x7e]* HTTP/1\.1\r\n"
+    rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n){0,%d}\r\n" % MAX_HEADERS
+)
 log = Logger()
 _date: list[Any] = [0, b""]
 
@@ -104,7 +120,9 @@ class FastRequest:
         self.devpid_serial_set = True
 
     def setHeader(self, name: bytes, value: bytes) -> None:
-        self.out[name] = value
+        """Like twisted's Headers: CR and LF become a space, so no value (say, one derived
+        from a request header) can end the line and add a header of its own."""
+        self.out[_one_line(name)] = _one_line(value)
 
     def setResponseCode(self, code: int) -> None:
         self.code = code
@@ -164,8 +182,16 @@ class FastRequest:
             self.channel.fast_finished(self)
 
 
+def _one_line(value: bytes) -> bytes:
+    """``value`` with each CR, LF or CRLF replaced by a space (as twisted's Headers does)."""
+    return b" ".join(value.splitlines()) if b"\r" in value or b"\n" in value else value
+
+
 def parse_request(data: bytes) -> tuple[bytes, bytes, dict[bytes, list[bytes]]] | None:
-    """(method, uri, headers) of one complete, body-less GET/HEAD, or None (not for us)."""
+    """(method, uri, headers) of one complete, body-less GET/HEAD, or None (not for us:
+    anything outside the grammar ``_HEAD`` goes to twisted.web)."""
+    if _HEAD.fullmatch(data) is None:
+        return None
     lines = data[:-4].split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in (b"GET", b"HEAD"):
@@ -379,8 +405,8 @@ class FastAnswer:
         if b"?" in path or b"#" in path or not path.startswith(b"/"):
             return False
         decoded = self.prepare(request, [unquote(s) for s in path[1:].split(b"/")])
-        if isinstance(decoded, HTTPError):
-            return False
+        if isinstance(decoded, HTTPError) or not public_path(self.server, decoded):
+            return False  # private indexes are read-checked by twisted.web's route
         channel = request.channel
         for fast_path in self.fast_paths:
             result = fast_path(self.server, request, decoded)

@@ -14,7 +14,7 @@ from devpid.links import project_token
 from devpid.mirror.policy import file_refusal
 from devpid.web.app import header
 from devpid.web.errors import HTTPError
-from devpid.web.files import blob_etag, content_type_for, serve_blob
+from devpid.web.files import blob_etag, content_type_for, file_cache_control, serve_blob
 from devpid.web.negotiate import choose_simple_format
 from devpid.web.simple import _send, page_cache
 
@@ -146,8 +146,9 @@ def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | 
     error page). With ``X-Devpid-Blob`` (the blob's path below ``+blobs``), its type and ETag,
     nginx sends the file and may reuse the answer for its page-cache seconds; without it, the
     answer is not to be reused and nginx passes the request on to devpid's full route, which
-    gives the real answer (404, 410, JSON, a mirror download, ...). Every read is allowed
-    today; a per-index read permission would be checked here.
+    gives the real answer (404, 410, JSON, a mirror download, ...). For an index not everyone
+    may read, devpid.readacl has checked the client's credentials (nginx passes them) before
+    this runs, answered 401/403 (which auth_request passes on) and forbidden reuse.
     """
     if not request.requestHeaders.hasHeader(b"x-devpid-check"):
         return None
@@ -163,4 +164,5 @@ def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | 
     request.setHeader(b"X-Devpid-Blob", ("/" + server.blobs.relpath(sha)).encode())
     request.setHeader(b"X-Devpid-Type", content_type_for(filename).encode())
     request.setHeader(b"ETag", blob_etag(sha))
+    request.setHeader(b"X-Devpid-Cache-Control", file_cache_control(request))
     return b""

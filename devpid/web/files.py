@@ -29,6 +29,13 @@ from devpid.web.fastchannel import tcp_unqueued
 from devpid.web.negotiate import wants_json_api
 
 IMMUTABLE = b"max-age=365000000, immutable, public"
+# Files of an index not everyone may read (devpid/readacl.py): browsers may keep them,
+# shared caches may not.
+IMMUTABLE_PRIVATE = b"max-age=365000000, immutable, private"
+
+
+def file_cache_control(request: Any) -> bytes:
+    return IMMUTABLE_PRIVATE if getattr(request, "devpid_private", False) else IMMUTABLE
 # Files up to this size are read whole and sent with the headers (no producer, no sendfile).
 SMALL_FILE = 64 * 1024
 
@@ -79,7 +86,8 @@ def serve_blob(
     if cache is not None:
         cache.touch(sha256)  # a mirror cache hit, and its least-recently-used order
     accel = header(request, b"x-devpid-accel")
-    if accel and accel.startswith("/") and "\n" not in accel:
+    # Only a printable path: no CR, LF or NUL can reach the X-Accel-Redirect header line.
+    if accel and accel.startswith("/") and accel.isprintable():
         # nginx sends the file (and its Last-Modified): no need to touch the disk here.
         _file_headers(request, filename, etag)
         if _not_modified(request, etag):
@@ -166,7 +174,7 @@ def _file_headers(request: Any, filename: str, etag: bytes) -> None:
     request.setHeader(b"Content-Type", content_type_for(filename).encode())
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"ETag", etag)
-    request.setHeader(b"Cache-Control", IMMUTABLE)
+    request.setHeader(b"Cache-Control", file_cache_control(request))
 
 
 def _not_modified(request: Any, etag: bytes) -> bool:

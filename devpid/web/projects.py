@@ -348,6 +348,9 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
         if actor is None:
             raise unauthorized()
         raise HTTPError(401, f"user {actor!r} cannot upload to {target!r}")
+    from devpid.readacl import require_read
+
+    await require_read(server, request, stage)  # a push copies what the source serves
     project = normalize_name(name)
     meta = server.store.get(keys.release(stage, project, version))
     files = [] if body.get("only_docs") else [

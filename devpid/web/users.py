@@ -9,6 +9,7 @@ import devpid
 from devpid import metrics as prometheus
 from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
 from devpid.model.names import validate_user_or_index_name
+from devpid.readacl import may_read
 from devpid.redact import may_see_secrets, redact_config, scrub
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
@@ -135,6 +136,7 @@ def public_user(
     out["indexes"] = {
         key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
         for key, config in server.store.items(f"index/{name}/")
+        if may_read(server.index_config, viewer, key[len("index/"):])
     }
     return out
 
@@ -291,6 +293,8 @@ async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
     with server.store.transaction() as tx:
         delete_stage_keys(tx, f"{user}/")
         tx.delete(keys.user(user))
+        for key in tx.keys(f"token/{user}/"):  # its API tokens (devpid/tokens.py)
+            tx.delete(key)
         _drop_from_acls(tx, server, user)
     set_serial(request, tx.serial)
     return json_response(request, message=f"user '{user}' deleted")

@@ -1,14 +1,14 @@
 """Who may see what in the web view: the one place a read permission check goes.
 
-devpid has no read permissions yet (every index is readable by anyone, as in devpi), so
-``may_read`` allows everything. Every page, listing and search result asks it before showing
-an index or anything in it, so a future ``acl_read`` is one change here.
+Every page, listing and search result asks ``may_read`` (the index's ``acl_read`` and its
+bases', devpid/readacl.py) before showing an index or anything in it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from devpid import readacl
 from devpid.redact import may_see_secrets, redact_config, scrub
 from devpid.web.errors import HTTPError
 
@@ -22,8 +22,9 @@ async def viewer(server: Any, request: Any) -> str | None:
 
 
 def may_read(server: Any, viewer: str | None, stage: str, config: dict[str, Any]) -> bool:
-    """Whether ``viewer`` may see index ``stage`` (its config, projects, files, docs)."""
-    return True
+    """Whether ``viewer`` may see index ``stage`` (its config, projects, files, docs) and
+    everything it inherits (devpid/readacl.py)."""
+    return readacl.may_read(server.index_config, viewer, stage)
 
 
 def visible_config(viewer: str | None, stage: str, config: dict[str, Any]) -> dict[str, Any]:
