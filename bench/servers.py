@@ -468,6 +468,8 @@ class Devpid(IndexServer):
             "127.0.0.1",
             "--port",
             str(self.port),
+            # The benchmark's upstream is on loopback, which mirrors refuse by default.
+            "--allow-private-addresses",
             *self.extra_args,
         ]
 
