@@ -754,21 +754,10 @@ class ReplicaFollower(service.Service):
             raise ReplicationError(
                 f"fetching serial {serial}: primary answered {response.code}: {_message(body)}"
             )
-        f, tmp = blobs.new_temp()
+        tmp = await self._spool(response)
         try:
-            def on_data(data: bytes) -> None:
-                f.write(data)
-
-            reader = _BodyReader(self.clock, IDLE_TIMEOUT, on_data)
-            response.deliverBody(reader)
-            try:
-                await reader.done
-            finally:
-                reader.abort()
-            f.close()
             changes, encoded = await self.server.in_thread(_load_entry, tmp)
         finally:
-            f.close()
             blobs.discard(tmp)
         if not isinstance(changes, dict):
             raise ReplicationError(f"serial {serial} arrived malformed (not a JSON object)")
@@ -796,11 +785,25 @@ class ReplicaFollower(service.Service):
             raise ReplicationError(
                 f"fetching blob {sha256}: primary answered {response.code}: {_message(body)}"
             )
-        f, tmp = blobs.new_temp()
         digest = hashlib.sha256()
+        tmp = await self._spool(response, digest.update)
+        try:
+            if digest.hexdigest() != sha256:
+                raise ReplicationError(f"blob {sha256} arrived with a different hash")
+            await self.server.in_thread(blobs.commit_temp, tmp, sha256)
+        except BaseException:
+            blobs.discard(tmp)
+            raise
+
+    async def _spool(self, response: Any, also: Callable[[bytes], Any] | None = None) -> Any:
+        """``response``'s body in a new, closed temp file (each chunk also given to ``also``),
+        read with the idle timeout; the caller owns (and discards) the file."""
+        blobs = self.server.blobs
+        f, tmp = blobs.new_temp()
         try:
             def on_data(data: bytes) -> None:
-                digest.update(data)
+                if also is not None:
+                    also(data)
                 f.write(data)
 
             reader = _BodyReader(self.clock, IDLE_TIMEOUT, on_data)
@@ -809,14 +812,12 @@ class ReplicaFollower(service.Service):
                 await reader.done
             finally:
                 reader.abort()
-            f.close()
-            if digest.hexdigest() != sha256:
-                raise ReplicationError(f"blob {sha256} arrived with a different hash")
-            await self.server.in_thread(blobs.commit_temp, tmp, sha256)
         except BaseException:
             f.close()
             blobs.discard(tmp)
             raise
+        f.close()
+        return tmp
 
     # -- the primary's identity ----------------------------------------------------------
     def _load_primary_uuid(self) -> str | None:
