@@ -107,14 +107,21 @@ def _stage_versions(
     return result
 
 
+async def project_links(server: DevpidServer, stage: str, project: str
+                        ) -> tuple[list[Link], bool]:
+    """``collect_links`` for a view of one project: its mirrors asked first (a project not
+    cached yet is not a 404), an unreachable upstream as its 502/503."""
+    await ensure_mirrors(server, stage, project)
+    try:
+        return await collect_links(server, stage, project)
+    except UpstreamUnavailable as e:
+        raise HTTPError(e.status, e.message) from None
+
+
 async def project_versions(
     server: DevpidServer, request: Any, stage: str, project: str, ignore_bases: bool
 ) -> dict[str, dict[str, Any]]:
-    await ensure_mirrors(server, stage, project)  # a project not cached yet is not a 404
-    try:
-        links, known = await collect_links(server, stage, project)
-    except UpstreamUnavailable as e:
-        raise HTTPError(e.status, e.message) from None
+    links, known = await project_links(server, stage, project)
     stages = [stage] if ignore_bases else [name for name, _ in resolve(server, stage,
                                                                         project).stages]
     merged: dict[str, dict[str, Any]] = {}
@@ -434,11 +441,7 @@ async def pypi_json(server: DevpidServer, request: Any, user: str, index: str, p
     if server.index_config(stage) is None:
         raise not_found(f"The stage {stage} could not be found.")
     normal = normalize_name(project)
-    await ensure_mirrors(server, stage, normal)
-    try:
-        links, known = await collect_links(server, stage, normal)
-    except UpstreamUnavailable as e:
-        raise HTTPError(e.status, e.message) from None
+    links, known = await project_links(server, stage, normal)
     if not links and not known:
         raise not_found(f"no project '{normal}'")
     releases: dict[str, list[dict[str, Any]]] = {}

@@ -15,9 +15,6 @@ from typing import Any
 
 from devpid.links import (
     Link,
-    UpstreamUnavailable,
-    collect_links,
-    ensure_mirrors,
     resolve,
     sro,
     version_key,
@@ -48,6 +45,7 @@ from devpid.web.html.markup import (
     when,
 )
 from devpid.web.html.readme import description_cache
+from devpid.web.projects import project_links
 
 MAX_LISTED = 500  # projects listed on an index page (the rest: use search)
 FILES_OF_VERSIONS = 20  # a project page lists the files of this many newest versions
@@ -294,11 +292,7 @@ def _redirect(request: Any, location: str) -> bytes:
 
 async def _project_links(server: DevpidServer, stage: str, project: str) -> list[Link]:
     """The links a simple page would list (mirrors asked first, as serve_project_page does)."""
-    await ensure_mirrors(server, stage, project)
-    try:
-        links, known = await collect_links(server, stage, project)
-    except UpstreamUnavailable as error:
-        raise HTTPError(error.status, error.message) from None
+    links, known = await project_links(server, stage, project)
     if not links and not known:
         raise not_found(f"The project {project} does not exist on {stage}.")
     return links
