@@ -167,10 +167,7 @@ async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Lin
         if config.get("type") == "mirror":
             if mirror is None:
                 continue
-            try:
-                # every view of a mirror's project (simple page, JSON, push) asks upstream
-                # as the simple page does, not only what an earlier page view cached
-                await mirror.ensure(name, config, project)
+            try:  # (callers asked upstream first: ensure_mirrors)
                 stage_links = await mirror.project_links(name, config, project)
             except UpstreamUnavailable as e:
                 errors.append(e)

@@ -20,6 +20,7 @@ from devpid.links import (
     Link,
     UpstreamUnavailable,
     collect_links,
+    ensure_mirrors,
     project_token,
     resolve,
     sro,
@@ -229,12 +230,8 @@ async def serve_project_page(
     except UnicodeEncodeError:
         raise HTTPError(400, "unicode project names not allowed") from None
     fmt = _format(request)
-    mirror = server.components.get("mirror")
     resolution = resolve(server, stage, project)
-    if mirror is not None:
-        for name, config in resolution.stages:
-            if config.get("type") == "mirror":
-                await mirror.ensure(name, config, project)
+    await ensure_mirrors(server, stage, project)
     token = project_token(server, stage, project)
     cache = page_cache(server)
     key = (stage, project, fmt, prefix)
