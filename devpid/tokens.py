@@ -133,3 +133,11 @@ def check_scope(record: dict[str, Any], method: bytes, segments: list[bytes],
         raise forbidden(f"this token may not {action}")
     if stage is not None and stage not in (record.get("indexes") or []):
         raise forbidden(f"this token is not valid for {stage}")
+
+
+def check_target(request: Any, target: str) -> None:
+    """403 when a scoped token made ``request`` and ``target`` (an index the request writes
+    to besides the one in its path, as a push does) is outside the token's indexes."""
+    record = getattr(request, "devpid_token", None)
+    if record is not None and target not in (record.get("indexes") or []):
+        raise forbidden(f"this token is not valid for {target}")

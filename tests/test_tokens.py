@@ -126,3 +126,26 @@ def test_bad_token_requests_are_clear_400s(devpid_server: Devpid) -> None:
     r = requests.get(f"{devpid_server.url}/{private}/+simple/",
                      auth=(owner[0], "devpidt1_0123456789abcdef_" + "A" * 43))
     assert r.status_code == 401
+
+
+def test_a_push_with_a_token_writes_only_to_the_tokens_indexes(
+        devpid_server: Devpid, tmp_path: Path) -> None:
+    """A push is a request to the source index that writes to ``targetindex`` (from its
+    body): a token for the source alone may not copy releases into another index."""
+    env = client_env(tmp_path)
+    owner = make_user(devpid_server)
+    src = make_index(devpid_server, owner, "src")
+    dst = make_index(devpid_server, owner, "dst")
+    project = f"tokpush-{uuid.uuid4().hex[:6]}"
+    twine_upload(f"{devpid_server.url}/{src}/", owner, env,
+                 make_wheel(tmp_path / "dist", project, "1.0"))
+    body = {"name": project, "version": "1.0", "targetindex": dst}
+    narrow = api_token(devpid_server, owner, indexes=[src], actions=["read", "upload"],
+                       expires_in=600)
+    r = devpid_server.json("PUSH", f"/{src}", auth=(owner[0], narrow), json=body)
+    assert r.status_code == 403 and dst in r.json()["message"], r.text
+    assert requests.get(f"{devpid_server.url}/{dst}/+simple/{project}/").status_code == 404
+    both = api_token(devpid_server, owner, indexes=[src, dst], actions=["read", "upload"],
+                     expires_in=600)
+    r = devpid_server.json("PUSH", f"/{src}", auth=(owner[0], both), json=body)
+    assert r.status_code == 200, r.text

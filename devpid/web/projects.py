@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from devpid import tokens
 from devpid.auth import can_delete_entry, can_upload
 from devpid.links import (
     Link,
@@ -350,6 +351,7 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
     if target_config.get("type") == "mirror":
         raise HTTPError(400, "cannot push to a mirror index")
     actor = await server.identify(request)
+    tokens.check_target(request, target)  # a scoped token writes only where it may
     tuser = target.split("/")[0]
     if not can_upload(actor, tuser, target_config.get("acl_upload") or []):
         if actor is None:
