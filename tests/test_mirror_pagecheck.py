@@ -41,3 +41,14 @@ def test_bad_answers_fail(body: bytes, ctype: str, files: int, delimited: bool,
                           why: str) -> None:
     with pytest.raises(ParseError, match=why):
         check_project_page(body, ctype, files, delimited)
+
+
+@pytest.mark.timeout(20)
+def test_a_tail_of_many_comments_is_judged_at_once() -> None:
+    """A cut-off page whose tail is the closing tag, many empty comments and one stray byte
+    made the closing-tag pattern backtrack exponentially (about 4x per 2 more comments), on
+    the reactor thread. 60 comments would take hours there; now it is refused at once."""
+    body = PAGE + b"<!---->" * 60 + b"x"
+    with pytest.raises(ParseError, match="cut off"):
+        check_project_page(body, HTML, 1, delimited=False)
+    check_project_page(PAGE + b"<!---->" * 60, HTML, 1, delimited=False)  # whole: accepted

@@ -27,7 +27,10 @@ __all__ = ["check_project_list", "check_project_page"]
 
 _TAIL = 1024  # bytes at the end of a body that may hold the closing tag
 _HEAD = 64 * 1024  # bytes at the start of a body that hold the markers of a simple page
-_CLOSING_RE = re.compile(rb"</(?:html|body)\s*>\s*(?:<!--.*?-->\s*)*\Z", re.IGNORECASE | re.DOTALL)
+# A comment's body may not run across "-->": with ``.*?`` a tail of many comments and no
+# match took exponential time (a cut-off page from a hostile upstream froze the reactor).
+_CLOSING_RE = re.compile(rb"</(?:html|body)\s*>\s*(?:<!--(?:(?!-->).)*-->\s*)*\Z",
+                         re.IGNORECASE | re.DOTALL)
 _MARKER_RE = re.compile(
     rb"""<meta\b[^>]*\bname\s*=\s*["']?pypi:repository-version"""
     rb"|<(?:title|h1)\b[^>]*>[^<]*\blinks\s+for\b",
