@@ -222,3 +222,24 @@ def test_deep_big_and_non_standard_json_is_a_400(devpid_server: Devpid,
     assert r.status_code == 200, r.text
     assert devpid_server.json("GET", f"/{name}").json()["result"]["custom_data"] == ok[
         "custom_data"]
+
+
+def test_non_finite_numbers_stored_before_strict_input_read_as_null(start_devpid) -> None:  # type: ignore[no-untyped-def]
+    """Input refuses NaN/Infinity now, but a server upgraded from before may hold them:
+    its listings still answer (strict JSON, the values as null), never a 500."""
+    from devpid.store import open_store
+
+    server = start_devpid()
+    server.stop()
+    store, _ = open_store(server.serverdir)
+    with store.transaction() as tx:
+        tx.set("user/oldnan", {"pwhash": "", "created": "2026",
+                               "custom_data": {"ratio": float("nan"), "big": float("inf")}})
+    store.close()
+    server.start()
+    for path in ("/", "/oldnan"):
+        r = server.json("GET", path)
+        assert r.status_code == 200, r.text
+        assert "NaN" not in r.text and "Infinity" not in r.text
+    assert server.json("GET", "/oldnan").json()["result"]["custom_data"] == {
+        "ratio": None, "big": None}

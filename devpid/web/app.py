@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,7 +275,21 @@ def json_response(
         body["type"] = type
     if message:
         body["message"] = message
-    return json.dumps(body, indent=2, allow_nan=False).encode() + b"\n"
+    try:
+        return json.dumps(body, indent=2, allow_nan=False).encode() + b"\n"
+    except ValueError:  # NaN/Infinity stored before input was strict: show them as null
+        return json.dumps(_finite(body), indent=2, allow_nan=False).encode() + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 # User-supplied JSON (configs, custom_data, login, push, yank) is stored and rendered back,
