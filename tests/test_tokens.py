@@ -149,3 +149,14 @@ def test_a_push_with_a_token_writes_only_to_the_tokens_indexes(
                      expires_in=600)
     r = devpid_server.json("PUSH", f"/{src}", auth=(owner[0], both), json=body)
     assert r.status_code == 200, r.text
+
+
+def test_expired_tokens_are_dropped_and_do_not_count(devpid_server: Devpid) -> None:
+    """A CI job minting a token a day must not reach the per-user limit with dead ones."""
+    owner = make_user(devpid_server)
+    stage = make_index(devpid_server, owner, "exp")
+    api_token(devpid_server, owner, indexes=[stage], actions=["read"], expires_in=1)
+    time.sleep(1.5)
+    api_token(devpid_server, owner, indexes=[stage], actions=["read"], expires_in=600)
+    listed = devpid_server.json("GET", f"/{owner[0]}/+tokens", auth=owner).json()["result"]
+    assert len(listed) == 1 and listed[0]["expires"] > time.time(), listed
