@@ -230,3 +230,31 @@ def test_server_total_bound_evicts_across_mirrors(
             "bytes"] == sizes["2"] + sizes["3"]
     finally:
         fake.close()
+
+
+def test_a_failed_eviction_run_is_retried_with_its_stages() -> None:
+    """The eviction loop survives an error (here: the config lookup fails once): the stages
+    it was working on are kept and the run is tried again after RETRY_DELAY."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from devpid.mirror.cache import RETRY_DELAY, MirrorCache
+
+    calls: list[str] = []
+
+    def index_config(stage: str) -> dict[str, Any]:
+        calls.append(stage)
+        if len(calls) == 1:
+            raise RuntimeError("injected: database is locked")
+        return {"type": "mirror"}  # no bound: nothing to evict
+
+    clock = Clock()
+    server = SimpleNamespace(settings=SimpleNamespace(role="standalone", mirror_max_bytes=0),
+                             reactor=clock, index_config=index_config)
+    cache = MirrorCache(server)
+    cache._dirty = {"root/pypi"}
+    cache._run()
+    assert calls == ["root/pypi"] and cache._dirty == {"root/pypi"}  # kept for the retry
+    clock.advance(RETRY_DELAY)
+    assert calls == ["root/pypi", "root/pypi"] and cache._dirty == set()

@@ -29,6 +29,7 @@ from devpid.mirror.policy import MAX_BYTES
 from devpid.store.blobs import HEX64, BlobStore
 
 log = Logger()
+RETRY_DELAY = 5.0  # seconds before a failed eviction run is tried again
 
 _Ref = tuple[str, str | None, int]  # sha256, metadata sha256, size
 
@@ -247,11 +248,26 @@ class MirrorCache:
 
     def _run(self) -> None:
         d = ensureDeferred(self.enforce())
-        d.addErrback(lambda f: log.failure("mirror cache eviction failed", f))
+        d.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        """Log, and try the same stages again later (enforce put them back): a failed
+        eviction (a full disk, a locked database) must not leave a mirror over its bound."""
+        log.failure("mirror cache eviction failed; retrying in {delay} s", failure,
+                    delay=RETRY_DELAY)
+        if self.enforcing and (self._check is None or not self._check.active()):
+            self._check = self.server.reactor.callLater(RETRY_DELAY, self._run)
 
     async def enforce(self) -> None:
         """Evict from every mirror changed since the last run that is over its bound."""
         dirty, self._dirty = self._dirty, set()
+        try:
+            await self._enforce(dirty)
+        except BaseException:
+            self._dirty |= dirty  # stages within their bound are skipped cheaply next time
+            raise
+
+    async def _enforce(self, dirty: set[str]) -> None:
         for stage in sorted(dirty):
             config = self.server.index_config(stage) or {}
             bound = config.get(MAX_BYTES)
