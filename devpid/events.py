@@ -52,7 +52,10 @@ HOOK_TIMEOUT = 120.0  # a hook call taking longer counts as a failure
 SAVE_DELAY = 0.5  # seconds between cursor writes while hooks make progress
 ENTRY_POINT_GROUP = "devpid.hooks"
 BIG_CHANGES = 256 * 1024  # changelog text above which it is decoded off the reactor
-MAX_RECENT = 1000  # committed serials whose changes are kept for hooks that lag behind
+# Committed serials whose changes are kept in memory for hooks that lag behind; a hook
+# further behind (one retrying a serial for hours) reads them back from the changelog.
+# Kept small: a change can be a whole mirror page, and a long retry must not pile them up.
+MAX_RECENT = 64
 
 
 class Hook(Protocol):
