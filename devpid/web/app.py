@@ -702,5 +702,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site.counters = server.request_counters
     from devpid.audit import AuditLog
 
-    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies)
+    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies, server.reactor)
+    server.components["audit"] = site.audit
+    server.status_providers.append(site.audit.status)
     return site
