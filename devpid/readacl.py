@@ -84,22 +84,50 @@ def public(server: Any, stage: str) -> bool:
 
 
 def public_path(server: Any, segments: list[bytes]) -> bool:
-    """For fast paths: whether the request's index (if any) is readable by anyone."""
+    """For fast paths: whether the request's index (if any) is readable by anyone (and the
+    status routes, with --status-acl, never: only their routes check who asks)."""
+    if segments[:1] and segments[0] in STATUS_PATHS and status_restricted(server):
+        return False
     stage = stage_of(segments)
     return stage is None or public(server, stage)
 
 
-async def require_read(server: Any, request: Any, stage: str) -> None:
-    """401 (with a Basic challenge, so pip and uv retry with credentials) when no
-    credentials came, 403 when they did but name someone who may not read ``stage``."""
+async def require(server: Any, request: Any, allowed: Callable[[str | None], bool],
+                  what: str) -> str | None:
+    """The caller, if ``allowed``; else 401 (with a Basic challenge, so pip, uv and curl
+    retry with credentials) when no credentials came, 403 when they did."""
     from devpid.web.errors import forbidden, unauthorized
 
-    user = await server.identify(request)
-    if may_read(server.index_config, user, stage):
-        return
+    user: str | None = await server.identify(request)
+    if allowed(user):
+        return user
     if user is None:
-        raise unauthorized(f"authentication required to read {stage}")
-    raise forbidden(f"user {user!r} may not read {stage}")
+        raise unauthorized(f"authentication required to {what}")
+    raise forbidden(f"user {user!r} may not {what}")
+
+
+async def require_read(server: Any, request: Any, stage: str) -> None:
+    """Refuse a caller who may not read ``stage`` (see ``require``)."""
+    await require(server, request, lambda user: may_read(server.index_config, user, stage),
+                  f"read {stage}")
+
+
+# -- the server's own status (--status-acl) ------------------------------------------------
+STATUS_PATHS = frozenset({b"+status", b"+metrics"})  # what reveals the server's internals
+
+
+def status_restricted(server: Any) -> bool:
+    return not acl_allows(server.settings.status_acl, None)
+
+
+async def require_status(server: Any, request: Any) -> str | None:
+    """``/+status`` and ``/+metrics``: root and the principals of ``--status-acl``."""
+    if not status_restricted(server):
+        return None  # (the default: nothing to check, nobody to identify)
+    return await require(
+        server, request,
+        lambda user: user == "root" or acl_allows(server.settings.status_acl, user),
+        "see the server's status")
 
 
 def gate(server: Any, request: Any, segments: list[bytes],

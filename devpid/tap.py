@@ -107,6 +107,9 @@ class Options(usage.Options):
         ["restrict-modify", None, None,
          "comma-separated users who may create users and indexes (default: anyone may "
          "register and create own indexes); root always may"],
+        ["status-acl", None, ":ANONYMOUS:",
+         "comma-separated users, or :AUTHENTICATED:, who may see /+status and /+metrics "
+         "(default :ANONYMOUS:, everyone); root always may"],
         ["header-timeout", None, 10.0,
          "seconds a client may take to send a request's head (else 408 and close)", float],
         ["idle-timeout", None, 60.0,
@@ -159,6 +162,9 @@ class Options(usage.Options):
         if self["restrict-modify"] is not None:
             self["restrict-modify"] = _comma_list(self["restrict-modify"])
         self["trusted-proxy"] = _comma_list(self["trusted-proxy"])
+        self["status-acl"] = _comma_list(self["status-acl"])
+        if not self["status-acl"]:
+            raise usage.UsageError("--status-acl needs at least one user or :AUTHENTICATED:")
         try:
             parse_networks(self["trusted-proxy"])
         except ValueError as e:
@@ -290,6 +296,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         mirror_file_hosts=options["mirror-file-hosts"],
         mirror_admins=options["mirror-admins"],
         restrict_modify=options["restrict-modify"],
+        status_acl=options["status-acl"],
         max_login_failures=options["max-login-failures"],
         body_timeout=options["body-timeout"],
         trusted_proxies=options["trusted-proxy"],

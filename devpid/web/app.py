@@ -79,6 +79,8 @@ class Settings:
     mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
     mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
+    # who may see /+status and /+metrics besides root (devpid.readacl.require_status)
+    status_acl: list[str] = field(default_factory=lambda: [":ANONYMOUS:"])
     max_login_failures: int = 10  # per user and minute before password checks get 429
     body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
     # Peers whose Host, X-Outside-Url and X-Real-IP are believed (see devpid/proxies.py).
