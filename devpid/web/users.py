@@ -131,10 +131,13 @@ async def metrics(server: DevpidServer, request: Any) -> bytes:
 def public_user(
     server: DevpidServer, name: str, record: dict[str, Any], viewer: str | None = "root"
 ) -> dict[str, Any]:
-    """A user as shown; index credentials only to the owner and root (devpid/redact.py)."""
+    """A user as shown; the email and index credentials only to the user and root
+    (devpid/redact.py): a listing must not hand out everyone's address."""
     out = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
     out["username"] = name
     secrets_ok = may_see_secrets(viewer, name)
+    if not secrets_ok:
+        out.pop("email", None)
     out["indexes"] = {
         key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
         for key, config in server.store.items(f"index/{name}/")

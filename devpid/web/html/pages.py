@@ -20,6 +20,7 @@ from devpid.links import (
     version_key,
 )
 from devpid.model.names import normalize_name
+from devpid.redact import may_see_secrets
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
@@ -216,7 +217,8 @@ async def user_page(server: DevpidServer, request: Any, user: str) -> bytes:
         raise not_found(f"user '{user}' does not exist")
     who = await viewer(server, request)
     indexes = readable_indexes(server, who, f"index/{user}/")
-    details = kv([("title", record.get("title")), ("email", record.get("email")),
+    email = record.get("email") if may_see_secrets(who, user) else None  # only to self, root
+    details = kv([("title", record.get("title")), ("email", email),
                   ("description", record.get("description")),
                   ("created", record.get("created"))])
     body = join([f"<h1>{e(user)}</h1>", f'<div class="card">{details}</div>',
@@ -569,7 +571,8 @@ async def search_page(server: DevpidServer, request: Any) -> bytes:
     hits = []
     if query:
         try:
-            hits = [h for h in await index.query(query) if h.stage in readable]
+            hits = [h for h in await index.query(query, sorted(readable))
+                    if h.stage in readable]
         except SearchUnavailable as e_:
             error = str(e_)
     if choice == VIEW_JSON:
