@@ -121,6 +121,9 @@ class Options(usage.Options):
         ["init", None, "initialise the server directory if it is new"],
         ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
         ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+        ["public-emails", None,
+         "show users' emails in listings to everyone, as devpi-server does (default: only "
+         "to the user and root)"],
         ["allow-private-addresses", None,
          "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
@@ -293,6 +296,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         gc_grace=options["gc-grace"],
         event_retry_horizon=options["event-retry-horizon"],
         allow_private_addresses=bool(options["allow-private-addresses"]),
+        public_emails=bool(options["public-emails"]),
         mirror_file_hosts=options["mirror-file-hosts"],
         mirror_admins=options["mirror-admins"],
         restrict_modify=options["restrict-modify"],

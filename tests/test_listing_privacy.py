@@ -5,6 +5,7 @@ by the caller's readable indexes before it cuts to its result limit."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import requests
 
@@ -57,3 +58,12 @@ def test_search_filters_unreadable_hits_before_the_limit(devpid_server: Devpid) 
     mine = requests.get(devpid_server.url + "/+search", params={"q": word}, headers=JSON,
                         auth=owner).json()["result"]
     assert len(mine) == 50 and all(h["stage"] == secret for h in mine)
+
+
+def test_public_emails_restores_devpis_listing(start_devpid: Any) -> None:
+    server = start_devpid("--public-emails", name="devpi-like")
+    r = server.json("PUT", "/pub", json={"password": "pw", "email": "pub@corp.example"})
+    assert r.status_code == 201, r.text
+    assert requests.get(server.url + "/", headers=JSON).json()["result"]["pub"]["email"] == (
+        "pub@corp.example")
+    assert "pub@corp.example" in requests.get(server.url + "/pub", headers=HTML).text

@@ -76,6 +76,7 @@ class Settings:
     max_connections: int = 4096  # open client connections per process (see connections.py)
     # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
     allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
+    public_emails: bool = False  # devpi's way: every visitor sees every user's email
     mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
     mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)

@@ -136,7 +136,7 @@ def public_user(
     out = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
     out["username"] = name
     secrets_ok = may_see_secrets(viewer, name)
-    if not secrets_ok:
+    if not secrets_ok and not server.settings.public_emails:
         out.pop("email", None)
     out["indexes"] = {
         key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)

@@ -217,7 +217,8 @@ async def user_page(server: DevpidServer, request: Any, user: str) -> bytes:
         raise not_found(f"user '{user}' does not exist")
     who = await viewer(server, request)
     indexes = readable_indexes(server, who, f"index/{user}/")
-    email = record.get("email") if may_see_secrets(who, user) else None  # only to self, root
+    shown = server.settings.public_emails or may_see_secrets(who, user)  # self, root
+    email = record.get("email") if shown else None
     details = kv([("title", record.get("title")), ("email", email),
                   ("description", record.get("description")),
                   ("created", record.get("created"))])
