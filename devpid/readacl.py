@@ -120,14 +120,17 @@ def status_restricted(server: Any) -> bool:
     return not acl_allows(server.settings.status_acl, None)
 
 
+def may_see_status(server: Any, user: str | None) -> bool:
+    """Root and the principals of ``--status-acl`` (also the web view's status card)."""
+    return user == "root" or acl_allows(server.settings.status_acl, user)
+
+
 async def require_status(server: Any, request: Any) -> str | None:
-    """``/+status`` and ``/+metrics``: root and the principals of ``--status-acl``."""
+    """``/+status`` and ``/+metrics``: refused to whoever may not see the status."""
     if not status_restricted(server):
         return None  # (the default: nothing to check, nobody to identify)
-    return await require(
-        server, request,
-        lambda user: user == "root" or acl_allows(server.settings.status_acl, user),
-        "see the server's status")
+    return await require(server, request, lambda user: may_see_status(server, user),
+                         "see the server's status")
 
 
 def gate(server: Any, request: Any, segments: list[bytes],

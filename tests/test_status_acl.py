@@ -43,6 +43,10 @@ def check_refusals(base: str, ops: tuple[str, str], other: tuple[str, str]) -> N
             assert keepalive.get(base + "/+status", auth=ops).status_code == 200
             assert keepalive.get(base + "/+status").status_code == 401
             assert keepalive.get(base + "/+metrics", auth=other).status_code == 403
+    browser = {"Accept": "text/html", "User-Agent": "Mozilla/5.0"}
+    assert "<h2>Status</h2>" not in requests.get(base + "/", headers=browser).text
+    assert "<h2>Status</h2>" not in requests.get(base + "/", headers=browser, auth=other).text
+    assert "<h2>Status</h2>" in requests.get(base + "/", headers=browser, auth=ops).text
     api = requests.get(base + "/+api")
     assert api.status_code == 200 and api.json()["result"]["login"].endswith("/+login")
 

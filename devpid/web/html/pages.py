@@ -20,6 +20,7 @@ from devpid.links import (
     version_key,
 )
 from devpid.model.names import normalize_name
+from devpid.readacl import may_see_status
 from devpid.redact import may_see_secrets
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app
@@ -201,8 +202,10 @@ async def home(server: DevpidServer, request: Any) -> bytes:
     ]
     if stage:
         body.append(f'<div class="card">{installer_snippets(base, stage)}</div>')
-    body.append(f'<h2>Status</h2><div class="card">{status_summary(server, base, indexes, who)}'
-                f"</div><h2>Indexes</h2>{index_table(base, indexes)}")
+    if may_see_status(server, who):  # upstreams and replicas are internals (--status-acl)
+        body.append(f'<h2>Status</h2><div class="card">'
+                    f"{status_summary(server, base, indexes, who)}</div>")
+    body.append(f"<h2>Indexes</h2>{index_table(base, indexes)}")
     return send(request, page(base, "devpid", join(body), serial=server.store.serial))
 
 
