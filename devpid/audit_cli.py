@@ -33,5 +33,6 @@ def main(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["time"]))
         serial = "-" if entry["serial"] is None else entry["serial"]
         print(f"{when} {entry['who'] or '-'} {entry['address'] or '-'} {entry['method']} "
-              f"{entry['path']} {entry['code']} serial={serial}")
+              f"{entry['path']} {entry['code']} serial={serial}"
+              + (f" origin={entry['origin']}" if entry["origin"] else ""))
     return 0

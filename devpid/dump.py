@@ -8,6 +8,9 @@ A dump directory (format ``devpid-dump``, version 1) holds:
     as read in ONE read transaction, so the dump is the state at exactly ``serial``.
 ``blobs/{h[0:2]}/{h[2:4]}/{h}``
     every blob a ``file/`` or ``doc/`` value references (``sha256``, ``metadata_sha256``).
+``audit.jsonl``
+    the audit log (devpid/audit.py), one row per line, oldest first; optional (dumps of
+    older devpid versions have none and import with an empty log).
 ``MANIFEST.sha256``
     ``sha256sum`` lines for every other file, so ``sha256sum -c`` works too.
 
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from devpid import auth
+from devpid import audit, auth
 from devpid.model.indexes import IndexConfigError, check_bases
 from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
 from devpid.store import BlobStore, is_initialised, keys, open_store
@@ -42,6 +45,7 @@ from devpid.store.blobs import HEX64
 FORMAT = "devpid-dump"
 VERSION = 1
 JSON_NAME = "devpid-dump.json"
+AUDIT_NAME = "audit.jsonl"
 MANIFEST_NAME = "MANIFEST.sha256"
 BLOBS_DIR = "blobs"
 CHUNK = 1024 * 1024
@@ -203,6 +207,22 @@ def _write_dump_json(path: Path, snap: Snapshot) -> None:
         os.fsync(f.fileno())
 
 
+def _write_audit(serverdir: Path, path: Path) -> None:
+    """The audit log as JSON lines, read in pages (the log grows without bound)."""
+    with open(path, "w", encoding="utf-8") as f:
+        if (serverdir / audit.FILENAME).exists():
+            conn = audit.connect(serverdir, create=False)
+            try:
+                after = 0
+                while rows := audit.rows_after(conn, after, 5000):
+                    f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+                    after = rows[-1]["id"]
+            finally:
+                conn.close()
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @dataclass
 class ExportResult:
     target: Path
@@ -256,6 +276,8 @@ def export(
         progress.finish()
         _write_dump_json(tmp / JSON_NAME, snap)
         manifest.append((sha256_file(tmp / JSON_NAME), JSON_NAME))
+        _write_audit(serverdir, tmp / AUDIT_NAME)
+        manifest.append((sha256_file(tmp / AUDIT_NAME), AUDIT_NAME))
         with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
             f.writelines(f"{digest}  {rel}\n" for digest, rel in sorted(manifest, key=_by_path))
             f.flush()
@@ -287,6 +309,7 @@ class ImportPlan:
     blob_files: dict[str, Path] = field(default_factory=dict)
     blob_bytes: dict[str, bytes] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    audit_rows: list[audit.Row] = field(default_factory=list)
 
 
 def _read_manifest(dumpdir: Path) -> dict[str, str]:
@@ -346,6 +369,8 @@ def load_devpid_dump(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
 
     plan = ImportPlan(source=f"devpid dump {dumpdir} (serial {doc.get('serial')})",
                       entries=entries)
+    if AUDIT_NAME in listed:
+        plan.audit_rows = _read_audit(dumpdir / AUDIT_NAME, str(doc.get("source_uuid") or ""))
     for key, value in entries:
         for digest in keys.record_blobs(key, value):
             if not HEX64.fullmatch(digest):
@@ -355,6 +380,24 @@ def load_devpid_dump(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
                 raise DumpError(f"{key}: its blob {rel} is not in the dump")
             plan.blob_files[digest] = dumpdir / rel
     return plan
+
+
+def _read_audit(path: Path, source: str) -> list[audit.Row]:
+    """The dump's audit rows, checked, as the new server keeps them (origin: the source)."""
+    if not source:
+        raise DumpError(f"{JSON_NAME}: 'source_uuid' missing (needed for {AUDIT_NAME})")
+    rows: list[audit.Row] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DumpError(f"{AUDIT_NAME} line {lineno}: not valid JSON: {e}") from None
+            error = audit.check_row(row)
+            if error:
+                raise DumpError(f"{AUDIT_NAME} line {lineno}: {error}")
+            rows.append(audit.carried(row, source))
+    return rows
 
 
 # -- import: structural verification -----------------------------------------------------------
@@ -500,6 +543,11 @@ def write_plan(
             serial = store.serial
         finally:
             store.close()
+        conn = audit.connect(tmp)
+        try:
+            audit.append(conn, plan.audit_rows)
+        finally:
+            conn.close()
         shutil.rmtree(blobs.tmpdir, ignore_errors=True)
         if serverdir.exists():
             serverdir.rmdir()  # empty, as check_target made sure

@@ -63,6 +63,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             code, body = _request(base + "/+status")
+            if code == 401:  # the server restricts its status (--status-acl): log in
+                token = base64.b64encode(f"{args.user}:{_password(args)}".encode()).decode()
+                code, body = _request(base + "/+status",
+                                      headers={"Authorization": f"Basic {token}"})
             if code != 200 or not isinstance(body, dict):
                 print(f"devpid: {base}/+status answered {code}", file=sys.stderr)
                 return 1

@@ -65,6 +65,9 @@ _SERVER = [
      "login-failures"),
     ("login_throttled_total", "counter", "Password checks refused after repeated failures.",
      "login-throttled"),
+    ("audit_queued", "gauge", "Audit rows waiting for the writer thread.", "audit-queued"),
+    ("audit_dropped_total", "counter", "Audit rows dropped because the queue was full.",
+     "audit-dropped"),
 ]
 _MIRROR = [  # labelled with the mirror's stage
     ("mirror_upstream_consecutive_failures", "gauge", "Failed upstream requests in a row.",

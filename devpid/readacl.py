@@ -202,23 +202,54 @@ def known_reader(server: Any, request: Any, segments: list[bytes], stage: str) -
 
 
 def fast_readable(server: Any, request: Any, segments: list[bytes]) -> bool:
-    """For the fast door: a public index, or a private one ``known_reader`` lets through."""
+    """For the fast door: a public index, or a private one ``known_reader`` lets through
+    (and the status routes, with --status-acl, never: only their routes check who asks)."""
+    if segments[:1] and segments[0] in STATUS_PATHS and status_restricted(server):
+        return False
     stage = stage_of(segments)
     return stage is None or public(server, stage) or known_reader(
         server, request, segments, stage)
 
 
-async def require_read(server: Any, request: Any, stage: str) -> None:
-    """401 (with a Basic challenge, so pip and uv retry with credentials) when no
-    credentials came, 403 when they did but name someone who may not read ``stage``."""
+async def require(server: Any, request: Any, allowed: Callable[[str | None], bool],
+                  what: str) -> str | None:
+    """The caller, if ``allowed``; else 401 (with a Basic challenge, so pip, uv and curl
+    retry with credentials) when no credentials came, 403 when they did."""
     from devpid.web.errors import forbidden, unauthorized
 
-    user = await server.identify(request)
-    if may_read(server.index_config, user, stage):
-        return
+    user: str | None = await server.identify(request)
+    if allowed(user):
+        return user
     if user is None:
-        raise unauthorized(f"authentication required to read {stage}")
-    raise forbidden(f"user {user!r} may not read {stage}")
+        raise unauthorized(f"authentication required to {what}")
+    raise forbidden(f"user {user!r} may not {what}")
+
+
+async def require_read(server: Any, request: Any, stage: str) -> None:
+    """Refuse a caller who may not read ``stage`` (see ``require``)."""
+    await require(server, request, lambda user: may_read(server.index_config, user, stage),
+                  f"read {stage}")
+
+
+# -- the server's own status (--status-acl) ------------------------------------------------
+STATUS_PATHS = frozenset({b"+status", b"+metrics"})  # what reveals the server's internals
+
+
+def status_restricted(server: Any) -> bool:
+    return not acl_allows(server.settings.status_acl, None)
+
+
+def may_see_status(server: Any, user: str | None) -> bool:
+    """Root and the principals of ``--status-acl`` (also the web view's status card)."""
+    return user == "root" or acl_allows(server.settings.status_acl, user)
+
+
+async def require_status(server: Any, request: Any) -> str | None:
+    """``/+status`` and ``/+metrics``: refused to whoever may not see the status."""
+    if not status_restricted(server):
+        return None  # (the default: nothing to check, nobody to identify)
+    return await require(server, request, lambda user: may_see_status(server, user),
+                         "see the server's status")
 
 
 def gate(server: Any, request: Any, segments: list[bytes],

@@ -56,6 +56,7 @@ from twisted.web.resource import Resource
 from twisted.web.static import File, NoRangeStaticProducer
 from zope.interface import implementer
 
+from devpid.audit_feed import AuditPuller
 from devpid.store import keys
 from devpid.store.base import Changes
 from devpid.store.blobs import HEX64
@@ -510,6 +511,7 @@ class ReplicaFollower(service.Service):
         self._running = False
         self._waiters: list[tuple[int, Deferred[bool]]] = []
         self.store.add_commit_listener(self._committed)
+        self.audit = AuditPuller(self)  # the primary's audit rows (devpid/audit_feed.py)
 
     # -- service ------------------------------------------------------------------------
     def startService(self) -> None:
@@ -520,6 +522,7 @@ class ReplicaFollower(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._running = False
+        self.audit.stop()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
@@ -547,6 +550,8 @@ class ReplicaFollower(service.Service):
                 "last-error-time": self.last_error_time,
                 "refused": self.refused,
                 "polls": self.polls,
+                "audit-rows-pulled": self.audit.pulled,
+                "audit-last-error": self.audit.last_error,
             },
         }
 
@@ -663,6 +668,7 @@ class ReplicaFollower(service.Service):
                     queue.put(line)
                 else:
                     self._healthy()  # a heartbeat: the primary is alive and we are caught up
+                    self.audit.wake()
 
         reader = _BodyReader(self.clock, IDLE_TIMEOUT, on_data)
         reader.done.addBoth(lambda r: queue.put(_End(r if isinstance(r, Failure) else None)))
@@ -675,6 +681,7 @@ class ReplicaFollower(service.Service):
                         item.reason.raiseException()
                     if buffer.strip():
                         raise ReplicationError("changelog ended in the middle of a line")
+                    self.audit.wake()
                     return
                 await self._apply_line(item)
         finally:
@@ -731,6 +738,8 @@ class ReplicaFollower(service.Service):
         if self.primary_serial is None or serial > self.primary_serial:
             self.primary_serial = serial
         self._healthy()
+        if serial >= self.primary_serial:
+            self.audit.wake()  # caught up; the write's row follows its serial (a heartbeat)
 
     def _healthy(self) -> None:
         """Proof of a working stream (an applied serial, a heartbeat): clear error state."""

@@ -107,6 +107,9 @@ class Options(usage.Options):
         ["restrict-modify", None, None,
          "comma-separated users who may create users and indexes (default: anyone may "
          "register and create own indexes); root always may"],
+        ["status-acl", None, ":ANONYMOUS:",
+         "comma-separated users, or :AUTHENTICATED:, who may see /+status and /+metrics "
+         "(default :ANONYMOUS:, everyone); root always may"],
         ["header-timeout", None, 10.0,
          "seconds a client may take to send a request's head (else 408 and close)", float],
         ["idle-timeout", None, 60.0,
@@ -118,6 +121,9 @@ class Options(usage.Options):
         ["init", None, "initialise the server directory if it is new"],
         ["offline-mode", None, "never contact upstream indexes; serve only cached files"],
         ["no-root-pypi", None, "with --init: do not create the root/pypi mirror"],
+        ["public-emails", None,
+         "show users' emails in listings to everyone, as devpi-server does (default: only "
+         "to the user and root)"],
         ["allow-private-addresses", None,
          "let mirrors and webhooks connect to loopback, link-local and private addresses"],
     ]
@@ -159,6 +165,9 @@ class Options(usage.Options):
         if self["restrict-modify"] is not None:
             self["restrict-modify"] = _comma_list(self["restrict-modify"])
         self["trusted-proxy"] = _comma_list(self["trusted-proxy"])
+        self["status-acl"] = _comma_list(self["status-acl"])
+        if not self["status-acl"]:
+            raise usage.UsageError("--status-acl needs at least one user or :AUTHENTICATED:")
         try:
             parse_networks(self["trusted-proxy"])
         except ValueError as e:
@@ -287,9 +296,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         gc_grace=options["gc-grace"],
         event_retry_horizon=options["event-retry-horizon"],
         allow_private_addresses=bool(options["allow-private-addresses"]),
+        public_emails=bool(options["public-emails"]),
         mirror_file_hosts=options["mirror-file-hosts"],
         mirror_admins=options["mirror-admins"],
         restrict_modify=options["restrict-modify"],
+        status_acl=options["status-acl"],
         max_login_failures=options["max-login-failures"],
         body_timeout=options["body-timeout"],
         trusted_proxies=options["trusted-proxy"],

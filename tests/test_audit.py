@@ -13,6 +13,7 @@ import requests
 from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_wheel
 from tests.test_private_index import make_index, make_user
+from tests.test_replication import wait_for
 
 
 def audit(server: Devpid, env: dict[str, str], *args: str) -> list[dict[str, object]]:
@@ -32,7 +33,8 @@ def test_writes_are_audited_with_who_where_what_and_serial(devpid_server: Devpid
     assert devpid_server.json("DELETE", f"/{stage}/{project}/1.0", auth=owner).ok
     refused = devpid_server.json("DELETE", f"/{stage}", auth=make_user(devpid_server))
     assert refused.status_code == 403
-    mine = audit(devpid_server, env, "--user", owner[0])
+    mine = wait_for(lambda: len(audit(devpid_server, env, "--user", owner[0])) >= 3 and
+                    audit(devpid_server, env, "--user", owner[0]), what="audit rows")
     what = [(e["method"], e["path"], e["code"]) for e in mine]
     assert what == [("PUT", f"/{stage}", 200), ("POST", f"/{stage}/", 200),
                     ("DELETE", f"/{stage}/{project}/1.0", 200)], what
@@ -40,8 +42,8 @@ def test_writes_are_audited_with_who_where_what_and_serial(devpid_server: Devpid
     assert mine[0]["serial"] < mine[1]["serial"] < mine[2]["serial"]
     everyone = audit(devpid_server, env, "--since-serial", str(mine[0]["serial"]))
     assert ("PUT", f"/{owner[0]}") not in [(e["method"], e["path"]) for e in everyone]
-    assert any(e["path"] == f"/{stage}" and e["code"] == 403 for e in
-               audit(devpid_server, env, "--limit", "20"))
+    assert wait_for(lambda: any(e["path"] == f"/{stage}" and e["code"] == 403 for e in
+                                audit(devpid_server, env, "--limit", "20")))
     text = run([tool("devpid"), "audit", "--serverdir", str(devpid_server.serverdir),
                 "--user", owner[0]], env).stdout
     assert f"{owner[0]} 127.0.0.1 DELETE /{stage}/{project}/1.0 200 serial=" in text

@@ -19,7 +19,14 @@ import pytest
 import requests
 
 from devpid import auth
-from devpid.dump import JSON_NAME, MANIFEST_NAME, Progress, blob_relpath, iter_blob_digests
+from devpid.dump import (
+    AUDIT_NAME,
+    JSON_NAME,
+    MANIFEST_NAME,
+    Progress,
+    blob_relpath,
+    iter_blob_digests,
+)
 from devpid.store import keys, open_store
 from tests.conftest import ROOT_PASSWORD, init_serverdir, run, tool
 from tests.support.pkgbuild import make_wheel
@@ -150,7 +157,7 @@ def test_round_trip_is_identical_and_logins_work(
     digests = iter_blob_digests(entries)
     assert len(digests) == 8  # 4 wheels, 3 metadata files, 1 doc; never-cached one skipped
     listed = {line.split("  ")[1] for line in (dump / MANIFEST_NAME).read_text().splitlines()}
-    assert listed == {JSON_NAME} | {blob_relpath(d) for d in digests}
+    assert listed == {JSON_NAME, AUDIT_NAME} | {blob_relpath(d) for d in digests}
 
     target = tmp_path / "imported"
     proc = devpid("import", "--serverdir", str(target), str(dump), "--bcrypt-rounds", "4")

@@ -77,9 +77,12 @@ class Settings:
     max_connections: int = 4096  # open client connections per process (see connections.py)
     # Security (README "Security"): see devpid/netpolicy.py and devpid/auth.py.
     allow_private_addresses: bool = False  # mirrors/webhooks may connect to loopback etc.
+    public_emails: bool = False  # devpi's way: every visitor sees every user's email
     mirror_file_hosts: list[str] = field(default_factory=list)  # extra hosts for mirror files
     mirror_admins: list[str] = field(default_factory=lambda: ["root"])  # may set mirror_url
     restrict_modify: list[str] | None = None  # who may create users and indexes (None: all)
+    # who may see /+status and /+metrics besides root (devpid.readacl.require_status)
+    status_acl: list[str] = field(default_factory=lambda: [":ANONYMOUS:"])
     max_login_failures: int = 10  # per user and minute before password checks get 429
     body_timeout: float = 60.0  # seconds (plus size / 64 KiB/s) a request body may take
     # Peers whose Host, X-Outside-Url and X-Real-IP are believed (see devpid/proxies.py).
@@ -712,5 +715,7 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site.counters = server.request_counters
     from devpid.audit import AuditLog
 
-    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies)
+    site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies, server.reactor)
+    server.components["audit"] = site.audit
+    server.status_providers.append(site.audit.status)
     return site

@@ -9,7 +9,7 @@ import devpid
 from devpid import metrics as prometheus
 from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
 from devpid.model.names import validate_user_or_index_name
-from devpid.readacl import may_read
+from devpid.readacl import may_read, require_status
 from devpid.redact import may_see_secrets, redact_config, scrub
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
@@ -111,6 +111,7 @@ def status_result(server: DevpidServer) -> dict[str, Any]:
 
 @app.route("/+status", methods=["GET"])
 async def status(server: DevpidServer, request: Any) -> bytes:
+    await require_status(server, request)
     result = status_result(server)
     if await _identify_lenient(server, request) != "root":
         result = scrub(result)  # upstream and webhook errors may name credentials
@@ -118,8 +119,9 @@ async def status(server: DevpidServer, request: Any) -> bytes:
 
 
 @app.route("/+metrics", methods=["GET"])
-def metrics(server: DevpidServer, request: Any) -> bytes:
+async def metrics(server: DevpidServer, request: Any) -> bytes:
     """Prometheus text: the status as gauges, plus request counters (see devpid/metrics.py)."""
+    await require_status(server, request)
     request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
     request.setHeader(b"Cache-Control", b"no-store")
     return prometheus.render(status_result(server), server.request_counters)
@@ -129,10 +131,13 @@ def metrics(server: DevpidServer, request: Any) -> bytes:
 def public_user(
     server: DevpidServer, name: str, record: dict[str, Any], viewer: str | None = "root"
 ) -> dict[str, Any]:
-    """A user as shown; index credentials only to the owner and root (devpid/redact.py)."""
+    """A user as shown; the email and index credentials only to the user and root
+    (devpid/redact.py): a listing must not hand out everyone's address."""
     out = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
     out["username"] = name
     secrets_ok = may_see_secrets(viewer, name)
+    if not secrets_ok and not server.settings.public_emails:
+        out.pop("email", None)
     out["indexes"] = {
         key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
         for key, config in server.store.items(f"index/{name}/")

@@ -19,10 +19,11 @@ from pathlib import Path
 from devpid import DEVPI_SERVER_COMPAT as COMPAT_VERSION
 
 BIN = Path(sys.executable).parent
-#: devpi-server's policy, which the suite assumes: every user may create mirrors, and its
-#: upstreams are on loopback (devpid refuses both by default).
+#: devpi-server's policy, which the suite assumes: every user may create mirrors, its
+#: upstreams are on loopback and every visitor sees users' emails (devpid refuses all three
+#: by default).
 DEVPI_POLICY = ("--mirror-admins", ":AUTHENTICATED:", "--allow-private-addresses",
-                "--max-login-failures", "0")
+                "--max-login-failures", "0", "--public-emails")
 
 
 def devpi_init(argv: list[str]) -> int:

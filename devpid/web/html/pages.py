@@ -20,6 +20,8 @@ from devpid.links import (
     version_key,
 )
 from devpid.model.names import normalize_name
+from devpid.readacl import may_see_status
+from devpid.redact import may_see_secrets
 from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
@@ -200,8 +202,10 @@ async def home(server: DevpidServer, request: Any) -> bytes:
     ]
     if stage:
         body.append(f'<div class="card">{installer_snippets(base, stage)}</div>')
-    body.append(f'<h2>Status</h2><div class="card">{status_summary(server, base, indexes, who)}'
-                f"</div><h2>Indexes</h2>{index_table(base, indexes)}")
+    if may_see_status(server, who):  # upstreams and replicas are internals (--status-acl)
+        body.append(f'<h2>Status</h2><div class="card">'
+                    f"{status_summary(server, base, indexes, who)}</div>")
+    body.append(f"<h2>Indexes</h2>{index_table(base, indexes)}")
     return send(request, page(base, "devpid", join(body), serial=server.store.serial))
 
 
@@ -216,7 +220,9 @@ async def user_page(server: DevpidServer, request: Any, user: str) -> bytes:
         raise not_found(f"user '{user}' does not exist")
     who = await viewer(server, request)
     indexes = readable_indexes(server, who, f"index/{user}/")
-    details = kv([("title", record.get("title")), ("email", record.get("email")),
+    shown = server.settings.public_emails or may_see_secrets(who, user)  # self, root
+    email = record.get("email") if shown else None
+    details = kv([("title", record.get("title")), ("email", email),
                   ("description", record.get("description")),
                   ("created", record.get("created"))])
     body = join([f"<h1>{e(user)}</h1>", f'<div class="card">{details}</div>',
@@ -569,7 +575,8 @@ async def search_page(server: DevpidServer, request: Any) -> bytes:
     hits = []
     if query:
         try:
-            hits = [h for h in await index.query(query) if h.stage in readable]
+            hits = [h for h in await index.query(query, sorted(readable))
+                    if h.stage in readable]
         except SearchUnavailable as e_:
             error = str(e_)
     if choice == VIEW_JSON:

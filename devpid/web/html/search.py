@@ -10,6 +10,7 @@ queries then read a few rows of the FTS index instead of scanning the list.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import threading
@@ -217,19 +218,26 @@ class SearchDB:
                 raise
 
     # -- queries ------------------------------------------------------------------------------
-    def query(self, text: str, limit: int = MAX_RESULTS) -> list[Hit]:
+    def query(self, text: str, stages: list[str] | None = None,
+              limit: int = MAX_RESULTS) -> list[Hit]:
+        """The best hits in ``stages`` (the caller's readable indexes; None: all): filtered
+        in SQL before the limit, so hits the caller may not read never crowd out others."""
         match = fts_query(text)
         if match is None:
             return []
         wanted = "-".join(_TOKEN.findall(text.lower()))
+        readable = None if stages is None else json.dumps(stages)
         with self.read_lock:
             conn = self.reader()
             private = conn.execute(
-                "SELECT name, stage, version, summary FROM private WHERE private MATCH ? "
-                "ORDER BY bm25(private, 10.0, 3.0, 1.0) LIMIT ?", (match, limit * 4)).fetchall()
+                "SELECT name, stage, version, summary FROM private WHERE private MATCH ?3 "
+                "AND (?1 IS NULL OR stage IN (SELECT value FROM json_each(?1))) "
+                "ORDER BY bm25(private, 10.0, 3.0, 1.0) LIMIT ?2",
+                (readable, limit * 4, match)).fetchall()
             mirrored = conn.execute(
-                "SELECT name, stage FROM names WHERE names MATCH ? ORDER BY rank LIMIT ?",
-                (match, limit * 4)).fetchall()
+                "SELECT name, stage FROM names WHERE names MATCH ?3 "
+                "AND (?1 IS NULL OR stage IN (SELECT value FROM json_each(?1))) "
+                "ORDER BY rank LIMIT ?2", (readable, limit * 4, match)).fetchall()
         hits = [Hit(n, s, v, su) for n, s, v, su in private]
         hits += [Hit(n, s, mirror=True) for n, s in mirrored]
         # an exact name first, then private projects, then the mirrors' names (stable order)
@@ -294,9 +302,9 @@ class Search:
 
         self.server.in_thread(self.db.index_list, stage, names_text).addBoth(finished)
 
-    async def query(self, text: str) -> list[Hit]:
+    async def query(self, text: str, stages: list[str]) -> list[Hit]:
         await self.current()
-        result: list[Hit] = await self.server.in_thread(self.db.query, text)
+        result: list[Hit] = await self.server.in_thread(self.db.query, text, stages)
         return result
 
 
