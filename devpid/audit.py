@@ -62,6 +62,10 @@ class AuditLog:
         except Exception:
             log.failure("could not record {uri} in the audit log", uri=request.uri)
 
+    def close(self) -> None:
+        """At shutdown, after the last request was recorded (devpid.node's LogsService)."""
+        self.conn.close()
+
 
 def query(serverdir: Path, *, user: str | None = None, since_serial: int | None = None,
           limit: int = 100) -> list[dict[str, Any]]:

@@ -65,15 +65,7 @@ def stage_of(segments: list[bytes]) -> str | None:
 
 def public(server: Any, stage: str) -> bool:
     """Whether anyone may read ``stage`` (remembered until an index config changes)."""
-    known: dict[str, bool] | None = server.components.get("public_stages")
-    if known is None:
-        known = server.components["public_stages"] = {}
-
-        def listener(serial: int, changes: dict[str, Any]) -> None:
-            if any(key.startswith("index/") for key in changes):
-                known.clear()
-
-        server.store.add_commit_listener(listener)
+    known = server.public_stages
     answer = known.get(stage)
     if answer is None:
         answer = may_read(server.index_config, None, stage)
