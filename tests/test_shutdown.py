@@ -101,3 +101,38 @@ def test_sigterm_with_workers_lets_slow_requests_finish(
         time.sleep(0.02)
     results = _sigterm_during_slow_pages(server, slow_upstream)
     _assert_clean(server, results)
+
+
+def test_ordered_services_stop_one_after_another() -> None:
+    """Pure logic: the next (earlier) child stops only once the later one's stop finished,
+    and a failing stop does not keep the store from closing."""
+    from twisted.application import service
+    from twisted.internet.defer import Deferred
+
+    from devpid.node import OrderedServices
+
+    events: list[str] = []
+    pending: Deferred[None] = Deferred()
+
+    class Child(service.Service):
+        def __init__(self, name: str, result: Any = None) -> None:
+            self.setName(name)
+            self.result = result
+
+        def stopService(self) -> Any:
+            super().stopService()
+            events.append(self.name)
+            if isinstance(self.result, Exception):
+                raise self.result
+            return self.result
+
+    root = OrderedServices()
+    for child in (Child("store"), Child("loops", RuntimeError("boom")),
+                  Child("drain", pending), Child("site")):
+        child.setServiceParent(root)
+    root.startService()
+    done = root.stopService()
+    assert events == ["site", "drain"]  # the store waits for the drain
+    pending.callback(None)
+    assert events == ["site", "drain", "loops", "store"]
+    assert done.called
