@@ -161,6 +161,15 @@ class TokenSigner:
             and hmac.compare_digest(str(payload.get("f")), self.fingerprint(pwhash))
         )
 
+    def expires(self, token: str) -> float | None:
+        """The expiry (epoch seconds) written in a token ``verify`` accepted."""
+        try:
+            payload = json.loads(_unb64(token[len(self.PREFIX):].split(".")[0]))
+        except (ValueError, TypeError, IndexError):
+            return None
+        e = payload.get("e") if isinstance(payload, dict) else None
+        return float(e) if isinstance(e, int) else None
+
     def sign(self, data: bytes) -> str:
         """A plain HMAC of ``data`` (replication requests, short-lived capability URLs)."""
         return _b64(hmac.new(self._key, data, hashlib.sha256).digest())

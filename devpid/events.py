@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -179,9 +180,10 @@ class EventService(service.Service):
         for name, runner in self.runners.items():
             if hook is not None and name != hook:
                 continue
-            chosen = [n for n in runner.failed if serials is None or n in serials]
-            new = [n for n in chosen if n not in runner.retry_queue]
-            runner.retry_queue.extend(new)
+            wanted = None if serials is None else set(serials)
+            queued_already = set(runner.retry_queue)
+            chosen = [n for n in runner.failed if wanted is None or n in wanted]
+            runner.retry_queue.extend(n for n in chosen if n not in queued_already)
             if chosen:
                 queued[name] = chosen
             runner.wake()
@@ -247,7 +249,7 @@ class _HookRunner:
         self.done = -1
         self.last_error: str | None = None
         self.failed: list[int] = []  # serials given up on (persisted)
-        self.retry_queue: list[int] = []  # failed serials to deliver again (on request)
+        self.retry_queue: deque[int] = deque()  # failed serials to deliver again (on request)
         self._running = False
         self._loop: Deferred[None] | None = None
         self._wakeup: Deferred[None] | None = None
@@ -330,7 +332,7 @@ class _HookRunner:
         """Deliver a failed serial again, as asked; it stays failed if this fails too."""
         ok = await self._deliver(serial, await self._changes(serial), None)
         if self.retry_queue and self.retry_queue[0] == serial:
-            self.retry_queue.pop(0)
+            self.retry_queue.popleft()
         if ok:
             self.failed = [n for n in self.failed if n != serial]
             log.info("hook {hook} delivered failed serial {serial} on retry",

@@ -8,12 +8,17 @@ an index whose base you cannot read serves nothing of that base to you.
 The gate sits in the root resource before the fast paths, the web view and Klein: any
 request under ``/USER/INDEX/...`` (or ``/+html/USER/INDEX/...``) whose chain is not
 anonymously readable skips the fast paths and caches and is checked after authentication.
-Fast paths only ever answer for chains that anyone may read, so an answer cached for one
-caller can never reach another who may not read it.
+Fast paths answer for chains that anyone may read, and for private chains only when the
+request's credentials are ones the full route verified moments ago (``KnownCredentials``)
+and their user may read the chain: an answer cached for one caller never reaches another
+who may not read it, and a private index's cached page costs about what a public one does.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,10 +80,124 @@ def public(server: Any, stage: str) -> bool:
     return answer
 
 
-def public_path(server: Any, segments: list[bytes]) -> bool:
-    """For fast paths: whether the request's index (if any) is readable by anyone."""
+class KnownCredentials:
+    """Credentials the full route verified recently, and whom they name.
+
+    Keyed by a keyed BLAKE2b digest of the raw credential header (no secret is kept in
+    the clear; one C call, a third of an HMAC's cost on this hot path). An entry
+    lives ``TTL`` seconds at most, never past its token's expiry, and every commit that
+    touches a user or token record (a password change, a deletion, a revocation, in this
+    process or another) forgets them all, so the full route decides again at once.
+    """
+
+    TTL = 60.0
+    MAX = 10_000
+
+    def __init__(self, store: Any, secret: bytes, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self._key = hashlib.sha256(b"devpid-known-credentials\0" + secret).digest()[:32]
+        self._clock = clock
+        self._known: OrderedDict[bytes, tuple[str, dict[str, Any] | None, float]] = (
+            OrderedDict())
+        store.add_commit_listener(self._changed)
+
+    def _changed(self, serial: int, changes: Mapping[str, Any]) -> None:
+        if any(key.startswith(("user/", "token/")) for key in changes):
+            self._known.clear()
+
+    def _id(self, raw: bytes) -> bytes:
+        return hashlib.blake2b(raw, key=self._key, digest_size=16).digest()
+
+    def remember(self, raw: bytes, user: str, token: dict[str, Any] | None,
+                 until: float | None = None) -> None:
+        """``raw`` (the credential header's value) was verified for ``user``; ``token`` is
+        the scoped token record it used, ``until`` the wall-clock expiry of its secret."""
+        expires = self._clock() + self.TTL
+        if until is not None:
+            expires = min(expires, until)
+        self._known[self._id(raw)] = (user, token, expires)
+        while len(self._known) > self.MAX:
+            self._known.popitem(last=False)
+
+    def recall(self, raw: bytes) -> tuple[str, dict[str, Any] | None] | None:
+        key = self._id(raw)
+        entry = self._known.get(key)
+        if entry is None:
+            return None
+        if entry[2] <= self._clock():
+            del self._known[key]
+            return None
+        return entry[0], entry[1]
+
+
+def credential_header(request: Any) -> bytes | None:
+    """The raw credentials a request carries (devpi's X-Devpi-Auth, else HTTP Basic)."""
+    headers = request.requestHeaders
+    raw = headers.getRawHeaders(b"x-devpi-auth")
+    if raw:
+        return b"devpi " + raw[0].strip()
+    raw = headers.getRawHeaders(b"authorization")
+    if raw and raw[0][:6].lower() == b"basic ":
+        return b"basic " + raw[0][6:].strip()
+    return None
+
+
+def readable(server: Any, user: str, stage: str) -> bool:
+    """``may_read`` remembered per (user, stage) until an index config changes."""
+    known: dict[tuple[str, str], bool] | None = server.components.get("readable_stages")
+    if known is None:
+        known = server.components["readable_stages"] = {}
+
+        def listener(serial: int, changes: dict[str, Any]) -> None:
+            if any(key.startswith("index/") for key in changes):
+                known.clear()
+
+        server.store.add_commit_listener(listener)
+    answer = known.get((user, stage))
+    if answer is None:
+        answer = may_read(server.index_config, user, stage)
+        if len(known) > 10_000:
+            known.clear()
+        known[(user, stage)] = answer
+    return answer
+
+
+def known_reader(server: Any, request: Any, segments: list[bytes], stage: str) -> bool:
+    """Whether a read of private ``stage`` may be answered at once: its credentials were
+    verified recently (``server.known_credentials``), the user may read the chain, and a
+    scoped token's scope covers the request. False sends it through ``require_read``."""
+    if request.method not in (b"GET", b"HEAD"):
+        return False
+    raw = credential_header(request)
+    if raw is None:
+        return False
+    found = server.known_credentials.recall(raw)
+    if found is None:
+        return False
+    user, token = found
+    if token is not None:
+        from devpid.tokens import check_scope
+        from devpid.web.errors import HTTPError
+
+        try:
+            check_scope(token, request.method, segments, stage)
+        except HTTPError:
+            return False
+    if not readable(server, user, stage):
+        return False
+    request.devpid_identity = user
+    request.devpid_token = token
+    request.devpid_segments = segments
+    request.setHeader(b"X-Accel-Expires", b"0")
+    request.devpid_private = True
+    return True
+
+
+def fast_readable(server: Any, request: Any, segments: list[bytes]) -> bool:
+    """For the fast door: a public index, or a private one ``known_reader`` lets through."""
     stage = stage_of(segments)
-    return stage is None or public(server, stage)
+    return stage is None or public(server, stage) or known_reader(
+        server, request, segments, stage)
 
 
 async def require_read(server: Any, request: Any, stage: str) -> None:
@@ -99,7 +218,7 @@ def gate(server: Any, request: Any, segments: list[bytes],
     """``proceed()`` now for public indexes, else after ``require_read`` allowed it."""
     request.devpid_segments = segments  # what a scoped token is checked against
     stage = stage_of(segments)
-    if stage is None or public(server, stage):
+    if stage is None or public(server, stage) or known_reader(server, request, segments, stage):
         return proceed()
     # Not for shared caches: nginx's micro-cache honours X-Accel-Expires (genconfig.py).
     request.setHeader(b"X-Accel-Expires", b"0")

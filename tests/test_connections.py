@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devpid.web.connections import FD_RESERVE, FDS_PER_CONNECTION, fd_budget
+from devpid.web.connections import FD_RESERVE, FDS_PER_CONNECTION, ConnectionLimit, fd_budget
 from tests.conftest import Devpid, init_serverdir
 from tests.support.pkgbuild import make_wheel
 from tests.test_fastchannel import read_response
@@ -254,3 +254,33 @@ def test_systemd_unit_raises_the_open_file_limit(tmp_path: Path) -> None:
     parser.read_string(render(_options(tmp_path))["devpid.service"])
     need = Settings(serverdir=tmp_path).max_connections * FDS_PER_CONNECTION + FD_RESERVE
     assert int(parser["Service"]["LimitNOFILE"]) >= need
+
+
+class _Transport:
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _Channel:
+    def __init__(self, since: float | None) -> None:
+        self.devpid_waiting_since = since
+        self.transport = _Transport()
+
+
+def test_at_the_limit_one_scan_drops_the_longest_waiting_batch() -> None:
+    limit = ConnectionLimit(500)
+    busy = [_Channel(None) for _ in range(300)]
+    waiting = [_Channel(float(t)) for t in range(200, 0, -1)]  # the last waited longest
+    for channel in busy + waiting:
+        limit.opened(channel)
+    assert limit.make_room()
+    dropped = [c for c in busy + waiting if c.transport.aborted]
+    assert dropped == waiting[-5:]  # 1% of the limit, oldest first, never a busy one
+    assert len(limit.open) == 495 and limit.evicted == 5
+    for _ in range(5):  # room again without scanning
+        limit.opened(_Channel(None))
+    for channel in waiting[:-5]:
+        channel.devpid_waiting_since = None  # every connection has a request in progress
+    assert not limit.make_room() and limit.refused == 1  # all busy: 503

@@ -35,6 +35,7 @@ import devpid
 from devpid import auth
 from devpid.metrics import RequestCounters
 from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
+from devpid.readacl import KnownCredentials, credential_header
 from devpid.store import keys
 from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
@@ -139,6 +140,7 @@ class DevpidServer:
 
         # bcrypt in its own bounded pool (started by the process's service tree)
         self.passwords = PasswordChecker(reactor, self.verified, settings.max_login_failures)
+        self.known_credentials = KnownCredentials(store, secret)
         self.secret = secret
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.started = time.time()
@@ -193,6 +195,13 @@ class DevpidServer:
             return cached if isinstance(cached, str) else None
         user = await self._identify(request)
         request.devpid_identity = user
+        if user is not None and request.method in (b"GET", b"HEAD"):
+            raw = credential_header(request)
+            if raw is not None:  # the fast paths may trust these for a while (readacl.py)
+                token = getattr(request, "devpid_token", None)
+                until = token.get("expires") if token else getattr(
+                    request, "devpid_secret_expires", None)
+                self.known_credentials.remember(raw, user, token, until)
         return user
 
     async def _identify(self, request: Any) -> str | None:
@@ -229,6 +238,7 @@ class DevpidServer:
             return name
         if self.tokens.looks_like_token(secret):
             if self.tokens.verify(secret, name, pwhash):
+                request.devpid_secret_expires = self.tokens.expires(secret)
                 return name
             raise HTTPError(
                 401,

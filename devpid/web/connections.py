@@ -18,6 +18,7 @@ The header and keep-alive timeouts that close waiting connections are the channe
 
 from __future__ import annotations
 
+import heapq
 import json
 import resource
 from typing import Any
@@ -84,6 +85,9 @@ class Refused(protocol.Protocol):
         transport.loseConnection()
 
 
+EVICT_BATCH = 64
+
+
 class ConnectionLimit:
     """The open connections of one site (per process: with ``--workers N``, per worker).
 
@@ -99,24 +103,28 @@ class ConnectionLimit:
         self.evicted = 0
 
     def make_room(self) -> bool:
-        """Whether a new connection may be served (evicting a waiting one if needed)."""
+        """Whether a new connection may be served (evicting waiting ones if needed).
+
+        At the limit, one scan finds the longest-waiting connections and drops up to
+        ``EVICT_BATCH`` of them (1% of the limit, at least one): a flood of new connections
+        costs one scan per batch, not one per connection.
+        """
         if len(self.open) < self.limit:
             return True
-        victim = None
-        oldest = float("inf")
-        for channel in self.open:
-            since = channel.devpid_waiting_since
-            if since is not None and since < oldest:
-                victim, oldest = channel, since
-        if victim is None:
+        batch = max(1, min(EVICT_BATCH, self.limit // 100))
+        waiting = ((since, n, channel) for n, channel in enumerate(self.open)
+                   if (since := channel.devpid_waiting_since) is not None)
+        victims = heapq.nsmallest(batch, waiting)
+        if not victims:
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
                 log.warn("{limit} connections are busy: refused {count} with 503 so far",
                          limit=self.limit, count=self.refused)
             return False
-        self.evicted += 1
-        del self.open[victim]
-        victim.transport.abortConnection()
+        for _, _, victim in victims:
+            self.evicted += 1
+            del self.open[victim]
+            victim.transport.abortConnection()
         return True
 
     def opened(self, channel: Any) -> None:

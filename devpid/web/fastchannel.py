@@ -32,7 +32,7 @@ from twisted.web import http
 from twisted.web.http import datetimeToString, unquote
 from twisted.web.server import NOT_DONE_YET, version
 
-from devpid.readacl import public_path
+from devpid.readacl import fast_readable
 from devpid.web.errors import HTTPError
 
 # A fast path: (server, request, decoded path segments) -> None (decline), bytes (the body),
@@ -413,8 +413,8 @@ class FastAnswer:
         if b"?" in path or b"#" in path or not path.startswith(b"/"):
             return False
         decoded = self.prepare(request, [unquote(s) for s in path[1:].split(b"/")])
-        if isinstance(decoded, HTTPError) or not public_path(self.server, decoded):
-            return False  # private indexes are read-checked by twisted.web's route
+        if isinstance(decoded, HTTPError) or not fast_readable(self.server, request, decoded):
+            return False  # private indexes without known credentials: twisted.web's route
         channel = request.channel
         for fast_path in self.fast_paths:
             result = fast_path(self.server, request, decoded)
