@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
-class CommitClearedDict(dict[str, V]):
+class CommitClearedDict(dict[K, V]):
     """A dict emptied by any commit that changes a key starting with one of ``prefixes``."""
 
     def __init__(self, store: Any, prefixes: tuple[str, ...]) -> None:

@@ -247,6 +247,7 @@ def build_node(
     server.description_cache = DescriptionCache()
     server.stored_paths = stored_paths(store)
     server.public_stages = CommitClearedDict(store, ("index/",))
+    server.readable_stages = CommitClearedDict(store, ("index/",))
     server.replica_nonces = NonceGuard()
     server.replica_feed = PrimaryFeed(server)
     server.web_search = Search(server)

@@ -113,8 +113,9 @@ class DevpidServer:
     page_cache: PageCache
     description_cache: DescriptionCache
     web_search: Search
-    stored_paths: CommitClearedDict[tuple[str, str]]  # URL path -> (sha256, file name)
-    public_stages: CommitClearedDict[bool]  # stage -> whether anyone may read it
+    stored_paths: CommitClearedDict[str, tuple[str, str]]  # URL path -> (sha256, file name)
+    public_stages: CommitClearedDict[str, bool]  # stage -> whether anyone may read it
+    readable_stages: CommitClearedDict[tuple[str, str], bool]  # (user, stage) -> may read
     replica_feed: PrimaryFeed
     replica_nonces: NonceGuard
     index_get_hooks: tuple[IndexHook, ...]  # GET /USER/INDEX as the simple project list

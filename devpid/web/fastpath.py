@@ -107,7 +107,7 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     return hit
 
 
-def stored_paths(store: Any) -> CommitClearedDict[tuple[str, str]]:
+def stored_paths(store: Any) -> CommitClearedDict[str, tuple[str, str]]:
     """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
     (an upload, a delete, a mirror file cached) or an index config, in this process or another
     (--workers)."""
