@@ -128,8 +128,9 @@ class DrainService(service.Service):
     """On stop (after the site stopped listening): ends held-open changelog streams, closes
     idle connections and waits, at most ``grace`` seconds, for requests in progress."""
 
-    def __init__(self, reactor: Any, site: DevpidSite, feed: PrimaryFeed,
+    def __init__(self, reactor: Any, site: DevpidSite, feed: PrimaryFeed, who: str,
                  grace: float = SHUTDOWN_GRACE) -> None:
+        self.who = who  # "main process" or "worker N", for the log
         self.reactor = reactor
         self.site = site
         self.feed = feed
@@ -155,15 +156,16 @@ class DrainService(service.Service):
         told = False
         while busy := self._busy():
             if self.reactor.seconds() >= deadline:
-                log.warn("stopping: {count} request(s) in progress after {grace}s; "
-                         "closing their connections", count=len(busy), grace=self.grace)
+                log.warn("stopping {who}: {count} request(s) in progress after {grace}s; "
+                         "closing their connections", who=self.who, count=len(busy),
+                         grace=self.grace)
                 for channel in busy:
                     channel.transport.abortConnection()
                 return
             if not told:
                 told = True
-                log.info("stopping: waiting for {count} request(s) in progress "
-                         "(at most {grace}s)", count=len(busy), grace=self.grace)
+                log.info("stopping {who}: waiting for {count} request(s) in progress "
+                         "(at most {grace}s)", who=self.who, count=len(busy), grace=self.grace)
             await deferLater(self.reactor, DRAIN_POLL, lambda: None)
 
 
@@ -294,7 +296,8 @@ def build_node(
     if shared:
         workers.ExternalCommits(store).setServiceParent(root)
     loops.setServiceParent(root)
-    drain = DrainService(reactor, site, server.replica_feed)
+    who = f"worker {worker_index}" if role == "worker" else "main process"
+    drain = DrainService(reactor, site, server.replica_feed, who)
     drain.setServiceParent(root)
     node = Node(role, server, site, root, mirror=mirror_service, drain=drain,
                 mirror_cache=node_cache, replica=node_replica, events=node_events, gc=node_gc)
