@@ -24,8 +24,7 @@ class AccessLog:
         self.lines: list[str] = []
         self._pending: Any = None
         self._second = -1
-        self._stamp = ""
-        reactor.addSystemEventTrigger("before", "shutdown", self.flush)
+        self._stamp = ""  # flushed last at shutdown by devpid.node's LogsService
 
     def _timestamp(self, now: float) -> str:
         second = int(now)

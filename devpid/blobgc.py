@@ -290,7 +290,7 @@ class BlobGCService(service.Service):
         }
 
 
-def build(server: Any) -> list[service.Service]:
+def build(server: Any) -> BlobGCService:
     """The sweeping service of a server process that owns its blobs (not a worker)."""
     settings = server.settings
     db = settings.serverdir / DB_NAME
@@ -304,9 +304,6 @@ def build(server: Any) -> list[service.Service]:
             should_stop=should_stop,
         )
 
-    gc = BlobGCService(
+    return BlobGCService(
         server.reactor, run_sweep, interval=settings.gc_interval, grace_seconds=settings.gc_grace
     )
-    server.components["blob-gc"] = gc
-    server.status_providers.append(gc.status)
-    return [gc]

@@ -500,7 +500,7 @@ def _register_routes() -> None:
         user = await server.require_user(request)
         if user != "root":
             raise forbidden("only root may retry event hooks")
-        events = server.components.get("events")
+        events = server.events
         if events is None:
             raise HTTPError(404, "this process runs no event hooks")
         request.content.seek(0)
@@ -539,17 +539,14 @@ def _entry_points() -> Iterable[Any]:
     return entry_points(group=ENTRY_POINT_GROUP)
 
 
-def build(server: Any) -> list[service.Service]:
+def build(server: Any) -> EventService:
     """The event service; webhooks only where writes originate (not on replicas)."""
     hooks = discover_hooks(server)
     if server.settings.role != "replica":
         # Replicas see the same serials; posting there too would deliver every event twice.
         hooks.setdefault("webhooks", WebhookHook(server))
-    events = EventService(server.store, server.settings.serverdir, server.reactor, hooks,
-                          horizon=server.settings.event_retry_horizon)
-    server.components["events"] = events
-    server.status_providers.append(events.status)
-    return [events]
+    return EventService(server.store, server.settings.serverdir, server.reactor, hooks,
+                        horizon=server.settings.event_retry_horizon)
 
 
 __all__ = ["EventService", "Hook", "WebhookHook", "build", "discover_hooks"]

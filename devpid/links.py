@@ -9,7 +9,7 @@ private names never leak upstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -85,8 +85,9 @@ def has_private_project(store: Any, stage: str, project: str) -> bool:
 
 def sro(server: Any, stage: str) -> list[tuple[str, dict[str, Any]]]:
     """The resolution order, cached until any index config changes."""
-    cache = server.components.setdefault("sro_cache", {})
-    token = server.components.get("config_serial", -1)
+    tokens: PageTokens = server.page_tokens
+    cache = tokens.sro_cache
+    token = tokens.config_serial
     hit = cache.get(stage)
     if hit is not None and hit[0] == token:
         return hit[1]
@@ -142,9 +143,7 @@ def resolve(server: Any, stage: str, project: str) -> Resolution:
 async def ensure_mirrors(server: Any, stage: str, project: str) -> None:
     """Have every mirror in ``stage``'s resolution order fetched (or refreshed) ``project``,
     as a simple page does before collect_links; views that show a project need it too."""
-    mirror = server.components.get("mirror")
-    if mirror is None:
-        return
+    mirror = server.mirror
     for name, config in resolve(server, stage, project).stages:
         if config.get("type") == "mirror":
             await mirror.ensure(name, config, project)
@@ -158,15 +157,13 @@ async def collect_links(server: Any, stage: str, project: str) -> tuple[list[Lin
     knows the project, the upstream error propagates (502/503, never a misleading 404).
     """
     resolution = resolve(server, stage, project)
-    mirror = server.components.get("mirror")
+    mirror = server.mirror
     seen: set[str] = set()
     links: list[Link] = []
     known = False
     errors: list[UpstreamUnavailable] = []
     for name, config in resolution.stages:
         if config.get("type") == "mirror":
-            if mirror is None:
-                continue
             try:  # (callers asked upstream first: ensure_mirrors)
                 stage_links = await mirror.project_links(name, config, project)
             except UpstreamUnavailable as e:
@@ -196,38 +193,51 @@ def _apply_cooldown(
     if cooldown is None:
         return links
     kept, next_change = filter_links(cooldown, project, links, server.reactor.seconds())
-    server.components.setdefault("cooldown_until", {})[(stage, project)] = next_change
+    server.page_tokens.cooldown_until[(stage, project)] = next_change
     return kept
 
 
 def project_token(server: Any, stage: str, project: str) -> tuple[Any, ...]:
     """Changes whenever anything a page of ``project`` in ``stage`` shows may have changed:
     serials, and for a mirror with a release cooldown, the time a held-back file ages in."""
-    serials = server.components.setdefault("project_serials", {})
-    parts: list[Any] = [server.components.get("config_serial", -1)]
+    tokens: PageTokens = server.page_tokens
+    serials = tokens.project_serials
+    parts: list[Any] = [tokens.config_serial]
     for name, config in sro(server, stage):
         parts.append(serials.get((name, project), -1))
         if cooldown_of(config) is not None:
-            until = server.components.get("cooldown_until", {}).get((name, project))
+            until = tokens.cooldown_until.get((name, project))
             parts.append("due" if until is not None and server.reactor.seconds() >= until
                          else until)
     return tuple(parts)
 
 
-def track_commits(server: Any) -> None:
-    """Keep per-(stage, project) and config serials current (page cache validity)."""
-    serials: dict[tuple[str, str], int] = server.components.setdefault("project_serials", {})
+@dataclass
+class PageTokens:
+    """The serials that decide whether a page cached in this process is still valid."""
+
+    config_serial: int  # of the last change to any index config or user
+    project_serials: dict[tuple[str, str], int] = field(default_factory=dict)
+    cooldown_until: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    sro_cache: dict[str, tuple[int, list[tuple[str, dict[str, Any]]]]] = field(
+        default_factory=dict)
+
+
+def track_commits(store: Any) -> PageTokens:
+    """Per-(stage, project) and config serials, kept current by the store's commits."""
     # Pages cached in this process start empty, so "nothing changed yet" (-1 per project and
     # the serial at start for configs) is a valid starting token.
-    server.components["config_serial"] = server.store.serial
+    tokens = PageTokens(config_serial=store.serial)
+    serials = tokens.project_serials
 
     def listener(serial: int, changes: dict[str, Any]) -> None:
         for key in changes:
             parts = key.split("/")
             kind = parts[0]
             if kind in ("index", "user"):
-                server.components["config_serial"] = serial
+                tokens.config_serial = serial
             elif kind in ("project", "release", "file", "doc", "mirror") and len(parts) >= 4:
                 serials[(f"{parts[1]}/{parts[2]}", parts[3])] = serial
 
-    server.store.add_commit_listener(listener)
+    store.add_commit_listener(listener)
+    return tokens

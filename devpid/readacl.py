@@ -70,15 +70,7 @@ def stage_of(segments: list[bytes]) -> str | None:
 
 def public(server: Any, stage: str) -> bool:
     """Whether anyone may read ``stage`` (remembered until an index config changes)."""
-    known: dict[str, bool] | None = server.components.get("public_stages")
-    if known is None:
-        known = server.components["public_stages"] = {}
-
-        def listener(serial: int, changes: dict[str, Any]) -> None:
-            if any(key.startswith("index/") for key in changes):
-                known.clear()
-
-        server.store.add_commit_listener(listener)
+    known = server.public_stages
     answer = known.get(stage)
     if answer is None:
         answer = may_read(server.index_config, None, stage)
@@ -152,15 +144,7 @@ def credential_header(request: Any) -> bytes | None:
 
 def readable(server: Any, user: str, stage: str) -> bool:
     """``may_read`` remembered per (user, stage) until an index config changes."""
-    known: dict[tuple[str, str], bool] | None = server.components.get("readable_stages")
-    if known is None:
-        known = server.components["readable_stages"] = {}
-
-        def listener(serial: int, changes: dict[str, Any]) -> None:
-            if any(key.startswith("index/") for key in changes):
-                known.clear()
-
-        server.store.add_commit_listener(listener)
+    known = server.readable_stages
     answer = known.get((user, stage))
     if answer is None:
         answer = may_read(server.index_config, user, stage)

@@ -167,10 +167,7 @@ def check_auth(server: DevpidServer, request: Any, path: str) -> str:
                     canonical_query(request.args or {}))
     if not hmac.compare_digest(signature, expected):
         raise forbidden("invalid replica credentials (do primary and replica share the secret?)")
-    guard: NonceGuard | None = server.components.get("replica_nonces")
-    if guard is None:
-        guard = server.components["replica_nonces"] = NonceGuard()
-    if not guard.first_use(nonce, now):
+    if not server.replica_nonces.first_use(nonce, now):
         raise forbidden("replica credentials already used (a replayed request)")
     return replica_uuid
 
@@ -188,6 +185,12 @@ class PrimaryFeed:
     def _committed(self, serial: int, changes: Changes) -> None:
         for stream in list(self.streams):
             stream.wake()
+
+    def end_streams(self) -> None:
+        """Answer every held-open changelog response now: on shutdown a replica must not
+        hold the drain for HOLD_SECONDS (it polls again, with backoff, until we are back)."""
+        for stream in list(self.streams):
+            stream.end()
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -339,13 +342,6 @@ class _EntryResource(Resource):
         return twserver.NOT_DONE_YET
 
 
-def _feed(server: DevpidServer) -> PrimaryFeed:
-    feed = server.components.get("replica_feed")
-    if feed is None:
-        feed = server.components["replica_feed"] = PrimaryFeed(server)
-    return feed
-
-
 @app.route("/+changelog", methods=["GET"])
 def changelog_feed(server: DevpidServer, request: Any) -> Deferred[bytes]:
     replica_uuid = check_auth(server, request, "/+changelog")
@@ -356,7 +352,7 @@ def changelog_feed(server: DevpidServer, request: Any) -> Deferred[bytes]:
         raise HTTPError(400, "since must be an integer serial") from None
     if since < 0:
         raise HTTPError(400, "since must not be negative")
-    return _feed(server).open_stream(request, replica_uuid, since)
+    return server.replica_feed.open_stream(request, replica_uuid, since)
 
 
 @app.route("/+changelog/<int:serial>", methods=["GET"])
@@ -499,7 +495,7 @@ class ReplicaFollower(service.Service):
         self.http = http
         self.primary_uuid: str | None = self._load_primary_uuid()
         if self.primary_uuid:
-            server.components["primary_uuid"] = self.primary_uuid
+            server.primary_uuid = self.primary_uuid
         self.primary_serial: int | None = None
         self.last_error: str | None = None
         self.last_error_time: float | None = None
@@ -843,7 +839,7 @@ class ReplicaFollower(service.Service):
             os.fsync(f.fileno())
         os.replace(tmp, self.uuid_file)
         self.primary_uuid = uuid
-        self.server.components["primary_uuid"] = uuid
+        self.server.primary_uuid = uuid
         log.info("replicating primary {uuid} at {url}", uuid=uuid, url=self.primary_url)
 
 
@@ -996,16 +992,3 @@ class WriteProxy:
         request.write(json.dumps({"message": error.message}).encode() + b"\n")
         request.finish()
 
-
-# -- wiring -----------------------------------------------------------------------------------
-def build(server: DevpidServer) -> list[service.Service]:
-    """The replication pieces this process needs (the feed always; follower on replicas)."""
-    feed = _feed(server)
-    server.status_providers.append(feed.status)
-    if server.settings.role != "replica" or not server.settings.primary_url:
-        return []
-    follower = ReplicaFollower(server)
-    server.components["replica"] = follower
-    server.components["write_proxy"] = WriteProxy(server, follower)
-    server.status_providers.append(follower.status)
-    return [follower]

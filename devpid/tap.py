@@ -1,11 +1,10 @@
 """``twistd devpid``: command-line options and the service tree, nothing else.
 
-makeService builds::
+makeService hands the settings to devpid.node.build_node, which builds the process's whole
+service graph (and its shutdown order); the root here only installs the log observer::
 
     DevpidService (MultiService)
-      StoreService       opens the store and the worker pool, closes them last
-      ... mirror, replica and event services (added by their modules)
-      StreamServerEndpointService   the HTTP site (stopped first)
+      Node.root     see devpid/node.py
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import (
     ILogObserver,
     Logger,
@@ -25,11 +22,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
 from devpid import auth, firstscreen
 from devpid.proxies import DEFAULT_TRUSTED, parse_networks
-from devpid.store import is_initialised, open_store
+from devpid.store import is_initialised
 
 log = Logger()
 
@@ -202,6 +198,7 @@ class DevpidService(service.MultiService):
     def __init__(self, log_format: str) -> None:
         super().__init__()
         self.log_format = log_format
+        self.node: Any = None  # the devpid.node.Node it runs (for debugging and tests)
 
     def setServiceParent(self, parent: Any) -> None:
         setComponent = getattr(parent, "setComponent", None)
@@ -215,40 +212,16 @@ class DevpidService(service.MultiService):
         super().setServiceParent(parent)
 
 
-class ThreadPoolService(service.Service):
-    """Starts and stops the worker pool for blocking work (bcrypt, hashing, archives)."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
-
-
-class StoreService(service.Service):
-    """Closes the store after everything else has stopped."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.store.close()
-
-
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
-    """Build the service tree from parsed options (no I/O beyond opening the store)."""
+    """Build the service tree from parsed options (no I/O beyond opening the store; with
+    --workers, binding the sockets the workers share)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     from devpid import init as initmod
-    from devpid.web import DevpidServer, Settings, make_site
+    from devpid.node import build_node
+    from devpid.web import Settings
 
     serverdir: Path = options["serverdir"]
     replica = bool(options["primary-url"])
@@ -273,8 +246,6 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     except (OSError, ValueError) as e:
         raise SystemExit(f"devpid: {e}") from None
 
-    store, blobs = open_store(serverdir)
-    blobs.clean_temp()
     settings = Settings(
         serverdir=serverdir,
         host=options["host"],
@@ -308,107 +279,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
     )
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
-    server = DevpidServer(settings, store, blobs, secret, reactor, pool)
-
+    node = build_node(
+        settings, "main", secret=secret, reactor=reactor, secretfile=secretfile,
+        listen=options["listen"],
+        portfile=Path(options["portfile"]) if options["portfile"] else None,
+    )
     top = DevpidService(options["log-format"])
-    StoreService(store).setServiceParent(top)
-    ThreadPoolService(pool).setServiceParent(top)
-    ThreadPoolService(server.passwords.pool).setServiceParent(top)
-    for extra in _extra_services(server):
-        extra.setServiceParent(top)
-
-    if options["workers"] > 1:
-        _add_workers(options, server, top, reactor, secretfile)
-        firstscreen.Announcement(server).setServiceParent(top)
-        return top
-    # A deep accept queue: a burst of connects waits in the kernel, not in SYN retries.
-    endpoint_desc = options["listen"] or (
-        f"tcp:{options['port']}:interface={options['host']}:backlog=1024")
-    endpoint = serverFromString(reactor, endpoint_desc)
-    site_service = StreamServerEndpointService(endpoint, make_site(server))
-    site_service.setServiceParent(top)
-    firstscreen.Announcement(server, site_service).setServiceParent(top)
-    if options["portfile"]:
-        _write_port_when_listening(site_service, Path(options["portfile"]), server)
+    node.root.setServiceParent(top)
+    top.node = node
     return top
-
-
-class _AdoptedSite(service.Service):
-    """Serves a site on an already listening socket (shared with worker processes)."""
-
-    def __init__(self, reactor: Any, fileno: int, family: int, factory: Any) -> None:
-        self.reactor, self.fileno, self.family, self.factory = reactor, fileno, family, factory
-        self.port: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.port = self.reactor.adoptStreamPort(self.fileno, self.family, self.factory)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.port.stopListening() if self.port is not None else None
-
-
-def _add_workers(options: Options, server: Any, top: Any, reactor: Any, secretfile: Path) -> None:
-    """Main process of ``--workers N``: the shared socket, a private port for writes, workers."""
-    import dataclasses
-
-    from devpid import workers
-    from devpid.web import make_site
-
-    sock = workers.bind_shared_socket(options["host"], options["port"])
-    server.settings.port = sock.getsockname()[1]
-    site = make_site(server)
-    _AdoptedSite(reactor, sock.fileno(), sock.family, site).setServiceParent(top)
-    private = reactor.listenTCP(0, site, interface="127.0.0.1")
-    server.trusted_proxies.internal_ports.add(private.getHost().port)
-    settings = {k: v for k, v in dataclasses.asdict(server.settings).items()
-                if k != "serverdir"}
-    config = {
-        "serverdir": str(server.settings.serverdir),
-        "secretfile": str(secretfile),
-        "log_format": options["log-format"],
-        "main_url": f"http://127.0.0.1:{private.getHost().port}",
-        "settings": settings,
-    }
-    supervisor = workers.WorkerSupervisor(reactor, sock, options["workers"], config)
-    supervisor.setServiceParent(top)
-    workers.ExternalCommits(server.store).setServiceParent(top)
-    server.status_providers.append(supervisor.status)
-    top._devpid_socket = sock  # keep the socket object (and its fd) alive
-    if options["portfile"]:
-        path = Path(options["portfile"])
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(str(server.settings.port))
-        os.replace(tmp, path)
-
-
-def _extra_services(server: Any) -> list[service.Service]:
-    """Services of optional subsystems (mirror, replication, events), if present."""
-    from devpid import services
-
-    return services.build(server)
-
-
-def _write_port_when_listening(site_service: Any, path: Path, server: Any) -> None:
-    """For tests and supervisors: publish the port actually bound (useful with --port 0)."""
-    original = site_service.privilegedStartService
-
-    def start() -> None:
-        original()
-
-        def written(port: Any) -> Any:
-            number = port.getHost().port
-            server.settings.port = number
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(str(number))
-            os.replace(tmp, path)
-            return port
-
-        site_service._waitingForPort.addCallback(written)
-
-    site_service.privilegedStartService = start
 
 
 __all__ = ["Options", "TwistdOptions", "makeService"]

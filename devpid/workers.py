@@ -180,46 +180,26 @@ def worker_main(config: dict[str, Any]) -> None:
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
 
-    from devpid import auth, services
-    from devpid.replica import WriteProxy
-    from devpid.store import open_store
-    from devpid.tap import ThreadPoolService
-    from devpid.web import DevpidServer, Settings, make_site
+    from devpid import auth
+    from devpid.node import build_node
+    from devpid.web import Settings
 
     observer = (jsonFileLogObserver(sys.stdout) if config["log_format"] == "json"
                 else textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     serverdir = Path(config["serverdir"])
-    store, blobs = open_store(serverdir)
     settings = Settings(serverdir=serverdir, **config["settings"])
-    from twisted.python.threadpool import ThreadPool
-
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
     secret = auth.load_or_create_secret(Path(config["secretfile"]))
-    server = DevpidServer(settings, store, blobs, secret, reactor, pool)
-    link: Any = MainLink(server, config["main_url"])  # quacks like a ReplicaFollower
-    server.components["write_proxy"] = WriteProxy(server, link)
-    server.status_providers.append(
-        lambda: {"workers": {"count": config["settings"]["workers"], "this": config["index"]}})
-    top = service.MultiService()
-    ThreadPoolService(pool).setServiceParent(top)
-    ThreadPoolService(server.passwords.pool).setServiceParent(top)
-    ExternalCommits(store).setServiceParent(top)
-    for extra in services.build(server, worker=True):
-        extra.setServiceParent(top)
-    site = make_site(server)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    reactor.callWhenRunning(top.startService)
-    reactor.callWhenRunning(
-        lambda: reactor.adoptStreamPort(3, family, site)  # type: ignore[attr-defined]
-    )
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    node = build_node(settings, "worker", secret=secret, reactor=reactor,
+                      main_url=config["main_url"], worker_index=config["index"])
+    reactor.callWhenRunning(node.root.startService)
+    # Stopping drains this worker's requests, then closes its store (devpid/node.py).
+    reactor.addSystemEventTrigger("before", "shutdown", node.root.stopService)
     stdio.StandardIO(  # type: ignore[call-arg]
         _ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY)
     )
     log.info("worker {index} serving", index=config["index"])
     reactor.run()
-    store.close()
 
 
 if __name__ == "__main__":

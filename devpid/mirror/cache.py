@@ -103,7 +103,7 @@ def remove_blobs(
 
 
 class MirrorCache:
-    """The in-memory index of cached mirror files; ``server.components["mirror_cache"]``."""
+    """The in-memory index of cached mirror files; ``server.mirror_cache`` (main process)."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -381,9 +381,3 @@ class MirrorCacheService(service.Service):
         if self.cache._check is not None and self.cache._check.active():
             self.cache._check.cancel()
 
-
-def build(server: Any, db: Path) -> list[service.Service]:
-    cache = MirrorCache(server)
-    server.components["mirror_cache"] = cache
-    server.status_providers.append(cache.status)
-    return [MirrorCacheService(cache, db)]

@@ -113,7 +113,7 @@ def file_version(filename: str) -> str | None:
 
 
 class Mirror:
-    """The mirror component the web layer calls (``server.components["mirror"]``)."""
+    """The mirror component the web layer calls (``server.mirror``)."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -296,7 +296,7 @@ class Mirror:
         import treq
 
         state = self._state(stage, project)
-        follower = self.server.components.get("replica")
+        follower = self.server.replica
         url = f"{self.server.settings.primary_url.rstrip('/')}/{stage}/+simple/{project}/"
         timeout = self.server.settings.request_timeout + 2
         try:

@@ -15,10 +15,10 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from klein import Klein
@@ -42,6 +42,20 @@ from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
 from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
 from devpid.web.errors import JSON_TYPE, HTTPError, render_error, submit_error, unauthorized
+
+if TYPE_CHECKING:
+    from devpid.events import EventService
+    from devpid.links import PageTokens
+    from devpid.memo import CommitClearedDict
+    from devpid.mirror.cache import MirrorCache
+    from devpid.mirror.service import Mirror
+    from devpid.replica import NonceGuard, PrimaryFeed, ReplicaFollower, WriteProxy
+    from devpid.web.html.readme import DescriptionCache
+    from devpid.web.html.search import Search
+    from devpid.web.simple import PageCache
+
+    # A handler of GET or POST /USER/INDEX that answers (not None) or passes.
+    IndexHook = Callable[[Any, Any, str, str], Awaitable[Any]]
 
 log = Logger()
 app = Klein()
@@ -90,9 +104,25 @@ class Settings:
 
 
 class DevpidServer:
-    """Everything a request handler needs: store, blobs, secret, settings, clock, pools."""
+    """Everything a request handler needs: store, blobs, secret, settings, clock, pools, and
+    the parts of this process's service graph, typed. ``devpid.node.build_node`` is the one
+    place that constructs it and sets the parts; a part this process does not run is None.
+    """
 
     app = app
+    # Always built (by devpid.node.build_node, which also starts and stops what they own):
+    mirror: Mirror
+    page_tokens: PageTokens  # serials that decide whether a cached page is still valid
+    page_cache: PageCache
+    description_cache: DescriptionCache
+    web_search: Search
+    stored_paths: CommitClearedDict[str, tuple[str, str]]  # URL path -> (sha256, file name)
+    public_stages: CommitClearedDict[str, bool]  # stage -> whether anyone may read it
+    readable_stages: CommitClearedDict[tuple[str, str], bool]  # (user, stage) -> may read
+    replica_feed: PrimaryFeed
+    replica_nonces: NonceGuard
+    index_get_hooks: tuple[IndexHook, ...]  # GET /USER/INDEX as the simple project list
+    index_post_hooks: tuple[IndexHook, ...]  # POST /USER/INDEX: JSON push, then uploads
 
     def __init__(
         self,
@@ -119,12 +149,14 @@ class DevpidServer:
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.started = time.time()
         self.request_counters = RequestCounters()
-        # Filled by the services that exist in this process (mirror, replica, events).
-        self.components: dict[str, Any] = {}
-        self.status_providers: list[Callable[[], dict[str, Any]]] = [self.passwords.status]
-        from devpid.links import track_commits
-
-        track_commits(self)
+        # Parts only some processes run (see devpid.node): None where this one does not.
+        self.mirror_cache: MirrorCache | None = None  # main process only
+        self.replica: ReplicaFollower | None = None  # a replica's main process
+        self.write_proxy: WriteProxy | None = None  # a replica, or a --workers worker
+        self.events: EventService | None = None  # main process only
+        self.primary_uuid: str | None = None  # a replica: the primary it follows
+        # What /+status reports, in order; assembled by devpid.node.build_node.
+        self.status_providers: list[Callable[[], dict[str, Any]]] = []
 
     # -- helpers for handlers --------------------------------------------------------------
     def in_thread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
@@ -575,7 +607,7 @@ class RootResource(Resource):
         request.setHeader(b"X-Devpi-Api-Version", b"2")
         request.setHeader(b"X-Devpi-Server-Version", self.server_version)
         uuid = server.store.uuid.encode()
-        primary = (server.components.get("primary_uuid") or server.store.uuid).encode()
+        primary = (server.primary_uuid or server.store.uuid).encode()
         request.setHeader(b"X-Devpi-Uuid", uuid)
         request.setHeader(b"X-Devpi-Primary-Uuid", primary)
         request.setHeader(b"X-Devpi-Master-Uuid", primary)
@@ -616,7 +648,7 @@ class RootResource(Resource):
                 error = submit_error(error)
             return render_error(request, error)
         # -- replication (devpid/replica.py): a replica forwards writes to its primary --
-        proxy = server.components.get("write_proxy")
+        proxy = server.write_proxy
         if proxy is not None and proxy.wants(request):
             return proxy.render(request)
         # -- end replication hook --
@@ -652,6 +684,7 @@ class DevpidSite(twserver.Site):
     audit: Any = None  # an AuditLog (devpid.audit): every write request
     counters: RequestCounters | None = None
     devpid_connections: Any = None  # a ConnectionLimit (devpid.web.connections)
+    devpid_fast: Any = None  # a FastAnswer (devpid.web.fastchannel)
     devpid_header_timeout: float | None = None
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -685,7 +718,7 @@ class DevpidSite(twserver.Site):
         )
 
 
-def make_site(server: DevpidServer) -> twserver.Site:
+def make_site(server: DevpidServer) -> DevpidSite:
     """The HTTP site of this process. Raises the process's open-file limit to fit
     ``--max-connections`` (see devpid.web.connections)."""
     # Uploads are parsed by our streaming parser, not read into memory by twisted.web.
@@ -698,12 +731,10 @@ def make_site(server: DevpidServer) -> twserver.Site:
     site.devpid_header_timeout = settings.header_timeout
     limit = ConnectionLimit(raise_fd_limit(settings.max_connections))
     site.devpid_connections = limit
-    server.status_providers.append(limit.status)
     site.protocol = FastHTTPChannel  # type: ignore[assignment]
     if isinstance(root, RootResource):
         fast = FastAnswer(server, root.fast_paths, root.prepare)
-        site.devpid_fast = fast  # type: ignore[attr-defined]
-        server.status_providers.append(fast.status)
+        site.devpid_fast = fast
     site.requestFactory = DevpidRequest
     site.max_body = server.settings.max_upload_size  # type: ignore[attr-defined]
     site.body_timeout = server.settings.body_timeout  # type: ignore[attr-defined]
@@ -716,6 +747,4 @@ def make_site(server: DevpidServer) -> twserver.Site:
     from devpid.audit import AuditLog
 
     site.audit = AuditLog(server.settings.serverdir, server.trusted_proxies, server.reactor)
-    server.components["audit"] = site.audit
-    server.status_providers.append(site.audit.status)
     return site

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from devpid.links import project_token
+from devpid.memo import CommitClearedDict
 from devpid.mirror.policy import file_refusal
 from devpid.web.app import header
 from devpid.web.errors import HTTPError
 from devpid.web.files import blob_etag, content_type_for, file_cache_control, serve_blob
 from devpid.web.negotiate import choose_simple_format
-from devpid.web.simple import _send, page_cache
+from devpid.web.simple import _send
 
 PREFIX = "../../../../"
 MAX_KNOWN_PATHS = 50_000
@@ -45,16 +46,14 @@ def try_cached_page(server: Any, request: Any, segments: list[bytes]) -> bytes |
     stage = f"{segments[0].decode()}/{segments[1].decode()}"
     project = segments[3].decode()
     fmt = _format(header(request, b"accept"))
-    hit = page_cache(server).entries.get((stage, project, fmt, PREFIX))
+    hit = server.page_cache.entries.get((stage, project, fmt, PREFIX))
     if hit is None:
         return None
     token, etag, body, mirrors = hit
     if project_token(server, stage, project) != token:
         return None
     if mirrors:
-        mirror = server.components.get("mirror")
-        if mirror is None:
-            return None
+        mirror = server.mirror
         for name, config in mirrors:
             if not mirror.is_fresh(name, config, project):
                 return None
@@ -78,7 +77,7 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     if accept and "application/json" in accept:
         return None
     path = b"/".join(segments).decode()
-    known = _stored_paths(server)
+    known = server.stored_paths
     hit = known.get(path)
     if hit is not None:
         return hit
@@ -108,20 +107,11 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     return hit
 
 
-def _stored_paths(server: Any) -> dict[str, tuple[str, str]]:
+def stored_paths(store: Any) -> CommitClearedDict[str, tuple[str, str]]:
     """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
     (an upload, a delete, a mirror file cached) or an index config, in this process or another
     (--workers)."""
-    known: dict[str, tuple[str, str]] | None = server.components.get("stored_paths")
-    if known is None:
-        known = server.components["stored_paths"] = {}
-
-        def listener(serial: int, changes: dict[str, Any]) -> None:
-            if any(key.startswith(("file/", "index/")) for key in changes):
-                known.clear()
-
-        server.store.add_commit_listener(listener)
-    return known
+    return CommitClearedDict(store, ("file/", "index/"))
 
 
 def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:
@@ -158,7 +148,7 @@ def try_file_check(server: Any, request: Any, segments: list[bytes]) -> bytes | 
         request.setHeader(b"X-Accel-Expires", b"0")
         return b""
     sha, filename = blob
-    cache = server.components.get("mirror_cache")
+    cache = server.mirror_cache
     if cache is not None:
         cache.touch(sha)  # nginx sends it: still a hit for the mirror cache
     request.setHeader(b"X-Devpid-Blob", ("/" + server.blobs.relpath(sha)).encode())

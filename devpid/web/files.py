@@ -82,7 +82,7 @@ def serve_blob(
 ) -> Any:
     """Send a blob: X-Accel-Redirect behind nginx, else a (range-capable) producer."""
     etag = blob_etag(sha256)
-    cache = server.components.get("mirror_cache")
+    cache = server.mirror_cache
     if cache is not None:
         cache.touch(sha256)  # a mirror cache hit, and its least-recently-used order
     accel = header(request, b"x-devpid-accel")
@@ -398,10 +398,8 @@ async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: 
     if refused:
         raise forbidden(refused)
     if kind == "mirror":
-        mirror = server.components.get("mirror")
-        if mirror is None:
-            raise not_found("no such file")
-        cache = server.components.get("mirror_cache")
+        mirror = server.mirror
+        cache = server.mirror_cache
         if cache is not None and not metadata and request.method == b"GET":
             cache.miss(stage)
         return await mirror.serve_file(request, key, filename, metadata=metadata)

@@ -26,9 +26,8 @@ from devpid.web.app import (
 from devpid.web.errors import HTTPError, forbidden, not_found
 from devpid.web.users import _identify_lenient, delete_stage_keys
 
-# Other modules (simple API, uploads) hook into GET and POST of the index URL.
-INDEX_GET_HOOKS: list[Any] = []
-INDEX_POST_HOOKS: list[Any] = []
+# Other modules (simple API, push, uploads) answer GET and POST of the index URL first:
+# server.index_get_hooks / index_post_hooks, wired by devpid.node.build_node.
 
 
 def stage_projects(server: DevpidServer, stage: str, config: dict[str, Any]) -> list[str]:
@@ -83,7 +82,7 @@ def _require_mirror_permission(server: DevpidServer, actor: str, stage: str) -> 
 @app.route("/<user>/<index>", methods=["GET"])
 @app.route("/<user>/<index>/", methods=["GET"])
 async def get_index(server: DevpidServer, request: Any, user: str, index: str) -> Any:
-    for hook in INDEX_GET_HOOKS:
+    for hook in server.index_get_hooks:
         result = await hook(server, request, user, index)
         if result is not None:
             return result
@@ -193,7 +192,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
 @app.route("/<user>/<index>", methods=["POST", "PUSH"])
 @app.route("/<user>/<index>/", methods=["POST", "PUSH"])
 async def post_index(server: DevpidServer, request: Any, user: str, index: str) -> Any:
-    for hook in INDEX_POST_HOOKS:
+    for hook in server.index_post_hooks:
         result = await hook(server, request, user, index)
         if result is not None:
             return result

@@ -17,7 +17,6 @@ from devpid.links import (
 )
 from devpid.model.names import normalize_name
 from devpid.store import keys
-from devpid.web import indexes as index_routes
 from devpid.web import toxresults
 from devpid.web.app import (
     DevpidServer,
@@ -408,14 +407,12 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
     return json_response(request, result=actionlog, type="actionlog")
 
 
-async def _post_json_hook(server: DevpidServer, request: Any, user: str, index: str) -> Any:
+async def post_json_hook(server: DevpidServer, request: Any, user: str, index: str) -> Any:
     ctype = header(request, b"content-type") or ""
     if request.method == b"PUSH" or ctype.startswith("application/json"):
         return await handle_push(server, request, user, index)
     return None
 
-
-index_routes.INDEX_POST_HOOKS.append(_post_json_hook)
 
 
 # -- PyPI's JSON API shape (some tools read it) -------------------------------------------------

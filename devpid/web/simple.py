@@ -71,13 +71,6 @@ class PageCache:
         return etag
 
 
-def page_cache(server: DevpidServer) -> PageCache:
-    cache = server.components.get("page_cache")
-    if cache is None:
-        cache = server.components["page_cache"] = PageCache()
-    return cache
-
-
 # -- renderers ---------------------------------------------------------------------------------
 def _file_json(link: Link, prefix: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
@@ -233,7 +226,7 @@ async def serve_project_page(
     resolution = resolve(server, stage, project)
     await ensure_mirrors(server, stage, project)
     token = project_token(server, stage, project)
-    cache = page_cache(server)
+    cache = server.page_cache
     key = (stage, project, fmt, prefix)
     hit = cache.get(key, token)
     if hit is not None:
@@ -299,11 +292,9 @@ async def project_names_parts(server: DevpidServer, stage: str) -> list[str | li
     """Per stage of the resolution order: its names (private: a list; mirror: one text with a
     name per line, which can hold a PyPI-sized list without an object per name)."""
     parts: list[str | list[str]] = []
-    mirror = server.components.get("mirror")
     for name, config in sro(server, stage):
         if config.get("type") == "mirror":
-            if mirror is not None:
-                parts.append(await mirror.project_names_text(name, config))
+            parts.append(await server.mirror.project_names_text(name, config))
         else:
             parts.append(index_routes.stage_projects(server, name, config))
     return parts
@@ -329,15 +320,14 @@ async def serve_project_list(server: DevpidServer, request: Any, user: str, inde
     stage = f"{user}/{index}"
     _require_stage(server, stage)
     fmt = _format(request)
-    mirror = server.components.get("mirror")
-    parts: list[Any] = [server.components.get("config_serial", -1)]
+    parts: list[Any] = [server.page_tokens.config_serial]
     for name, config in sro(server, stage):
-        if config.get("type") == "mirror" and mirror is not None:
-            parts.append(await mirror.list_token(name, config))
+        if config.get("type") == "mirror":
+            parts.append(await server.mirror.list_token(name, config))
         else:
             parts.append(server.store.max_serial(f"project/{name}/"))
     token = tuple(parts)
-    cache = page_cache(server)
+    cache = server.page_cache
     key = (stage, "+list", fmt)
     hit = cache.get(key, token)
     if hit is not None:
@@ -369,7 +359,7 @@ async def simple_list_noslash(server: DevpidServer, request: Any, user: str, ind
     return _redirect(request, f"{server.outside_url(request)}/{user}/{index}/+simple/")
 
 
-async def _index_get_hook(
+async def index_get_hook(
     server: DevpidServer, request: Any, user: str, index: str
 ) -> bytes | None:
     """``GET /u/i`` from an installer or with PEP 691 Accept acts as the project list."""
@@ -381,9 +371,8 @@ async def _index_get_hook(
     return None
 
 
-index_routes.INDEX_GET_HOOKS.append(_index_get_hook)
-
-__all__ = ["SIMPLE_HTML", "serve_project_list", "serve_project_page"]
+__all__ = ["SIMPLE_HTML", "PageCache", "index_get_hook", "serve_project_list",
+           "serve_project_page"]
 
 
 @app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
@@ -394,12 +383,11 @@ async def refresh_project(
     stage = f"{user}/{index}"
     _require_stage(server, stage)
     project = normalize_name(project)
-    mirror = server.components.get("mirror")
-    if mirror is not None:
-        for name, config in resolve(server, stage, project).stages:
-            if config.get("type") == "mirror":
-                mirror.forget(name, project)
-                await mirror.ensure(name, config, project)
+    mirror = server.mirror
+    for name, config in resolve(server, stage, project).stages:
+        if config.get("type") == "mirror":
+            mirror.forget(name, project)
+            await mirror.ensure(name, config, project)
     request.setResponseCode(302)
     request.setHeader(b"Location",
                       f"{server.outside_url(request)}/{stage}/+simple/{project}/".encode())

@@ -40,7 +40,6 @@ from devpid.store import keys
 from devpid.store.base import WriteFailed, is_out_of_space, write_failed
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import encode_value
-from devpid.web import indexes as index_routes
 from devpid.web import toxresults
 from devpid.web.app import (
     DevpidServer,
@@ -553,5 +552,3 @@ async def _doc_upload(ctx: Upload) -> bytes:
     set_serial(request, tx.serial)
     return b""
 
-
-index_routes.INDEX_POST_HOOKS.append(handle_post)

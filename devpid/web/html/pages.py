@@ -46,7 +46,6 @@ from devpid.web.html.markup import (
     size,
     when,
 )
-from devpid.web.html.readme import description_cache
 from devpid.web.projects import project_links
 
 MAX_LISTED = 500  # projects listed on an index page (the rest: use search)
@@ -465,7 +464,7 @@ async def version_page(server: DevpidServer, request: Any, user: str, index: str
     if not links and found is None:
         raise not_found(f"The version {version} of project {project} does not exist.")
     meta_stage, meta, serial = found if found else (stage, {}, -1)
-    description = await description_cache(server).get(
+    description = await server.description_cache.get(
         server, meta_stage, project, version, meta, serial)
     requires = meta.get("requires_dist") or []
     facts: list[tuple[str, Any]] = [
@@ -538,12 +537,8 @@ def _start_list_indexing(server: DevpidServer, indexes: list[tuple[str, dict[str
     for: a list not fetched yet is asked for and indexed when it arrives)."""
     from twisted.internet.defer import ensureDeferred
 
-    from devpid.web.html.search import search
-
-    mirror = server.components.get("mirror")
-    if mirror is None:
-        return
-    index = search(server)
+    mirror = server.mirror
+    index = server.web_search
     for stage, config in indexes:
         if config.get("type") != "mirror":
             continue
@@ -557,7 +552,7 @@ async def search_page(server: DevpidServer, request: Any) -> bytes:
     """``/+search?q=WORDS``: projects by name, summary and description words (HTML for
     browsers, devpi-style JSON for clients)."""
     from devpid.web.app import header, json_response
-    from devpid.web.html.search import SearchUnavailable, search
+    from devpid.web.html.search import SearchUnavailable
     from devpid.web.negotiate import TEXT_HTML, VIEW_JSON, choose_view
 
     choice = choose_view(header(request, b"accept"))
@@ -570,7 +565,7 @@ async def search_page(server: DevpidServer, request: Any) -> bytes:
     indexes = readable_indexes(server, who)
     readable = dict(indexes)
     _start_list_indexing(server, indexes)
-    index = search(server)
+    index = server.web_search
     error = None
     hits = []
     if query:

@@ -72,8 +72,3 @@ class DescriptionCache:
         return rendered
 
 
-def description_cache(server: Any) -> DescriptionCache:
-    cache = server.components.get("description_cache")
-    if cache is None:
-        cache = server.components["description_cache"] = DescriptionCache()
-    return cache

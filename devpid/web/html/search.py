@@ -308,8 +308,3 @@ class Search:
         return result
 
 
-def search(server: Any) -> Search:
-    found = server.components.get("web_search")
-    if found is None:
-        found = server.components["web_search"] = Search(server)
-    return found
