@@ -29,7 +29,7 @@ from twisted.python.threadpool import ThreadPool
 
 from devpid import auth, firstscreen
 from devpid.proxies import DEFAULT_TRUSTED, parse_networks
-from devpid.store import is_initialised, open_store
+from devpid.store import is_initialised, is_postgres_url, open_store, remember_store_url
 
 log = Logger()
 
@@ -64,6 +64,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["serverdir", None, None, "server directory (default $DEVPID_SERVERDIR or ~/.devpid)"],
+        ["store", None, None,
+         "database URL (postgresql://USER@HOST:PORT/DB) shared by several nodes; recorded in "
+         "the server directory (default: its own SQLite file)"],
         ["host", None, "localhost", "interface to listen on"],
         ["port", None, 3141, "TCP port to listen on (0 = any free port)", int],
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
@@ -172,6 +175,11 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
+        if self["store"] is not None:
+            if not is_postgres_url(self["store"]):
+                raise usage.UsageError("--store must be a postgresql:// URL")
+            if self["primary-url"] or self["workers"] > 1:
+                raise usage.UsageError("--store works without --primary-url and --workers")
 
 
 class TwistdOptions(Options):
@@ -243,6 +251,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     serverdir: Path = options["serverdir"]
     replica = bool(options["primary-url"])
+    if options["store"]:
+        remember_store_url(serverdir, options["store"])
     if not replica and not is_initialised(serverdir):
         if not options["init"]:
             raise SystemExit(
@@ -302,6 +312,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     top = DevpidService(options["log-format"])
     StoreService(store).setServiceParent(top)
+    if getattr(store, "url", None):  # on PostgreSQL: other nodes' commits reach the view
+        from devpid.store.pgfollow import PostgresFollower
+
+        PostgresFollower(store, reactor).setServiceParent(top)  # type: ignore[arg-type]
     ThreadPoolService(pool).setServiceParent(top)
     ThreadPoolService(server.passwords.pool).setServiceParent(top)
     for extra in _extra_services(server):

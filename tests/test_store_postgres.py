@@ -1,0 +1,97 @@
+"""What only the PostgreSQL store does: several nodes' views of one database, refusing a
+commit built on a stale read, schema versioning, and rebuilding a view that is not of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.pg import requires_pg
+
+pytestmark = requires_pg
+
+
+def _stores(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from devpid.store.postgres import PostgresStore
+    from tests.support.pg import fresh_database
+
+    url = fresh_database()
+    return url, PostgresStore(url, tmp_path / "a.sqlite"), PostgresStore(url, tmp_path / "b.sqlite")
+
+
+def test_a_commit_built_on_a_stale_read_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    from devpid.store.postgres import Conflict
+
+    _, a, b = _stores(tmp_path)
+    with a.transaction() as tx:
+        tx.set("index/alice/dev", {"bases": []})
+    b.catch_up()
+    with pytest.raises(Conflict) as raised, b.transaction() as txb:
+        config = txb.get("index/alice/dev")
+        with a.transaction() as txa:  # another node changes it meanwhile
+            txa.set("index/alice/dev", {"bases": ["root/pypi"]})
+        txb.set("index/alice/dev", dict(config or {}, title="B's"))
+    assert raised.value.code == 409 and "retry" in str(raised.value)
+    # nothing of B's was stored; B's view has A's change now, so a retry works
+    assert b.serial == 1 and b.get("index/alice/dev") == {"bases": ["root/pypi"]}
+    with b.transaction() as txb:
+        txb.set("index/alice/dev", dict(txb.get("index/alice/dev") or {}, title="B's"))
+    assert txb.serial == 2
+    a.catch_up()
+    assert a.get("index/alice/dev") == {"bases": ["root/pypi"], "title": "B's"}
+
+
+def test_unrelated_concurrent_commits_both_land_gap_free(tmp_path: Path) -> None:
+    _, a, b = _stores(tmp_path)
+    with b.transaction() as txb:
+        txb.set("user/bob", {})
+        with a.transaction() as txa:
+            txa.set("user/alice", {})
+    assert (txa.serial, txb.serial) == (0, 1)
+    a.catch_up()
+    assert [s for s, _ in a.changelog_since(0, 10)] == [0, 1]
+    assert list(a.snapshot()) == list(b.snapshot())
+
+
+def test_a_prefix_read_conflicts_with_a_new_key_under_it(tmp_path: Path) -> None:
+    from devpid.store.postgres import Conflict
+
+    _, a, b = _stores(tmp_path)
+    with pytest.raises(Conflict), b.transaction() as txb:
+        assert txb.keys("index/alice/") == []
+        with a.transaction() as txa:
+            txa.set("index/alice/dev", {})
+        txb.set("user/alice", {"indexes": 0})
+
+
+def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    import psycopg
+
+    from devpid.store.base import StoreError
+    from devpid.store.postgres import PG_SCHEMA_VERSION, PostgresStore
+
+    url, a, b = _stores(tmp_path)
+    a.close()
+    b.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        assert row == (str(PG_SCHEMA_VERSION),)
+        conn.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this devpid"):
+        PostgresStore(url, tmp_path / "a.sqlite")
+
+
+def test_a_view_of_another_database_is_rebuilt_from_this_one(tmp_path: Path) -> None:
+    from devpid.store import SQLiteStore
+    from devpid.store.postgres import PostgresStore
+
+    _, a, _b = _stores(tmp_path)
+    with a.transaction() as tx:
+        tx.set("user/alice", {})
+    other = SQLiteStore(tmp_path / "c.sqlite")
+    with other.transaction() as tx:
+        tx.set("user/mallory", {})
+    other.close()
+    c = PostgresStore(a.url, tmp_path / "c.sqlite")
+    assert (c.uuid, c.serial, c.keys("user/")) == (a.uuid, 0, ["user/alice"])
