@@ -38,6 +38,17 @@ def store_url(serverdir: Path) -> str | None:
         return None
 
 
+def _node_temp(blobs: BlobStore, serverdir: Path) -> None:
+    """Nodes may share ``+blobs`` (a link to one shared directory): each gets a temp area of
+    its own there, so one node's start-up clean-up never deletes another's upload."""
+    import hashlib
+    import socket
+
+    node = hashlib.sha256(f"{socket.gethostname()}:{serverdir}".encode()).hexdigest()[:16]
+    blobs.tmpdir = blobs.tmpdir / node
+    blobs.tmpdir.mkdir(parents=True, exist_ok=True)
+
+
 def is_initialised(serverdir: Path) -> bool:
     url = store_url(serverdir)
     if url is not None:
@@ -60,5 +71,6 @@ def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[SQLiteStore,
     if url is not None and not readonly:
         from devpid.store.postgres import PostgresStore
 
+        _node_temp(blobs, serverdir)
         return PostgresStore(url, serverdir / DB_NAME), blobs
     return SQLiteStore(serverdir / DB_NAME, readonly=readonly), blobs

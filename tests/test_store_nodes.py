@@ -1,0 +1,146 @@
+"""Several real devpid nodes on one PostgreSQL database, sharing one blob directory.
+
+Each node is a real ``twistd devpid --store URL`` process; clients are real pip and HTTP.
+What a user of two nodes behind a balancer relies on: a write on any node is served by every
+node from the serial it was given, serials stay gap-free under concurrent writes to both,
+no accepted write is lost (a stale one is refused with 409 and succeeds when retried), and
+a node that was down catches up when it comes back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import ROOT_PASSWORD, Devpid, client_env, init_serverdir, run, tool
+from tests.support.pg import requires_pg
+
+pytestmark = requires_pg
+
+
+def _serial(node: Devpid) -> int:
+    r = requests.get(node.url + "/+api", timeout=5)
+    return int(r.headers["X-Devpi-Serial"])
+
+
+def _wait_serial(node: Devpid, serial: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _serial(node) < serial:
+        assert time.monotonic() < deadline, f"{node.url} never reached serial {serial}"
+        time.sleep(0.05)
+
+
+def _upload(node: Devpid, stage: str, path: Path, name: str, version: str) -> requests.Response:
+    import hashlib
+
+    data = path.read_bytes()
+    fields = {":action": "file_upload", "protocol_version": "1", "name": name,
+              "version": version, "sha256_digest": hashlib.sha256(data).hexdigest(),
+              "filetype": "bdist_wheel", "pyversion": "py3", "metadata_version": "2.1"}
+    return requests.post(f"{node.url}/{stage}/", data=fields, auth=("u", "pw"),
+                         files={"content": (path.name, data, "application/octet-stream")},
+                         headers={"Accept": "application/json"}, timeout=30)
+
+
+def _upload_retrying(node: Devpid, stage: str, path: Path, name: str, version: str) -> int:
+    """Upload, doing it again while the node answers 409 (a concurrent change elsewhere)."""
+    for _ in range(20):
+        r = _upload(node, stage, path, name, version)
+        if r.status_code != 409:
+            assert r.status_code == 200, r.text
+            return int(r.headers["X-Devpi-Serial"])
+        assert "retry" in r.json()["message"]
+    raise AssertionError(f"{name}: still conflicting after 20 tries")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Devpid, Devpid]]:
+    """Node A initialised the database; node B joined it with only --store (no init)."""
+    from tests.support.pg import fresh_database
+
+    base = tmp_path_factory.mktemp("nodes")
+    url = fresh_database()
+    shared = base / "blobs"
+    shared.mkdir()
+    for name in ("a", "b"):
+        (base / name).mkdir()
+        (base / name / "+blobs").symlink_to(shared)
+    init_serverdir(base / "a", None, root_pypi=False, store=url)
+    a = Devpid(base / "a").start()
+    b = Devpid(base / "b", args=["--store", url]).start()
+    try:
+        r = a.json("PUT", "/u", json={"password": "pw"})
+        assert r.status_code == 201, r.text
+        r = b.json("PUT", "/u/dev", auth=("u", "pw"), json={"bases": []})
+        assert r.status_code == 200, r.text
+        yield url, a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_an_upload_to_one_node_installs_from_the_other(nodes: Any, tmp_path: Path) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    _, a, b = nodes
+    wheel = make_wheel(tmp_path, "across-nodes", "1.0")
+    serial = _upload_retrying(a, "u/dev", wheel, "across-nodes", "1.0")
+    _wait_serial(b, serial)
+    target = tmp_path / "target"
+    run([tool("pip"), "install", "--no-deps", "--target", str(target), "--index-url",
+         b.url + "/u/dev/+simple/", "across-nodes==1.0"], client_env(tmp_path))
+    assert any(p.name.startswith("across_nodes") for p in target.iterdir())
+
+
+def test_concurrent_writes_to_both_nodes_are_gap_free_and_none_lost(
+    nodes: Any, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from tests.support.pkgbuild import make_wheel
+
+    url, a, b = nodes
+    jobs = []
+    for n in range(12):
+        wheel = make_wheel(tmp_path, f"busy-{n}", "1.0")
+        jobs.append(((a, b)[n % 2], wheel, f"busy-{n}"))
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        serials = list(pool.map(lambda job: _upload_retrying(job[0], "u/dev", job[1],
+                                                             job[2], "1.0"), jobs))
+    top = max(serials)
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT serial FROM changelog ORDER BY serial").fetchall()
+    assert [s for (s,) in rows] == list(range(len(rows))) and rows[-1][0] >= top
+    for node in (a, b):
+        _wait_serial(node, top)
+        r = requests.get(node.url + "/u/dev/+simple/", timeout=10)
+        assert all(f"busy-{n}" in r.text for n in range(12)), (node.url, r.text)
+        assert _serial(node) == rows[-1][0]
+
+
+def test_a_node_that_was_down_catches_up(nodes: Any, tmp_path: Path) -> None:
+    from tests.support.pkgbuild import make_wheel
+
+    _, a, b = nodes
+    b.stop()
+    wheel = make_wheel(tmp_path, "while-away", "1.0")
+    serial = _upload_retrying(a, "u/dev", wheel, "while-away", "1.0")
+    b.start()
+    assert _serial(b) >= serial  # caught up before it answered anything
+    r = requests.get(b.url + "/u/dev/+simple/while-away/", timeout=10)
+    assert r.status_code == 200 and "while_away-1.0" in r.text.replace("-", "_", 1)
+    r = b.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "from b"})
+    assert r.status_code == 200, r.text
+    _wait_serial(a, int(r.headers["X-Devpi-Serial"]))
+    assert a.json("GET", "/u/dev").json()["result"]["title"] == "from b"
+
+
+def test_root_password_set_on_one_node_logs_in_on_the_other(nodes: Any) -> None:
+    _, a, b = nodes
+    assert b.login("root", ROOT_PASSWORD)
