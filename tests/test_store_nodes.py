@@ -141,6 +141,43 @@ def test_a_node_that_was_down_catches_up(nodes: Any, tmp_path: Path) -> None:
     assert a.json("GET", "/u/dev").json()["result"]["title"] == "from b"
 
 
-def test_root_password_set_on_one_node_logs_in_on_the_other(nodes: Any) -> None:
-    _, a, b = nodes
+def test_the_root_password_node_a_initialised_logs_in_on_node_b(nodes: Any) -> None:
+    _, _a, b = nodes
     assert b.login("root", ROOT_PASSWORD)
+
+
+def test_cache_prune_on_one_node_is_a_commit_every_node_sees(
+    nodes: Any, tmp_path: Path
+) -> None:
+    from tests.support.fakepypi import FakePyPI
+
+    _, a, b = nodes
+    up = FakePyPI(tmp_path / "up")
+    up.start()
+    try:
+        up.publish("pruned-pkg", "1")
+        r = a.json("PUT", "/u/mirror", auth=("root", ROOT_PASSWORD),
+                   json={"type": "mirror", "mirror_url": up.url})
+        assert r.status_code == 200, r.text
+        filename = "pruned_pkg-1-py3-none-any.whl"
+        sha = up.sha256(filename)
+        assert requests.get(f"{a.url}/u/mirror/+simple/pruned-pkg/", timeout=10).ok
+        r = requests.get(f"{a.url}/u/mirror/+f/{sha[:3]}/{sha[3:16]}/{filename}", timeout=10)
+        assert r.ok
+        cli = [tool("devpid"), "cache"]
+        deadline = time.monotonic() + 15
+        while "cached 1 files" not in run([*cli, "list", "--serverdir", str(b.serverdir),
+                                           "--index", "u/mirror"], client_env(tmp_path)).stdout:
+            assert time.monotonic() < deadline, "node B never saw the cached file"
+            time.sleep(0.1)
+        out = run([*cli, "prune", "--all", "--serverdir", str(b.serverdir), "--index",
+                   "u/mirror"], client_env(tmp_path)).stdout
+        assert "pruned 1 files" in out
+        # the prune was a commit in the database: node A hears it and says so
+        deadline = time.monotonic() + 15
+        while "cached 0 files" not in run([*cli, "list", "--serverdir", str(a.serverdir),
+                                           "--index", "u/mirror"], client_env(tmp_path)).stdout:
+            assert time.monotonic() < deadline, "node A never saw the prune"
+            time.sleep(0.1)
+    finally:
+        up.close()
