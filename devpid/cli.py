@@ -161,7 +161,13 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    from devpid.store.base import StoreError
+
+    try:
+        return func(args)
+    except StoreError as e:  # e.g. the server directory's database is unreachable
+        print(f"devpid: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

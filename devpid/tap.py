@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -30,6 +31,9 @@ from twisted.python.threadpool import ThreadPool
 from devpid import auth, firstscreen
 from devpid.proxies import DEFAULT_TRUSTED, parse_networks
 from devpid.store import is_initialised, is_postgres_url, open_store, remember_store_url
+from devpid.store.base import StoreError
+
+T = TypeVar("T")
 
 log = Logger()
 
@@ -240,6 +244,14 @@ class StoreService(service.Service):
         self.store.close()
 
 
+def _store_call(func: Callable[[Path], T], serverdir: Path) -> T:
+    """A store that cannot be opened (e.g. its database is unreachable): one clear line."""
+    try:
+        return func(serverdir)
+    except StoreError as e:
+        raise SystemExit(f"devpid: {serverdir}: {e}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """Build the service tree from parsed options (no I/O beyond opening the store)."""
     if reactor is None:
@@ -253,7 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     replica = bool(options["primary-url"])
     if options["store"]:
         remember_store_url(serverdir, options["store"])
-    if not replica and not is_initialised(serverdir):
+    if not replica and not _store_call(is_initialised, serverdir):
         if not options["init"]:
             raise SystemExit(
                 f"devpid: {serverdir} is not an initialised server directory.\n"
@@ -274,7 +286,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     except (OSError, ValueError) as e:
         raise SystemExit(f"devpid: {e}") from None
 
-    store, blobs = open_store(serverdir)
+    store, blobs = _store_call(open_store, serverdir)
     blobs.clean_temp()
     settings = Settings(
         serverdir=serverdir,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run, tool
 from tests.support.pg import requires_pg
-
-pytestmark = requires_pg
 
 
 def _stores(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -20,6 +19,7 @@ def _stores(tmp_path: Path):  # type: ignore[no-untyped-def]
     return url, PostgresStore(url, tmp_path / "a.sqlite"), PostgresStore(url, tmp_path / "b.sqlite")
 
 
+@requires_pg
 def test_a_commit_built_on_a_stale_read_is_refused_and_stores_nothing(tmp_path: Path) -> None:
     from devpid.store.postgres import Conflict
 
@@ -42,6 +42,7 @@ def test_a_commit_built_on_a_stale_read_is_refused_and_stores_nothing(tmp_path: 
     assert a.get("index/alice/dev") == {"bases": ["root/pypi"], "title": "B's"}
 
 
+@requires_pg
 def test_unrelated_concurrent_commits_both_land_gap_free(tmp_path: Path) -> None:
     _, a, b = _stores(tmp_path)
     with b.transaction() as txb:
@@ -54,6 +55,7 @@ def test_unrelated_concurrent_commits_both_land_gap_free(tmp_path: Path) -> None
     assert list(a.snapshot()) == list(b.snapshot())
 
 
+@requires_pg
 def test_a_prefix_read_conflicts_with_a_new_key_under_it(tmp_path: Path) -> None:
     from devpid.store.postgres import Conflict
 
@@ -65,6 +67,7 @@ def test_a_prefix_read_conflicts_with_a_new_key_under_it(tmp_path: Path) -> None
         txb.set("user/alice", {"indexes": 0})
 
 
+@requires_pg
 def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> None:
     import psycopg
 
@@ -82,6 +85,7 @@ def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> N
         PostgresStore(url, tmp_path / "a.sqlite")
 
 
+@requires_pg
 def test_a_view_of_another_database_is_rebuilt_from_this_one(tmp_path: Path) -> None:
     from devpid.store import SQLiteStore
     from devpid.store.postgres import PostgresStore
@@ -95,3 +99,17 @@ def test_a_view_of_another_database_is_rebuilt_from_this_one(tmp_path: Path) -> 
     other.close()
     c = PostgresStore(a.url, tmp_path / "c.sqlite")
     assert (c.uuid, c.serial, c.keys("user/")) == (a.uuid, 0, ["user/alice"])
+
+
+def test_an_unreachable_database_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    """Nothing listens on port 1: init and start-up both say so and exit non-zero."""
+    url = "postgresql://devpid@127.0.0.1:1/devpid"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    init = run([tool("devpid"), "init", "--serverdir", str(tmp_path / "a"), "--store", url],
+               env, check=False)
+    start = run([tool("twistd"), "-n", "--pidfile=", "devpid", "--serverdir",
+                 str(tmp_path / "b"), "--store", url, "--port", "0"], env, check=False)
+    for proc in (init, start):
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "cannot connect to the database" in output, output
+        assert "Traceback" not in output
