@@ -179,5 +179,11 @@ def test_cache_prune_on_one_node_is_a_commit_every_node_sees(
                                            "--index", "u/mirror"], client_env(tmp_path)).stdout:
             assert time.monotonic() < deadline, "node A never saw the prune"
             time.sleep(0.1)
+        # and node B's daemon, whose view the command line shared, goes on past it
+        r = a.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "after the prune"})
+        assert r.status_code == 200, r.text
+        _wait_serial(b, int(r.headers["X-Devpi-Serial"]))
+        assert b.json("GET", "/u/dev").json()["result"]["title"] == "after the prune"
+        assert "applying" not in b.log(), b.log()
     finally:
         up.close()

@@ -202,7 +202,18 @@ class PostgresStore(SQLiteStore):
                 continue
             if serial != self.serial + 1:
                 return
+            self._apply_local(serial, changes, encoded)
+
+    def _apply_local(self, serial: int, changes: Changes, encoded: Mapping[str, str]) -> None:
+        """Apply one of the database's serials to the view. Another process on this server
+        directory (``devpid passwd`` or ``cache prune`` beside the daemon) may have written
+        it there first, with the same content: then the listeners hear that copy."""
+        try:
             super()._commit(serial, changes, encoded)
+        except StoreError:
+            self._catch_up(self._max_serial())
+            if self.serial < serial:
+                raise
 
     # -- writing ---------------------------------------------------------------------------
     @contextmanager
@@ -243,7 +254,7 @@ class PostgresStore(SQLiteStore):
         except psycopg.Error as e:
             raise write_failed("database commit", e, code=503) from e
         try:
-            super()._commit(serial, changes, {k: v for k, v in texts.items()})
+            self._apply_local(serial, changes, texts)
         except Exception:  # it is recorded: the follower's next poll applies it
             log.failure("applying serial {serial} to the local view failed", serial=serial)
         return serial
