@@ -113,3 +113,27 @@ def test_an_unreachable_database_is_one_clear_line_not_a_traceback(tmp_path: Pat
         output = proc.stdout + proc.stderr
         assert proc.returncode != 0 and "cannot connect to the database" in output, output
         assert "Traceback" not in output
+
+
+@requires_pg
+def test_a_commit_waits_boundedly_for_a_stuck_holder_of_the_lock(tmp_path: Path) -> None:
+    """Another session holds the head lock and never commits: the commit gives up with a
+    503 (nothing stored) instead of blocking the reactor for good."""
+    import psycopg
+
+    from devpid.store.base import WriteFailed
+    from devpid.store.postgres import PostgresStore
+    from tests.support.pg import fresh_database
+
+    url = fresh_database()
+    store = PostgresStore(url, tmp_path / "a.sqlite", lock_timeout=0.2)
+    with psycopg.connect(url) as stuck:
+        stuck.execute("SELECT serial FROM head FOR UPDATE")
+        with pytest.raises(WriteFailed) as raised, store.transaction() as tx:
+            tx.set("user/alice", {})
+        stuck.rollback()
+    assert raised.value.code == 503 and "lock" in str(raised.value)
+    assert store.serial == -1 and store.get("user/alice") is None
+    with store.transaction() as tx:  # the connection is still good afterwards
+        tx.set("user/alice", {})
+    assert tx.serial == 0

@@ -35,6 +35,7 @@ from devpid.store.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore, Transaction
 log = Logger()
 
 PG_SCHEMA_VERSION = 1
+LOCK_TIMEOUT = 5.0  # seconds a commit waits for another node's commit before a 503
 CHANNEL = "devpid_commits"
 _SCHEMA_LOCK = 0x64657670  # pg_advisory_xact_lock key: nodes starting together create it once
 
@@ -64,10 +65,19 @@ class Conflict(WriteFailed):
     code = 409
 
 
-def connect(url: str) -> psycopg.Connection[Any]:
-    """An autocommit connection (transactions are explicit), failing fast when unreachable."""
+def connect(url: str, lock_timeout: float = LOCK_TIMEOUT) -> psycopg.Connection[Any]:
+    """An autocommit connection (transactions are explicit), failing fast when unreachable.
+
+    The commit runs on the reactor: a node that holds the head lock and hangs must not stop
+    every other node, so waiting for the lock, any statement and an idle open transaction
+    are all bounded (the server aborts the laggard; the waiter answers 503).
+    """
+    ms = int(lock_timeout * 1000)
+    options = (f"-c lock_timeout={ms} -c statement_timeout={6 * ms}"
+               f" -c idle_in_transaction_session_timeout={6 * ms}")
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, options=options,
+                               keepalives=1, keepalives_idle=30)
     except psycopg.Error as e:
         raise StoreError(f"cannot connect to the database: {e}") from e
 
@@ -160,9 +170,10 @@ def prepare_view(path: Path, uuid: str, head: int) -> None:
 class PostgresStore(SQLiteStore):
     """The store on PostgreSQL, read through the node's SQLite view at ``path``."""
 
-    def __init__(self, url: str, path: Path) -> None:
+    def __init__(self, url: str, path: Path, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.url = url
-        self._pg = connect(url)
+        self.lock_timeout = lock_timeout
+        self._pg = connect(url, lock_timeout)
         try:
             pg_uuid = ensure_schema(self._pg)
             prepare_view(path, pg_uuid, self._head(self._pg))
@@ -179,7 +190,7 @@ class PostgresStore(SQLiteStore):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._pg.closed or self._pg.broken:
-            self._pg = connect(self.url)
+            self._pg = connect(self.url, self.lock_timeout)
         return self._pg
 
     # -- keeping the view current ----------------------------------------------------------
