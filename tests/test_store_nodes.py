@@ -77,8 +77,10 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Devpi
     try:
         r = a.json("PUT", "/u", json={"password": "pw"})
         assert r.status_code == 201, r.text
-        r = b.json("PUT", "/u/dev", auth=("u", "pw"), json={"bases": []})
+        _wait_serial(b, int(r.headers["X-Devpi-Serial"]))  # a node serves a write's serial
+        r = b.json("PUT", "/u/dev", auth=("u", "pw"), json={"bases": []})  # once it has it
         assert r.status_code == 200, r.text
+        _wait_serial(a, int(r.headers["X-Devpi-Serial"]))
         yield url, a, b
     finally:
         a.stop()
@@ -187,3 +189,43 @@ def test_cache_prune_on_one_node_is_a_commit_every_node_sees(
         assert "applying" not in b.log(), b.log()
     finally:
         up.close()
+
+
+def test_a_write_built_on_state_another_node_changed_gets_409_then_retry_works(
+    nodes: Any,
+) -> None:
+    """Deterministic race: while the test holds the database's head lock, node B takes a
+    change of an index (read from its view) to commit; the test then commits, as another
+    node would, a change of that same index and lets go. B must refuse, not overwrite."""
+    import json
+
+    import psycopg
+
+    url, _a, b = nodes
+    with psycopg.connect(url) as other:
+        head = other.execute("SELECT serial FROM head FOR UPDATE").fetchone()[0]
+        _wait_serial(b, head)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(b.json, "PATCH", "/u/dev", auth=("u", "pw"),
+                                  json={"title": "B's title"})
+            time.sleep(0.3)  # B is now queued on the lock (a wait, not a timing assertion)
+            (text,) = other.execute("SELECT value FROM kv WHERE key = 'index/u/dev'").fetchone()
+            config = dict(json.loads(text), description="another node's change")
+            value = json.dumps(config, separators=(",", ":"), sort_keys=True)
+            serial = head + 1
+            other.execute("INSERT INTO changelog VALUES (%s, 0, %s)",
+                          (serial, json.dumps({"index/u/dev": config}, separators=(",", ":"),
+                                              sort_keys=True)))
+            other.execute("UPDATE kv SET value = %s, serial = %s WHERE key = 'index/u/dev'",
+                          (value, serial))
+            other.execute("UPDATE head SET serial = %s", (serial,))
+            other.commit()
+            r = pending.result(timeout=30)
+    assert r.status_code == 409, r.text
+    message = r.json()["message"]
+    assert "concurrent change" in message and "nothing was stored" in message
+    assert "Traceback" not in b.log()
+    r = b.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "B's title"})
+    assert r.status_code == 200, r.text
+    result = b.json("GET", "/u/dev").json()["result"]
+    assert result["title"] == "B's title" and result["description"] == "another node's change"

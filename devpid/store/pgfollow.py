@@ -18,7 +18,7 @@ from twisted.application import service
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from devpid.store.postgres import CHANNEL, Entry, PostgresStore, fetch_entries
+from devpid.store.postgres import CHANNEL, Entry, PostgresStore, connect, fetch_entries
 
 log = Logger()
 
@@ -56,8 +56,7 @@ class PostgresFollower(service.Service):
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.store.url, autocommit=True,
-                                     connect_timeout=10) as conn:
+                with connect(self.store.url, self.store.lock_timeout) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     while not self._stopping.is_set():
