@@ -109,20 +109,21 @@ def test_concurrent_writes_to_both_nodes_are_gap_free_and_none_lost(
 
     url, a, b = nodes
     jobs = []
-    for n in range(12):
-        wheel = make_wheel(tmp_path, f"busy-{n}", "1.0")
-        jobs.append(((a, b)[n % 2], wheel, f"busy-{n}"))
+    for n in range(12):  # 4 projects, 3 versions each: both nodes write the same projects
+        name, version = f"busy-{n % 4}", f"1.{n}"
+        jobs.append(((a, b)[n % 2], make_wheel(tmp_path, name, version), name, version))
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        serials = list(pool.map(lambda job: _upload_retrying(job[0], "u/dev", job[1],
-                                                             job[2], "1.0"), jobs))
+        serials = list(pool.map(lambda job: _upload_retrying(job[0], "u/dev", *job[1:]),
+                                jobs))
     top = max(serials)
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT serial FROM changelog ORDER BY serial").fetchall()
     assert [s for (s,) in rows] == list(range(len(rows))) and rows[-1][0] >= top
     for node in (a, b):
         _wait_serial(node, top)
-        r = requests.get(node.url + "/u/dev/+simple/", timeout=10)
-        assert all(f"busy-{n}" in r.text for n in range(12)), (node.url, r.text)
+        for n in range(4):
+            r = requests.get(f"{node.url}/u/dev/+simple/busy-{n}/", timeout=10)
+            assert all(f"-1.{v}-" in r.text for v in range(n, 12, 4)), (node.url, r.text)
         assert _serial(node) == rows[-1][0]
 
 
