@@ -160,3 +160,23 @@ def test_reopen_keeps_state_serial_and_uuid(open_store: Opener) -> None:
     with again.transaction() as tx:
         tx.set("user/a", {"n": 2})
     assert tx.serial == 1
+
+
+def test_a_big_mirror_page_keeps_exactly_its_current_paths(open_store: Opener) -> None:
+    """Above 1,000 files only the difference is written: what is dropped must go too."""
+    store = open_store()
+
+    def page(numbers: range) -> dict[str, Any]:
+        return {"files": [{"path": f"root/pypi/+f/{n:04d}/p-{n}.whl", "filename": f"p-{n}.whl"}
+                          for n in numbers]}
+
+    with store.transaction() as tx:
+        tx.set("mirror/root/pypi/p", page(range(1500)))
+    with store.transaction() as tx:
+        tx.set("mirror/root/pypi/p", page(range(300, 1600)))
+    assert store.lookup_path("root/pypi/+f/0299/p-299.whl") is None
+    assert store.lookup_path("root/pypi/+f/1599/p-1599.whl") == ("mirror/root/pypi/p",
+                                                                 "p-1599.whl")
+    reopened = open_store()
+    assert reopened.lookup_path("root/pypi/+f/0300/p-300.whl") == ("mirror/root/pypi/p",
+                                                                   "p-300.whl")

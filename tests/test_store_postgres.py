@@ -137,3 +137,28 @@ def test_a_commit_waits_boundedly_for_a_stuck_holder_of_the_lock(tmp_path: Path)
     with store.transaction() as tx:  # the connection is still good afterwards
         tx.set("user/alice", {})
     assert tx.serial == 0
+
+
+@requires_pg
+def test_the_database_holds_the_same_state_and_paths_as_the_view(tmp_path: Path) -> None:
+    """PostgreSQL is the record, not only a log: its kv and paths match the node's view,
+    also after a big mirror page shrank (only its difference is written)."""
+    import psycopg
+
+    url, a, _b = _stores(tmp_path)
+
+    def page(numbers: range) -> dict[str, object]:
+        return {"files": [{"path": f"root/pypi/+f/{n:04d}/p-{n}.whl", "filename": f"p-{n}.whl"}
+                          for n in numbers]}
+
+    with a.transaction() as tx:
+        tx.set("mirror/root/pypi/p", page(range(1500)))
+        tx.set("user/alice", {"email": "a@example.org"})
+    with a.transaction() as tx:
+        tx.set("mirror/root/pypi/p", page(range(300, 1600)))
+        tx.delete("user/alice")
+    with psycopg.connect(url) as conn:
+        kv = conn.execute("SELECT key, serial FROM kv ORDER BY key").fetchall()
+        paths = conn.execute("SELECT path FROM paths ORDER BY path").fetchall()
+    assert kv == [("mirror/root/pypi/p", 1)]
+    assert [p for (p,) in paths] == [f"root/pypi/+f/{n:04d}/p-{n}.whl" for n in range(300, 1600)]

@@ -261,7 +261,8 @@ class PostgresStore(SQLiteStore):
                     serial = head + 1
                 elif serial != head + 1:
                     raise StoreError(f"cannot apply serial {serial}: store is at serial {head}")
-                self._write(conn, serial, changes, texts, entry)
+                with conn.pipeline():  # the writes go in one round trip, not one each
+                    self._write(conn, serial, changes, texts, entry)
         except psycopg.Error as e:
             raise write_failed("database commit", e, code=503) from e
         try:
