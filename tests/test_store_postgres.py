@@ -162,3 +162,32 @@ def test_the_database_holds_the_same_state_and_paths_as_the_view(tmp_path: Path)
         paths = conn.execute("SELECT path FROM paths ORDER BY path").fetchall()
     assert kv == [("mirror/root/pypi/p", 1)]
     assert [p for (p,) in paths] == [f"root/pypi/+f/{n:04d}/p-{n}.whl" for n in range(300, 1600)]
+
+
+@requires_pg
+def test_commits_while_the_database_is_down_are_503s_then_it_reconnects(
+    tmp_path: Path,
+) -> None:
+    import psycopg
+
+    from devpid.store.base import WriteFailed
+    from devpid.store.postgres import PostgresStore
+    from tests.support.pg import fresh_database
+
+    url = fresh_database()
+    store = PostgresStore(url, tmp_path / "a.sqlite")
+    from tests.support.pg import PG_URL
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(str(PG_URL), autocommit=True) as admin:  # the database goes down
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')  # type: ignore[arg-type]
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE datname = %s", (name,))
+        for _ in range(2):  # the broken connection, then a failed reconnect: both 503
+            with pytest.raises(WriteFailed) as raised, store.transaction() as tx:
+                tx.set("user/alice", {})
+            assert raised.value.code == 503 and store.serial == -1
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')  # type: ignore[arg-type]
+    with store.transaction() as tx:
+        tx.set("user/alice", {})
+    assert tx.serial == 0 and store.get("user/alice") == {}

@@ -245,7 +245,10 @@ class PostgresStore(SQLiteStore):
         texts = {key: encoded[key] if encoded and key in encoded else encode_value(value)
                  for key, value in changes.items() if value is not None}
         entry = _compose({key: texts.get(key, "null") for key in changes})
-        conn = self._connection()
+        try:
+            conn = self._connection()
+        except StoreError as e:  # the database is down: a 503 (nothing stored), not a 500
+            raise WriteFailed(str(e)) from e
         try:
             with conn.transaction():
                 head = int(conn.execute(
