@@ -230,3 +230,23 @@ def test_a_write_built_on_state_another_node_changed_gets_409_then_retry_works(
     assert r.status_code == 200, r.text
     result = b.json("GET", "/u/dev").json()["result"]
     assert result["title"] == "B's title" and result["description"] == "another node's change"
+
+
+def test_nodes_ride_out_a_database_restart(nodes: Any) -> None:
+    """Every session of the database is cut (as a restart does): the next write on either
+    node lands, and the other node's follower reconnects and serves it; one log line."""
+    import psycopg
+
+    from tests.support.pg import PG_URL
+
+    url, a, b = nodes
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(str(PG_URL), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE datname = %s", (name,))
+    r = a.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "after the restart"})
+    assert r.status_code == 200, r.text
+    _wait_serial(b, int(r.headers["X-Devpi-Serial"]))
+    assert b.json("GET", "/u/dev").json()["result"]["title"] == "after the restart"
+    log = b.log()
+    assert "cannot follow the database" in log and "following the database failed" not in log

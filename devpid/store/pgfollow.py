@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from devpid.store.base import StoreError
 from devpid.store.postgres import CHANNEL, Entry, PostgresStore, connect, fetch_entries
 
 log = Logger()
@@ -63,13 +64,17 @@ class PostgresFollower(service.Service):
                         self._pull(conn)
                         for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
                             pass
+                return
+            except (psycopg.OperationalError, StoreError) as e:  # unreachable: one line
+                if not self._stopping.is_set():
+                    log.warn("cannot follow the database ({error}); retrying in {delay}s",
+                             error=str(e).strip(), delay=delay)
             except Exception:
-                if self._stopping.is_set():
-                    return
-                log.failure("following the database failed; retrying in {delay}s",
-                            delay=delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+                if not self._stopping.is_set():
+                    log.failure("following the database failed; retrying in {delay}s",
+                                delay=delay)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
 
     def _pull(self, conn: psycopg.Connection[Any]) -> None:
         """Hand every entry after the view's serial to the reactor, one batch at a time."""

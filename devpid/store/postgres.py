@@ -173,6 +173,7 @@ class PostgresStore(SQLiteStore):
     def __init__(self, url: str, path: Path, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
+        self._writes_sent = False
         self._pg = connect(url, lock_timeout)
         try:
             pg_uuid = ensure_schema(self._pg)
@@ -245,33 +246,51 @@ class PostgresStore(SQLiteStore):
         texts = {key: encoded[key] if encoded and key in encoded else encode_value(value)
                  for key, value in changes.items() if value is not None}
         entry = _compose({key: texts.get(key, "null") for key in changes})
-        try:
-            conn = self._connection()
-        except StoreError as e:  # the database is down: a 503 (nothing stored), not a 500
-            raise WriteFailed(str(e)) from e
-        try:
-            with conn.transaction():
-                head = int(conn.execute(
-                    "SELECT serial FROM head WHERE id = 0 FOR UPDATE").fetchone()[0])  # type: ignore[index]
-                while self.serial < head:  # the view must be at head to judge conflicts
-                    before = self.serial
-                    self.apply_entries(fetch_entries(conn, self.serial, 1000))
-                    if self.serial == before:
-                        raise StoreError(f"the view cannot reach serial {head}")
-                if tx is not None:
-                    self._refuse_conflicts(tx)
-                if serial is None:
-                    serial = head + 1
-                elif serial != head + 1:
-                    raise StoreError(f"cannot apply serial {serial}: store is at serial {head}")
-                with conn.pipeline():  # the writes go in one round trip, not one each
-                    self._write(conn, serial, changes, texts, entry)
-        except psycopg.Error as e:
-            raise write_failed("database commit", e, code=503) from e
+        for attempt in (1, 2):
+            try:
+                conn = self._connection()
+            except StoreError as e:  # the database is down: a 503 (nothing stored), not a 500
+                raise WriteFailed(str(e)) from e
+            self._writes_sent = False
+            try:
+                serial = self._commit_once(conn, serial, changes, texts, entry, tx)
+                break
+            except psycopg.OperationalError as e:
+                # A connection lost since the last commit (the database restarted) fails
+                # on the first statement, before any write was sent: once more is safe.
+                if attempt == 1 and conn.broken and not self._writes_sent:
+                    continue
+                raise write_failed("database commit", e, code=503) from e
+            except psycopg.Error as e:
+                raise write_failed("database commit", e, code=503) from e
+        assert serial is not None
         try:
             self._apply_local(serial, changes, texts)
         except Exception:  # it is recorded: the follower's next poll applies it
             log.failure("applying serial {serial} to the local view failed", serial=serial)
+        return serial
+
+    def _commit_once(self, conn: psycopg.Connection[Any], serial: int | None, changes: Changes,
+                     texts: Mapping[str, str], entry: str,
+                     tx: TrackedTransaction | None) -> int:
+        """One try of the commit transaction; returns the serial it committed."""
+        with conn.transaction():
+            row = conn.execute("SELECT serial FROM head WHERE id = 0 FOR UPDATE").fetchone()
+            head = int(row[0]) if row else -1
+            while self.serial < head:  # the view must be at head to judge conflicts
+                before = self.serial
+                self.apply_entries(fetch_entries(conn, self.serial, 1000))
+                if self.serial == before:
+                    raise StoreError(f"the view cannot reach serial {head}")
+            if tx is not None:
+                self._refuse_conflicts(tx)
+            if serial is None:
+                serial = head + 1
+            elif serial != head + 1:
+                raise StoreError(f"cannot apply serial {serial}: store is at serial {head}")
+            self._writes_sent = True
+            with conn.pipeline():  # the writes go in one round trip, not one each
+                self._write(conn, serial, changes, texts, entry)
         return serial
 
     def _refuse_conflicts(self, tx: TrackedTransaction) -> None:
