@@ -197,3 +197,35 @@ def test_commits_while_the_database_is_down_are_503s_then_it_reconnects(
     with store.transaction() as tx:
         tx.set("user/alice", {})
     assert tx.serial == 1 and store.get("user/alice") == {}
+
+
+@requires_pg
+def test_a_listener_committing_while_the_view_catches_up_is_refused_not_nested(
+    tmp_path: Path,
+) -> None:
+    """Catching up happens inside the database transaction: a listener that commits right
+    there would nest a commit in it (and could leave the view ahead of the database): that
+    one is refused (and logged), the commit goes on. After the database's commit a listener
+    may commit, as on SQLite."""
+    from devpid.store.base import StoreError
+
+    _, a, b = _stores(tmp_path)
+    with a.transaction() as tx:
+        tx.set("user/alice", {})
+    refused: list[Exception] = []
+
+    def listener(serial: int, changes: dict[str, object]) -> None:
+        if not any(key.startswith("user/echo") for key in changes):  # echoes are not echoed
+            try:
+                with b.transaction() as inner:
+                    inner.set(f"user/echo-{serial}", {})
+            except StoreError as e:
+                refused.append(e)
+
+    b.add_commit_listener(listener)
+    with b.transaction() as tx:  # catches up serial 0 inside, then commits serial 1
+        tx.set("user/bob", {})
+    assert tx.serial == 1 and len(refused) == 1  # the echo of 0 was refused ...
+    assert b.get("user/echo-0") is None and b.get("user/echo-1") == {}  # ... that of 1 not
+    a.catch_up()
+    assert list(a.snapshot()) == list(b.snapshot()) and a.serial == b.serial == 2

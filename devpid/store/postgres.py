@@ -174,6 +174,7 @@ class PostgresStore(SQLiteStore):
         self.url = url
         self.lock_timeout = lock_timeout
         self._writes_sent = False
+        self._committing = False
         self._pg = connect(url, lock_timeout)
         try:
             pg_uuid = ensure_schema(self._pg)
@@ -246,6 +247,22 @@ class PostgresStore(SQLiteStore):
         texts = {key: encoded[key] if encoded and key in encoded else encode_value(value)
                  for key, value in changes.items() if value is not None}
         entry = _compose({key: texts.get(key, "null") for key in changes})
+        if self._committing:  # a listener hearing a caught-up serial, inside the lock
+            raise StoreError("a commit listener committed during a commit: defer it "
+                             "(callLater) so it does not nest in the database transaction")
+        self._committing = True
+        try:
+            serial = self._commit_tries(serial, changes, texts, entry, tx)
+        finally:
+            self._committing = False
+        try:  # after the database's commit, as SQLiteStore notifies after its own
+            self._apply_local(serial, changes, texts)
+        except Exception:  # it is recorded: the follower's next poll applies it
+            log.failure("applying serial {serial} to the local view failed", serial=serial)
+        return serial
+
+    def _commit_tries(self, serial: int | None, changes: Changes, texts: Mapping[str, str],
+                      entry: str, tx: TrackedTransaction | None) -> int:
         for attempt in (1, 2):
             try:
                 conn = self._connection()
@@ -264,10 +281,6 @@ class PostgresStore(SQLiteStore):
             except psycopg.Error as e:
                 raise write_failed("database commit", e, code=503) from e
         assert serial is not None
-        try:
-            self._apply_local(serial, changes, texts)
-        except Exception:  # it is recorded: the follower's next poll applies it
-            log.failure("applying serial {serial} to the local view failed", serial=serial)
         return serial
 
     def _commit_once(self, conn: psycopg.Connection[Any], serial: int | None, changes: Changes,
