@@ -101,7 +101,7 @@ def _prune(store: Any, blobs: Any, chosen: list[tuple[str, str, Any, float]]) ->
 def main(args: argparse.Namespace) -> int:
     from devpid.cli import _serverdir
     from devpid.mirror.policy import PolicyError
-    from devpid.store import DB_NAME, BlobStore, SQLiteStore, is_initialised
+    from devpid.store import is_initialised, open_store
     from devpid.store.base import StoreError
 
     serverdir = _serverdir(args)
@@ -112,8 +112,8 @@ def main(args: argparse.Namespace) -> int:
     if pruning and not (args.project or args.older_than or args.all):
         print("devpid: prune needs --project, --older-than or --all", file=sys.stderr)
         return 2
-    store = SQLiteStore(serverdir / DB_NAME, readonly=not pruning or args.dry_run)
-    blobs = BlobStore(serverdir / "+blobs")
+    # open_store: on PostgreSQL a prune is committed through the database, not to the view
+    store, blobs = open_store(serverdir, readonly=not pruning or args.dry_run)
     now = time.time()
     try:
         chosen = _select(store, blobs, args, now)

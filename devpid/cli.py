@@ -27,6 +27,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     from devpid.init import AlreadyInitialised, initialise
 
     serverdir = _serverdir(args)
+    if args.store:
+        from devpid.store import is_postgres_url, remember_store_url
+
+        if not is_postgres_url(args.store):
+            print("devpid: --store must be a postgresql:// URL", file=sys.stderr)
+            return 2
+        remember_store_url(serverdir, args.store)
     if args.root_password == "":
         print("devpid: WARNING: root gets an EMPTY password, as requested.", file=sys.stderr)
     try:
@@ -109,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serverdir(p)
     p.add_argument("--root-password", help="root's password (default: generate and print one)")
     p.add_argument("--no-root-pypi", action="store_true", help="do not create root/pypi")
+    p.add_argument("--store", help="a postgresql:// URL: keep the state in that database "
+                   "(other nodes then start with twistd devpid --store URL, no init)")
     p.add_argument("--mirror-url", help="upstream simple index for root/pypi (default: PyPI)")
     p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
                    default=auth.DEFAULT_BCRYPT_ROUNDS,
@@ -152,7 +161,13 @@ _OPTIONAL_COMMANDS: list[tuple[str, str]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    from devpid.store.base import StoreError
+
+    try:
+        return func(args)
+    except StoreError as e:  # e.g. the server directory's database is unreachable
+        print(f"devpid: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from devpid.mirror.cache import MirrorCache, MirrorCacheService
 from devpid.mirror.service import Mirror, MirrorService
 from devpid.replica import NonceGuard, PrimaryFeed, ReplicaFollower, WriteProxy
 from devpid.store import DB_NAME, open_store
+from devpid.store.base import StoreError
 from devpid.web.app import DevpidServer, DevpidSite, Settings, make_site
 from devpid.web.fastpath import stored_paths
 from devpid.web.html.readme import DescriptionCache
@@ -237,7 +238,10 @@ def build_node(
     a ``worker`` serves reads on the socket at ``inherited_fd`` and forwards writes to
     ``main_url``.
     """
-    store, blobs = open_store(settings.serverdir)
+    try:
+        store, blobs = open_store(settings.serverdir)
+    except StoreError as e:  # e.g. its database is unreachable: one clear line
+        raise SystemExit(f"devpid: {settings.serverdir}: {e}") from None
     if role == "main":
         blobs.clean_temp()
     pool = ThreadPool(minthreads=1, maxthreads=4, name="devpid-worker")
@@ -266,6 +270,10 @@ def build_node(
     node_cache = node_events = node_gc = None
     mirror_service = MirrorService(server.mirror)
     mirror_service.setServiceParent(loops)
+    if getattr(store, "url", None):  # on PostgreSQL: other nodes' commits reach the view
+        from devpid.store.pgfollow import PostgresFollower
+
+        PostgresFollower(store, reactor).setServiceParent(loops)  # type: ignore[arg-type]
     if role == "worker":
         assert main_url is not None
         link: Any = workers.MainLink(server, main_url)  # quacks like a ReplicaFollower

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application import service
 from twisted.logger import (
@@ -25,7 +26,10 @@ from twisted.python import usage
 
 from devpid import auth, firstscreen
 from devpid.proxies import DEFAULT_TRUSTED, parse_networks
-from devpid.store import is_initialised
+from devpid.store import is_initialised, is_postgres_url, remember_store_url
+from devpid.store.base import StoreError
+
+T = TypeVar("T")
 
 log = Logger()
 
@@ -60,6 +64,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["serverdir", None, None, "server directory (default $DEVPID_SERVERDIR or ~/.devpid)"],
+        ["store", None, None,
+         "database URL (postgresql://USER@HOST:PORT/DB) shared by several nodes; recorded in "
+         "the server directory (default: its own SQLite file)"],
         ["host", None, "localhost", "interface to listen on"],
         ["port", None, 3141, "TCP port to listen on (0 = any free port)", int],
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
@@ -177,6 +184,11 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
+        if self["store"] is not None:
+            if not is_postgres_url(self["store"]):
+                raise usage.UsageError("--store must be a postgresql:// URL")
+            if self["primary-url"] or self["workers"] > 1:
+                raise usage.UsageError("--store works without --primary-url and --workers")
 
 
 class TwistdOptions(Options):
@@ -212,6 +224,14 @@ class DevpidService(service.MultiService):
         super().setServiceParent(parent)
 
 
+def _store_call(func: Callable[[Path], T], serverdir: Path) -> T:
+    """A store that cannot be opened (e.g. its database is unreachable): one clear line."""
+    try:
+        return func(serverdir)
+    except StoreError as e:
+        raise SystemExit(f"devpid: {serverdir}: {e}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """Build the service tree from parsed options (no I/O beyond opening the store; with
     --workers, binding the sockets the workers share)."""
@@ -225,7 +245,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     serverdir: Path = options["serverdir"]
     replica = bool(options["primary-url"])
-    if not replica and not is_initialised(serverdir):
+    if options["store"]:
+        remember_store_url(serverdir, options["store"])
+    if not replica and not _store_call(is_initialised, serverdir):
         if not options["init"]:
             raise SystemExit(
                 f"devpid: {serverdir} is not an initialised server directory.\n"

@@ -167,11 +167,20 @@ class Devpid:
         return requests.request(method, self.url + path, auth=auth, headers=headers, **kw)
 
 
-def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool = True) -> None:
+def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool = True,
+                   store: str | None = None) -> None:
+    """``devpid init``; with DEVPID_TEST_STORE=postgresql every server directory gets a
+    fresh PostgreSQL database (CI runs chosen test files that way, see .ci/run)."""
     cmd = [
         tool("devpid"), "init", "--serverdir", str(serverdir),
         "--root-password", ROOT_PASSWORD, "--bcrypt-rounds", "4",
     ]
+    if store is None and os.environ.get("DEVPID_TEST_STORE") == "postgresql":
+        from tests.support.pg import fresh_database
+
+        store = fresh_database()
+    if store is not None:
+        cmd += ["--store", store]
     if upstream_url:
         cmd += ["--mirror-url", upstream_url]
     if not root_pypi:

@@ -454,6 +454,9 @@ def report_write_failure(request: Any, failure: Failure) -> HTTPError:
     if isinstance(failure.value, OutOfSpace):  # an operator's condition: one line, no trace
         log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
                   uri=request.uri.decode("latin-1"), message=str(failure.value))
+    elif failure.value.code == 409:  # another node's concurrent change: the client retries
+        log.info("{method} {uri}: {message}", method=request.method.decode("latin-1"),
+                 uri=request.uri.decode("latin-1"), message=str(failure.value))
     else:
         log.failure("a write failed for {method} {uri}", failure,
                     method=request.method, uri=request.uri)
