@@ -41,8 +41,9 @@ def test_devpi_client_session(devpid_server: Devpid, env: dict[str, str], unique
 
     out = devpi(env, "user", "-m", alice, "email=new@example.org")
     assert "user modified" in out
-    user = devpid_server.json("GET", f"/{alice}").json()["result"]
+    user = devpid_server.json("GET", f"/{alice}", auth=("root", "root-secret")).json()["result"]
     assert user["email"] == "new@example.org"
+    assert "email" not in devpid_server.json("GET", f"/{alice}").json()["result"]  # private
     assert "pwhash" not in user and "password" not in user
 
     # list form of PATCH: += and -=
