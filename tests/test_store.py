@@ -83,7 +83,8 @@ def test_restart_keeps_everything(start_devpid) -> None:  # type: ignore[no-unty
     server.stop()
     server.start()
     assert int(server.json("GET", "/+api").headers["X-Devpi-Serial"]) == serial
-    assert server.json("GET", "/carol", auth=("carol", "carol-pw")).json()["result"]["email"] == "c@x"
+    carol = server.json("GET", "/carol", auth=("carol", "carol-pw")).json()["result"]
+    assert carol["email"] == "c@x"
     config = server.json("GET", "/carol/dev").json()["result"]
     assert config["bases"] == ["root/pypi"] and config["title"] == "Dev"
     assert server.login("carol", "carol-pw")
