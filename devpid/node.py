@@ -100,10 +100,18 @@ class ThreadPoolService(service.Service):
 
 
 class StoreService(service.Service):
-    """Closes the store; the first child of the root, so it stops after everything else."""
+    """Starts the store's write thread (PostgreSQL) and closes the store; the first child of
+    the root, so it stops after everything else."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, reactor: Any) -> None:
         self.store = store
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        start_writer = getattr(self.store, "start_writer", None)
+        if start_writer is not None:
+            start_writer(self.reactor)
 
     def stopService(self) -> None:
         super().stopService()
@@ -270,7 +278,9 @@ def build_node(
     node_cache = node_events = node_gc = None
     mirror_service = MirrorService(server.mirror)
     mirror_service.setServiceParent(loops)
-    if getattr(store, "url", None):  # on PostgreSQL: other nodes' commits reach the view
+    if getattr(store, "url", None) and role == "main":
+        # On PostgreSQL other nodes' commits reach the view; the workers of --workers N
+        # read the same view and learn of them as of the main process's own commits.
         from devpid.store.pgfollow import PostgresFollower
 
         PostgresFollower(store, reactor).setServiceParent(loops)  # type: ignore[arg-type]
@@ -296,7 +306,7 @@ def build_node(
     site = make_site(server)
     status += [site.devpid_connections.status, site.devpid_fast.status, site.audit.status]
     root = OrderedServices()
-    StoreService(store).setServiceParent(root)
+    StoreService(store, reactor).setServiceParent(root)
     LogsService(site).setServiceParent(root)
     pools = service.MultiService()
     ThreadPoolService(pool).setServiceParent(pools)
