@@ -36,7 +36,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from devpid.store.base import Changes, StoreError, WriteFailed, write_failed
+from devpid.store.base import Changes, StoreError, Unavailable, WriteFailed, write_failed
 from devpid.store.keys import paths_of
 from devpid.store.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore, Transaction, encode_value
 
@@ -365,16 +365,21 @@ class PostgresStore(SQLiteStore):
             try:
                 conn = connection()
             except StoreError as e:  # the database is down: a 503 (nothing stored), not a 500
-                raise WriteFailed(str(e)) from e
+                raise Unavailable(str(e)) from e
             sent: list[bool] = []
             try:
                 return self._commit_once(conn, serial, changes, texts, entry, base, touched,
                                          sent)
+            except psycopg.errors.LockNotAvailable as e:
+                raise Unavailable(f"the database is busy: its commit lock was not free within "
+                                  f"{self.lock_timeout:g}s ({str(e).splitlines()[0]})") from e
             except psycopg.OperationalError as e:
                 # A connection lost since the last commit (the database restarted) fails
                 # on the first statement, before any write was sent: once more is safe.
                 if attempt == 1 and conn.broken and not sent:
                     continue
+                if conn.broken:
+                    raise Unavailable(f"database commit failed: {e}") from e
                 raise write_failed("database commit", e, code=503) from e
             except psycopg.Error as e:
                 raise write_failed("database commit", e, code=503) from e
