@@ -270,7 +270,8 @@ def build_node(
     server.index_post_hooks = (post_json_hook, handle_post)  # JSON push first, then uploads
     server.mirror = Mirror(server)
     status: list[Callable[[], dict[str, Any]]] = [
-        server.passwords.status, server.mirror.status, server.replica_feed.status]
+        server.passwords.status, server.mirror.status, server.replica_feed.status,
+        store.writes.status]
 
     loops = service.MultiService()
     loops.setName("loops")
