@@ -5,12 +5,14 @@
 worker of ``--workers N``. The role decides what runs::
 
     Node.root  (OrderedServices: started top to bottom, stopped bottom to top, one at a time)
-      StoreService        closes the store: last of all
+      StoreService        starts the store's write thread (PostgreSQL); closes the store:
+                          last of all
       LogsService         flushes the access log, closes the audit log
       pools               the worker thread pool and the bcrypt pool
       ExternalCommits     polls for other processes' commits (--workers only)
       loops               mirror (its HTTP pools), mirror cache index*, replica follower**,
-                          events*, blob gc*  (stopped together)
+                          database follower* (PostgreSQL), events*, blob gc*  (stopped
+                          together)
       DrainService        waits for requests in progress (at most SHUTDOWN_GRACE seconds)
       private port*       the loopback port workers forward writes to (--workers only)
       WorkerSupervisor*   the worker processes, each stopped the same way (--workers only)
