@@ -13,7 +13,16 @@ from typing import Any
 
 import requests
 
-from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
+from tests.conftest import (
+    ROOT_PASSWORD,
+    Devpid,
+    client_env,
+    init_serverdir,
+    run,
+    tool,
+    twine_upload,
+)
+from tests.support.fakepypi import FakePyPI
 from tests.support.pg import requires_pg
 from tests.support.pkgbuild import make_wheel
 from tests.test_workers import worker_pids
@@ -87,6 +96,28 @@ def test_workers_on_postgresql(tmp_path: Path) -> None:
         while b.json("GET", "/u/dev").json()["result"].get("title") != "via the worker":
             assert time.monotonic() < deadline, f"node B never reached serial {serial}"
             time.sleep(0.05)
+        # mirror records a worker writes go to the database too: every node serves them
+        up = FakePyPI(tmp_path / "up").start()
+        try:
+            up.publish("mirrored-pkg", "1")
+            r = a.json("PUT", "/u/mirror", auth=("root", ROOT_PASSWORD),
+                       json={"type": "mirror", "mirror_url": up.url})
+            assert r.status_code == 200, r.text
+            filename = "mirrored_pkg-1-py3-none-any.whl"
+            sha = up.sha256(filename)
+            for kind in ("worker", "main"):
+                page = sessions[kind].get(f"{a.url}/u/mirror/+simple/mirrored-pkg/")
+                assert page.ok and filename in page.text, (kind, page.text)
+            r = sessions["worker"].get(f"{a.url}/u/mirror/+f/{sha[:3]}/{sha[3:16]}/{filename}")
+            assert r.ok and r.content[:2] == b"PK"
+            serial = int(r.headers["X-Devpi-Serial"])
+            deadline = time.monotonic() + 15
+            while int(requests.get(b.url + "/+api").headers["X-Devpi-Serial"]) < serial:
+                assert time.monotonic() < deadline, f"node B never reached serial {serial}"
+                time.sleep(0.05)
+            assert requests.get(f"{b.url}/u/mirror/+simple/mirrored-pkg/").ok
+        finally:
+            up.close()
         for s in sessions.values():
             s.close()
         for log in (a.log(), b.log()):
