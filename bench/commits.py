@@ -83,7 +83,7 @@ async def _async_write(store: Any, key: str, value: Any) -> None:
 
 
 async def measure(reactor: Any, store: Any, writes: int, hold: float, url: str | None,
-                  ) -> list[dict[str, Any]]:
+                  modes: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     applied: list[float] = []
     original_apply = getattr(store, "_apply_committed", None)
@@ -96,7 +96,7 @@ async def measure(reactor: Any, store: Any, writes: int, hold: float, url: str |
                 applied.append(time.perf_counter() - t)
         store._apply_committed = timed_apply
     probe = Probe(reactor)
-    for mode in ("sync", "async"):
+    for mode in modes:
         latency: list[float] = []
         blocked: list[float] = []
         probe.start()
@@ -162,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=300)
     parser.add_argument("--store", default=None, help="a postgresql:// URL (default: SQLite)")
+    parser.add_argument("--modes", default="sync,async",
+                        help="comma list; 'sync' alone runs against a checkout without "
+                             "store.write() (PYTHONPATH=OLD_CHECKOUT:.)")
     parser.add_argument("--hold", type=float, default=0.0,
                         help="PostgreSQL: also time one write while the lock is held this long")
     args = parser.parse_args(argv)
     if args.writes < 1:
         parser.error("--writes must be 1 or more")
+    if not set(args.modes.split(",")) <= {"sync", "async"}:
+        parser.error("--modes: sync and/or async")
     from twisted.internet import reactor
 
     from devpid.store.sqlite import SQLiteStore
@@ -177,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         from devpid.store.postgres import PostgresStore
 
         store = PostgresStore(args.store, tmp / "view.sqlite")
-        store.start_writer(reactor)
+        if hasattr(store, "start_writer"):
+            store.start_writer(reactor)
     else:
         store = SQLiteStore(tmp / "devpid.sqlite")
     out: list[dict[str, Any]] = []
 
     async def run() -> None:
         try:
-            out.extend(await measure(reactor, store, args.writes, args.hold, args.store))
+            out.extend(await measure(reactor, store, args.writes, args.hold, args.store,
+                                     args.modes.split(",")))
         finally:
             store.close()
             reactor.stop()
