@@ -16,8 +16,8 @@ Other nodes' commits reach the view through ``PostgresFollower`` (LISTEN/NOTIFY 
 In the daemon (``start_writer``) the database's part of a commit runs in one write thread
 with its own connection, so neither the round trip nor a wait for another node's lock ever
 blocks the reactor; the view is only touched by the reactor, which applies the committed
-entries (each serial one SQLite transaction) in one call when the thread returns. Writes of one node are serialised
-before that (devpid/store/writes.py), so they never conflict with each other.
+entries (each serial one SQLite transaction) in one call when the thread returns. Writes of
+one node are serialised before that (devpid/store/writes.py): they never conflict.
 """
 
 from __future__ import annotations
