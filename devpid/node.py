@@ -5,12 +5,14 @@
 worker of ``--workers N``. The role decides what runs::
 
     Node.root  (OrderedServices: started top to bottom, stopped bottom to top, one at a time)
-      StoreService        closes the store: last of all
+      StoreService        starts the store's write thread (PostgreSQL); closes the store:
+                          last of all
       LogsService         flushes the access log, closes the audit log
       pools               the worker thread pool and the bcrypt pool
       ExternalCommits     polls for other processes' commits (--workers only)
       loops               mirror (its HTTP pools), mirror cache index*, replica follower**,
-                          events*, blob gc*  (stopped together)
+                          database follower* (PostgreSQL), events*, blob gc*  (stopped
+                          together)
       DrainService        waits for requests in progress (at most SHUTDOWN_GRACE seconds)
       private port*       the loopback port workers forward writes to (--workers only)
       WorkerSupervisor*   the worker processes, each stopped the same way (--workers only)
@@ -100,10 +102,18 @@ class ThreadPoolService(service.Service):
 
 
 class StoreService(service.Service):
-    """Closes the store; the first child of the root, so it stops after everything else."""
+    """Starts the store's write thread (PostgreSQL) and closes the store; the first child of
+    the root, so it stops after everything else."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, reactor: Any) -> None:
         self.store = store
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        start_writer = getattr(self.store, "start_writer", None)
+        if start_writer is not None:
+            start_writer(self.reactor)
 
     def stopService(self) -> None:
         super().stopService()
@@ -262,7 +272,8 @@ def build_node(
     server.index_post_hooks = (post_json_hook, handle_post)  # JSON push first, then uploads
     server.mirror = Mirror(server)
     status: list[Callable[[], dict[str, Any]]] = [
-        server.passwords.status, server.mirror.status, server.replica_feed.status]
+        server.passwords.status, server.mirror.status, server.replica_feed.status,
+        store.writes.status]
 
     loops = service.MultiService()
     loops.setName("loops")
@@ -270,7 +281,9 @@ def build_node(
     node_cache = node_events = node_gc = None
     mirror_service = MirrorService(server.mirror)
     mirror_service.setServiceParent(loops)
-    if getattr(store, "url", None):  # on PostgreSQL: other nodes' commits reach the view
+    if getattr(store, "url", None) and role == "main":
+        # On PostgreSQL other nodes' commits reach the view; the workers of --workers N
+        # read the same view and learn of them as of the main process's own commits.
         from devpid.store.pgfollow import PostgresFollower
 
         PostgresFollower(store, reactor).setServiceParent(loops)  # type: ignore[arg-type]
@@ -296,7 +309,7 @@ def build_node(
     site = make_site(server)
     status += [site.devpid_connections.status, site.devpid_fast.status, site.audit.status]
     root = OrderedServices()
-    StoreService(store).setServiceParent(root)
+    StoreService(store, reactor).setServiceParent(root)
     LogsService(site).setServiceParent(root)
     pools = service.MultiService()
     ThreadPoolService(pool).setServiceParent(pools)

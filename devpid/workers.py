@@ -8,6 +8,11 @@ database has the serial the write produced. Workers learn about commits of the o
 processes from SQLite itself (``PRAGMA data_version``), so page caches stay exact. Mirror page
 and file records may be written by any process: they are idempotent copies of upstream data.
 
+On PostgreSQL (``--store``) the processes share the node's local view of the database: the
+main process follows the database and applies every node's commits to the view, and the
+workers read it and learn of them the same way. A worker's own mirror records go to the
+database through its write thread (devpid/store/postgres.py), like any node's commits.
+
 A worker exits when the main process goes away (its stdin closes); the main process restarts
 a worker that dies, with backoff.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from devpid.store import SQLiteStore
 from devpid.store.base import StoreError
@@ -180,3 +181,60 @@ def test_a_big_mirror_page_keeps_exactly_its_current_paths(open_store: Opener) -
     reopened = open_store()
     assert reopened.lookup_path("root/pypi/+f/0300/p-300.whl") == ("mirror/root/pypi/p",
                                                                    "p-300.whl")
+
+
+# -- the daemon's write API: async with store.write() ------------------------------------------
+def _writer(store: SQLiteStore) -> None:
+    """On PostgreSQL, commit in the write thread as the daemon does."""
+    from twisted.internet import reactor
+
+    start_writer = getattr(store, "start_writer", None)
+    if start_writer is not None:
+        start_writer(reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_writes_of_one_process_run_one_at_a_time(open_store: Opener) -> None:
+    """Two writes that read and change the same key: the second waits for the first and
+    reads its result (on PostgreSQL neither is a 409), reads never wait."""
+    from twisted.internet import defer
+
+    store = open_store()
+    _writer(store)
+    with store.transaction() as tx:
+        tx.set("index/u/dev", {"count": 0})
+    order: list[str] = []
+
+    async def bump(name: str) -> int | None:
+        async with store.write() as tx:
+            order.append(name)
+            tx.set("index/u/dev", {"count": tx.get("index/u/dev")["count"] + 1})
+        return tx.serial
+
+    first = defer.ensureDeferred(bump("first"))
+    second = defer.ensureDeferred(bump("second"))
+    assert store.get("index/u/dev") is not None  # a read while both are under way
+    serials = [await first, await second]
+    assert order == ["first", "second"] and serials == [1, 2]
+    assert store.get("index/u/dev") == {"count": 2} and store.serial == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_async_write_that_raises_stores_nothing_and_frees_the_lock(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    _writer(store)
+    heard: list[int] = []
+    store.add_commit_listener(lambda serial, changes: heard.append(serial))
+    with pytest.raises(ValueError):
+        async with store.write() as tx:
+            tx.set("user/alice", {})
+            raise ValueError("refused")
+    async with store.write() as tx:
+        pass  # nothing changed: no serial
+    assert tx.serial is None and store.serial == -1 and store.get("user/alice") is None
+    async with store.write() as tx:
+        tx.set("user/bob", {})
+    assert tx.serial == 0 == store.serial and heard == [0]
+    assert store.writes.status()["writes"] == {"waiting": 0, "busy": False, "commits": 1}

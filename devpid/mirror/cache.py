@@ -303,7 +303,7 @@ class MirrorCache:
             page = store.get(page_key)
             if page is not None:
                 pages[page_key] = (page, await self.server.in_thread(encode_value, page))
-        with store.transaction() as tx:
+        async with store.write() as tx:
             for key in victims:
                 tx.delete(key)
             for page_key, (page, text) in pages.items():

@@ -288,7 +288,7 @@ class Mirror:
         if built is None:
             return  # same links: no new serial
         value, encoded = built
-        with self.server.store.transaction() as tx:
+        async with self.server.store.write() as tx:
             tx.set_encoded(key, value, encoded)
 
     async def _fetch_via_primary(self, stage: str, project: str) -> None:
@@ -584,7 +584,7 @@ class Mirror:
             "url": entry["url"],
             "log": [],
         }
-        with self.server.store.transaction() as tx:
+        async with self.server.store.write() as tx:
             tx.set(keys.file(stage, project, filename), value)
 
     async def _serve_metadata(

@@ -37,6 +37,11 @@ class WriteFailed(StoreError):
             self.code = code
 
 
+class Unavailable(WriteFailed):
+    """The database is unreachable, or busy beyond the lock timeout (another node holds
+    its commit lock): an operator's condition, logged as one line; answered 503."""
+
+
 class OutOfSpace(WriteFailed):
     """The disk (or quota) holding the server directory is full. Answered 507 (a database
     commit: 503); writes work again as soon as space is freed."""

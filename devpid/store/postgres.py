@@ -8,10 +8,16 @@ the reactor never waits on the network to read, and the code that opens that fil
 
 A commit is one PostgreSQL transaction: lock the single ``head`` row (every commit of every
 node queues there, so serials are gap-free and totally ordered; a rolled-back commit uses no
-serial, unlike a sequence), bring the view up to head, refuse with ``Conflict`` if a serial
-the transaction did not see changed a key it read or wrote, else write changelog, kv and
-paths at head+1, NOTIFY, commit, and apply the entry to the view under that serial. Other
-nodes' commits reach the view through ``PostgresFollower`` (LISTEN/NOTIFY in a thread).
+serial, unlike a sequence), read the entries committed since the state the transaction read,
+refuse with ``Conflict`` if one changed a key it read or wrote, else write changelog, kv and
+paths at head+1, NOTIFY, commit. Then those entries and the new one are applied to the view.
+Other nodes' commits reach the view through ``PostgresFollower`` (LISTEN/NOTIFY in a thread).
+
+In the daemon (``start_writer``) the database's part of a commit runs in one write thread
+with its own connection, so neither the round trip nor a wait for another node's lock ever
+blocks the reactor; the view is only touched by the reactor, which applies the committed
+entries (each serial one SQLite transaction) in one call when the thread returns. Writes of
+one node are serialised before that (devpid/store/writes.py): they never conflict.
 """
 
 from __future__ import annotations
@@ -20,15 +26,17 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from twisted.internet import threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
-from devpid.store.base import Changes, StoreError, WriteFailed, write_failed
+from devpid.store.base import Changes, StoreError, Unavailable, WriteFailed, write_failed
 from devpid.store.keys import paths_of
 from devpid.store.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore, Transaction, encode_value
 
@@ -63,14 +71,15 @@ class Conflict(WriteFailed):
     state it read: nothing was stored, and doing the request again will see the new state."""
 
     code = 409
+    entries: list[Entry] = []  # the view lacks them: applied before the 409 is answered
 
 
 def connect(url: str, lock_timeout: float = LOCK_TIMEOUT) -> psycopg.Connection[Any]:
     """An autocommit connection (transactions are explicit), failing fast when unreachable.
 
-    The commit runs on the reactor: a node that holds the head lock and hangs must not stop
-    every other node, so waiting for the lock, any statement and an idle open transaction
-    are all bounded (the server aborts the laggard; the waiter answers 503).
+    A node that holds the head lock and hangs must not stop every other node, so waiting for
+    the lock, any statement and an idle open transaction are all bounded (the server aborts
+    the laggard; the waiter answers 503).
     """
     ms = int(lock_timeout * 1000)
     options = (f"-c lock_timeout={ms} -c statement_timeout={6 * ms}"
@@ -128,6 +137,41 @@ def fetch_entries(conn: psycopg.Connection[Any], after: int, limit: int) -> list
     return entries
 
 
+def _texts(changes: Changes, encoded: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
+    """Each set value's stored text (encoded now unless it was, off the reactor) and the
+    changelog entry."""
+    texts = {key: encoded[key] if encoded and key in encoded else encode_value(value)
+             for key, value in changes.items() if value is not None}
+    return texts, _compose({key: texts.get(key, "null") for key in changes})
+
+
+def _entries_between(conn: psycopg.Connection[Any], base: int, head: int,
+                     ) -> list[tuple[int, Changes]]:
+    """The entries (base, head], decoded: what other commits did since the transaction
+    read the view (usually none: the view follows the database closely)."""
+    if base >= head:
+        return []
+    rows = conn.execute(
+        "SELECT serial, changes FROM changelog WHERE serial > %s AND serial <= %s"
+        " ORDER BY serial", (base, head)).fetchall()
+    return [(int(serial), dict(json.loads(text))) for serial, text in rows]
+
+
+def _refuse_conflicts(between: list[tuple[int, Changes]], touched: Callable[[str], bool],
+                      ) -> None:
+    """Conflict if a serial after the one the transaction started at touched what it read
+    or wrote."""
+    for entry_serial, entry_changes in between:
+        for key in entry_changes:
+            if touched(key):
+                raise Conflict(f"concurrent change of {key!r} (serial {entry_serial}), retry")
+
+
+def _encoded(between: list[tuple[int, Changes]]) -> list[Entry]:
+    return [(serial, changes, {key: encode_value(value) for key, value in changes.items()
+                               if value is not None}) for serial, changes in between]
+
+
 def _compose(texts: Mapping[str, str]) -> str:
     """The changelog entry from its values' texts: exactly what SQLiteStore stores."""
     return "{" + ",".join(f"{json.dumps(key)}:{texts[key]}" for key in sorted(texts)) + "}"
@@ -173,8 +217,9 @@ class PostgresStore(SQLiteStore):
     def __init__(self, url: str, path: Path, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
-        self._writes_sent = False
-        self._committing = False
+        self._writer: ThreadPool | None = None
+        self._writer_pg: psycopg.Connection[Any] | None = None
+        self._reactor: Any = None
         self._pg = connect(url, lock_timeout)
         try:
             pg_uuid = ensure_schema(self._pg)
@@ -229,6 +274,48 @@ class PostgresStore(SQLiteStore):
                 raise
 
     # -- writing ---------------------------------------------------------------------------
+    def start_writer(self, reactor: Any) -> None:
+        """Commit ``write()`` blocks in one thread of their own from now on (the daemon):
+        the round trip, and a wait for another node's lock, never block the reactor."""
+        if self._writer is None:
+            self._reactor = reactor
+            self._writer = ThreadPool(minthreads=1, maxthreads=1, name="devpid-pg-writer")
+            self._writer.start()
+
+    def stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()  # waits for a commit in progress
+        if self._writer_pg is not None:
+            self._writer_pg.close()
+            self._writer_pg = None
+
+    def _new_transaction(self) -> Transaction:
+        return TrackedTransaction(self)
+
+    async def _commit_async(self, tx: Transaction) -> int:
+        assert isinstance(tx, TrackedTransaction)
+        changes = dict(tx.pending)
+        if self._writer is None:  # no write thread (a tool): as transaction() does
+            return self._commit_remote(None, changes, tx.encoded, tx)
+        texts, entry = _texts(changes, tx.encoded)
+        d = threads.deferToThreadPool(
+            self._reactor, self._writer, self._commit_tries, self._writer_connection,
+            None, changes, texts, entry, tx.base, tx.touched)
+        try:
+            serial, between = await d
+        except Conflict as e:  # a retry must see what was in the way
+            self.apply_entries(e.entries)
+            raise
+        self._apply_committed(serial, between, changes, texts)
+        return serial
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        """The write thread's own connection (never used by another thread)."""
+        if self._writer_pg is None or self._writer_pg.closed or self._writer_pg.broken:
+            self._writer_pg = connect(self.url, self.lock_timeout)
+        return self._writer_pg
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         tx = TrackedTransaction(self)
@@ -244,78 +331,83 @@ class PostgresStore(SQLiteStore):
 
     def _commit_remote(self, serial: int | None, changes: Changes,
                        encoded: Mapping[str, str] | None, tx: TrackedTransaction | None) -> int:
-        texts = {key: encoded[key] if encoded and key in encoded else encode_value(value)
-                 for key, value in changes.items() if value is not None}
-        entry = _compose({key: texts.get(key, "null") for key in changes})
-        if self._committing:  # a listener hearing a caught-up serial, inside the lock
-            raise StoreError("a commit listener committed during a commit: defer it "
-                             "(callLater) so it does not nest in the database transaction")
-        self._committing = True
+        """The synchronous commit (tools, ``transaction()``): the round trip on this thread."""
+        texts, entry = _texts(changes, encoded)
+        base = tx.base if tx is not None else self.serial
         try:
-            serial = self._commit_tries(serial, changes, texts, entry, tx)
-        finally:
-            self._committing = False
-        try:  # after the database's commit, as SQLiteStore notifies after its own
-            self._apply_local(serial, changes, texts)
-        except Exception:  # it is recorded: the follower's next poll applies it
-            log.failure("applying serial {serial} to the local view failed", serial=serial)
+            serial, between = self._commit_tries(
+                self._connection, serial, changes, texts, entry, base,
+                tx.touched if tx is not None else None)
+        except Conflict as e:  # a retry must see what was in the way
+            self.apply_entries(e.entries)
+            raise
+        self._apply_committed(serial, between, changes, texts)
         return serial
 
-    def _commit_tries(self, serial: int | None, changes: Changes, texts: Mapping[str, str],
-                      entry: str, tx: TrackedTransaction | None) -> int:
+    def _apply_committed(self, serial: int, between: list[Entry], changes: Changes,
+                         texts: Mapping[str, str]) -> None:
+        """After the database's commit (as SQLiteStore notifies after its own): the entries
+        other nodes committed before it, then it, go to the view, each serial one SQLite
+        transaction, all in this one call (on the reactor: its readers never see a part)."""
+        try:
+            self.apply_entries([*between, (serial, changes, dict(texts))])
+        except Exception:  # it is recorded: the follower's next poll applies it
+            log.failure("applying serial {serial} to the local view failed", serial=serial)
+
+    def _commit_tries(self, connection: Callable[[], psycopg.Connection[Any]],
+                      serial: int | None, changes: Changes, texts: Mapping[str, str],
+                      entry: str, base: int, touched: Callable[[str], bool] | None,
+                      ) -> tuple[int, list[Entry]]:
+        """The database's part of a commit; only ``connection()``'s connection is used, so
+        it may run in the write thread. Returns the serial and the entries after ``base``
+        that came before it (for the view)."""
         for attempt in (1, 2):
             try:
-                conn = self._connection()
+                conn = connection()
             except StoreError as e:  # the database is down: a 503 (nothing stored), not a 500
-                raise WriteFailed(str(e)) from e
-            self._writes_sent = False
+                raise Unavailable(str(e)) from e
+            sent: list[bool] = []
             try:
-                serial = self._commit_once(conn, serial, changes, texts, entry, tx)
-                break
+                return self._commit_once(conn, serial, changes, texts, entry, base, touched,
+                                         sent)
+            except psycopg.errors.LockNotAvailable as e:
+                raise Unavailable(f"the database is busy: its commit lock was not free within "
+                                  f"{self.lock_timeout:g}s ({str(e).splitlines()[0]})") from e
             except psycopg.OperationalError as e:
                 # A connection lost since the last commit (the database restarted) fails
                 # on the first statement, before any write was sent: once more is safe.
-                if attempt == 1 and conn.broken and not self._writes_sent:
+                if attempt == 1 and conn.broken and not sent:
                     continue
+                if conn.broken:
+                    raise Unavailable(f"database commit failed: {e}") from e
                 raise write_failed("database commit", e, code=503) from e
             except psycopg.Error as e:
                 raise write_failed("database commit", e, code=503) from e
-        assert serial is not None
-        return serial
+        raise AssertionError("unreachable")
 
     def _commit_once(self, conn: psycopg.Connection[Any], serial: int | None, changes: Changes,
-                     texts: Mapping[str, str], entry: str,
-                     tx: TrackedTransaction | None) -> int:
-        """One try of the commit transaction; returns the serial it committed."""
+                     texts: Mapping[str, str], entry: str, base: int,
+                     touched: Callable[[str], bool] | None, sent: list[bool],
+                     ) -> tuple[int, list[Entry]]:
+        """One try of the commit transaction."""
         with conn.transaction():
             row = conn.execute("SELECT serial FROM head WHERE id = 0 FOR UPDATE").fetchone()
             head = int(row[0]) if row else -1
-            while self.serial < head:  # the view must be at head to judge conflicts
-                before = self.serial
-                self.apply_entries(fetch_entries(conn, self.serial, 1000))
-                if self.serial == before:
-                    raise StoreError(f"the view cannot reach serial {head}")
-            if tx is not None:
-                self._refuse_conflicts(tx)
+            between = _entries_between(conn, base, head)
+            if touched is not None:
+                try:
+                    _refuse_conflicts(between, touched)
+                except Conflict as e:
+                    e.entries = _encoded(between)
+                    raise
             if serial is None:
                 serial = head + 1
             elif serial != head + 1:
                 raise StoreError(f"cannot apply serial {serial}: store is at serial {head}")
-            self._writes_sent = True
+            sent.append(True)
             with conn.pipeline():  # the writes go in one round trip, not one each
                 self._write(conn, serial, changes, texts, entry)
-        return serial
-
-    def _refuse_conflicts(self, tx: TrackedTransaction) -> None:
-        """Conflict if a serial after the one ``tx`` started at touched what it read/wrote."""
-        since = tx.base + 1
-        while entries := self.changelog_since(since, 1000):
-            for entry_serial, entry_changes in entries:
-                for key in entry_changes:
-                    if tx.touched(key):
-                        raise Conflict(f"concurrent change of {key!r} (serial {entry_serial}), "
-                                       "retry")
-            since = entries[-1][0] + 1
+        return serial, _encoded(between)
 
     def _write(self, conn: psycopg.Connection[Any], serial: int, changes: Changes,
                texts: Mapping[str, str], entry: str) -> None:
@@ -358,6 +450,7 @@ class PostgresStore(SQLiteStore):
             )
 
     def close(self) -> None:
+        self.stop_writer()
         super().close()
         self._pg.close()
 

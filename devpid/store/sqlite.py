@@ -8,6 +8,10 @@ SQLite transaction, so a kill -9 at any moment leaves either the old or the new 
 Writes happen on the calling thread (the reactor's); they are small indexed statements and
 WAL with ``synchronous=NORMAL`` keeps them fast without risking consistency. Readers in other
 processes (export, ``devpid passwd``) never wait for the writer.
+
+The daemon writes with ``async with store.write() as tx`` (devpid/store/writes.py): one write
+at a time per process, the commit inline here; PostgresStore commits off the reactor behind
+the same API. ``transaction()`` is the synchronous form, for command-line tools.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from twisted.logger import Logger
 
 from devpid.store.base import Changes, CommitListener, StoreError, write_failed
 from devpid.store.keys import paths_of
+from devpid.store.writes import AsyncWrite, WriteQueue
 
 log = Logger()
 
@@ -97,6 +102,7 @@ class SQLiteStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._listeners: list[CommitListener] = []
+        self.writes = WriteQueue()
         if not readonly:
             self._conn.executescript(SCHEMA)
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -289,6 +295,18 @@ class SQLiteStore:
         return None if row is None else float(row[0])
 
     # -- writing ---------------------------------------------------------------------------
+    def write(self) -> AsyncWrite[Transaction]:
+        """``async with store.write() as tx:`` the daemon's writes: they wait for this
+        process's previous write (never for reads), and commit when the block ends."""
+        return AsyncWrite(self.writes, self._new_transaction, self._commit_async)
+
+    def _new_transaction(self) -> Transaction:
+        return Transaction(self)
+
+    async def _commit_async(self, tx: Transaction) -> int:
+        """SQLite is local and fast (~0.1 ms): committed inline, on the reactor."""
+        return self._commit(None, dict(tx.pending), tx.encoded)
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Collect changes; on a clean exit commit them as the next serial."""

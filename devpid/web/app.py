@@ -37,7 +37,7 @@ from devpid.metrics import RequestCounters
 from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.readacl import KnownCredentials, credential_header
 from devpid.store import keys
-from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
+from devpid.store.base import OutOfSpace, Unavailable, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore
 from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
@@ -451,7 +451,7 @@ def _write_failed(server: Any, request: Any, failure: Failure) -> bytes:
 def report_write_failure(request: Any, failure: Failure) -> HTTPError:
     """Log a failed write once (a full disk as one line, anything else with its traceback)
     and give the answer for it."""
-    if isinstance(failure.value, OutOfSpace):  # an operator's condition: one line, no trace
+    if isinstance(failure.value, (OutOfSpace, Unavailable)):  # an operator's: one line
         log.error("{method} {uri}: {message}", method=request.method.decode("latin-1"),
                   uri=request.uri.decode("latin-1"), message=str(failure.value))
     elif failure.value.code == 409:  # another node's concurrent change: the client retries

@@ -124,7 +124,9 @@ async def create_index(server: DevpidServer, request: Any, user: str, index: str
     if config.get("type") == "mirror":
         _require_mirror_permission(server, actor, stage)
     _validate(server, stage, config)
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
+        if tx.get("index/" + stage) is not None:  # created while this one waited
+            raise HTTPError(409, f"index '{stage}' exists")
         tx.set("index/" + stage, config)
     set_serial(request, tx.serial)
     return json_response(request, result=config, type="indexconfig")
@@ -157,7 +159,7 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
     _validate(server, stage, new, config)
     if new == config and query_flag(request, b"error_on_noop"):
         raise HTTPError(400, "The requested modifications resulted in no changes")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         tx.set("index/" + stage, new)
     set_serial(request, tx.serial)
     return json_response(request, result=new, type="indexconfig")
@@ -182,7 +184,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
         raise forbidden(
             f"index {stage} is a base of {', '.join(sorted(dependants))}; remove it there first"
         )
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         delete_stage_keys(tx, f"{stage}/")
         tx.delete("index/" + stage)
     set_serial(request, tx.serial)

@@ -227,7 +227,7 @@ async def delete_project(
     found += [k for k in single if server.store.get(k) is not None]
     if not found:
         raise not_found(f"project {project} not found on {stage}")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         for key in found:
             tx.delete(key)
     set_serial(request, tx.serial)
@@ -248,7 +248,7 @@ async def delete_version(
     )
     if not (has_release or has_files):
         raise not_found(f"The version {version} of project {project} does not exist.")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         _delete_version_keys(tx, stage, project, version)
         _drop_empty_project(tx, stage, project)
     set_serial(request, tx.serial)
@@ -265,7 +265,7 @@ async def delete_file(server: DevpidServer, request: Any, user: str, index: str,
         raise not_found(f"package '{path}' doesn't exist")
     key = found[0]
     value = server.store.get(key)
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         if key.startswith("file/") and isinstance(value, dict):
             toxresults.file_changing(tx, stage, key.split("/")[3], value["filename"], None)
         tx.delete(key)
@@ -298,7 +298,7 @@ async def _set_yanked(server: DevpidServer, request: Any, user: str, index: str,
              if v.get("version") == version]
     if not files:
         raise not_found(f"The version {version} of project {project} has no files.")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         for key, value in files:
             tx.set(key, {**value, "yanked": yanked})
     set_serial(request, tx.serial)
@@ -373,7 +373,7 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
     volatile = target_config.get("volatile", True)
     actionlog: list[list[Any]] = [[200, "register", project, version, "->", target]]
     push_log = {"what": "push", "who": actor, "when": log_when(), "src": stage, "dst": target}
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         for value in files:
             tkey = keys.file(target, project, value["filename"])
             existing = tx.get(tkey)

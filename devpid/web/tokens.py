@@ -43,7 +43,7 @@ async def create_token(server: DevpidServer, request: Any, user: str) -> bytes:
         raise HTTPError(409, f"{user} has {tokens.MAX_TOKENS_PER_USER} tokens; revoke some")
     token, stored = tokens.mint(str(record.get("pwhash")), lifetime, indexes, actions,
                                 description)
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         for key in expired:
             tx.delete(key)
         tx.set(tokens.key(user, stored["id"]), stored)
@@ -68,7 +68,7 @@ async def revoke_token(server: DevpidServer, request: Any, user: str, token_id: 
     key = tokens.key(user, token_id)
     if server.store.get(key) is None:
         raise not_found(f"no token {token_id!r} of {user}")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         tx.delete(key)
     set_serial(request, tx.serial)
     return json_response(request, message=f"token {token_id} revoked")

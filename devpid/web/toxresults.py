@@ -63,7 +63,7 @@ async def post_toxresult(
     _, _, _, project, filename = file_key.split("/")
     # Reading, parsing and storing up to 16 MB is no work for the reactor thread.
     sha, size = await server.in_thread(_store_report, server.blobs, request.content)
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         release = tx.get(file_key)
         if not isinstance(release, dict):  # deleted while the report was being stored
             raise not_found(f"no release file found at {relpath}")

@@ -358,7 +358,7 @@ async def _register(
     release_key = keys.release(stage, project, version)
     prepared = await server.in_thread(prepare_release, server.store, release_key, metadata,
                                       False)
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         _ensure_project(tx, stage, project, name)
         set_release(tx, server.store, release_key, metadata, False, prepared)
     set_serial(request, tx.serial)
@@ -469,7 +469,7 @@ async def _file_upload(ctx: Upload) -> bytes:
     release_key = keys.release(stage, project, version)
     prepared = await server.in_thread(prepare_release, server.store, release_key, metadata, True)
 
-    # Re-read inside the synchronous commit block: nothing can interleave from here on.
+    # Re-read after the last await; the block below checks it again under the write lock.
     current = server.store.get(file_key)
     if current is not None and not volatile:
         if current.get("sha256") == upload.sha256:
@@ -491,7 +491,9 @@ async def _file_upload(ctx: Upload) -> bytes:
         "metadata_sha256": metadata_sha,
         "log": [*log, log_entry],
     }
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
+        if tx.get(file_key) != current:  # the same file, uploaded while this one waited
+            raise HTTPError(409, f"{filename} was uploaded concurrently; retry")
         _ensure_project(tx, stage, project, name)
         set_release(tx, server.store, release_key, metadata, True, prepared)
         toxresults.file_changing(tx, stage, project, filename, value)
@@ -543,7 +545,7 @@ async def _doc_upload(ctx: Upload) -> bytes:
         "upload_time": utc_timestamp(),
         "log": [{"what": "upload", "who": actor, "when": log_when(), "dst": stage}],
     }
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         _ensure_project(tx, stage, project, name)
         release_key = keys.release(stage, project, version)
         if tx.get(release_key) is None:

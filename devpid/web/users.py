@@ -204,7 +204,9 @@ async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
     record["created"] = utcnow()
     if server.user_record(user) is not None:  # created while we were hashing
         raise HTTPError(409, "user already exists")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
+        if tx.get(keys.user(user)) is not None:  # created while this one waited
+            raise HTTPError(409, "user already exists")
         tx.set(keys.user(user), record)
     set_serial(request, tx.serial)
     return json_response(
@@ -243,7 +245,7 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
         raise not_found(f"user '{user}' does not exist")
     if new != current:
         new["modified"] = utcnow()
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         tx.set(keys.user(user), new)
     set_serial(request, tx.serial)
     if password is not None:
@@ -295,7 +297,7 @@ async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
         if not config.get("volatile", True):
             name = key.rsplit("/", 1)[1]
             raise forbidden(f"user '{user}' has non-volatile index: {name}")
-    with server.store.transaction() as tx:
+    async with server.store.write() as tx:
         delete_stage_keys(tx, f"{user}/")
         tx.delete(keys.user(user))
         for key in tx.keys(f"token/{user}/"):  # its API tokens (devpid/tokens.py)
