@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from bench import loadgen
-from bench.servers import Procs, _nginx_main, clean_env, free_port, wait_ok
+from bench.servers import Procs, _nginx_main, clean_env, free_port, process_cpu_seconds, wait_ok
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         blobdir = work / "blobs"
         nodes: list[str] = []
+        node_pids: list[int] = []
+        nginx_pids: dict[str, int] = {}
         for n in range(2):
             serverdir = work / "srv" / str(n)
             cmd = [str(bindir / "devpid"), "init", "--serverdir", str(serverdir), "--store",
@@ -102,19 +104,22 @@ def main(argv: list[str] | None = None) -> int:
                 str(serverdir), "--host", "127.0.0.1", "--port", str(port), "--secretfile",
                 str(work / "srv" / ".secret")], env)
             wait_ok(f"http://127.0.0.1:{port}/+api", proc, 30)
+            node_pids.append(proc.pid)
             nodes.append(f"http://127.0.0.1:{port}")
         s = requests.Session()
         s.headers["Accept"] = "application/json"
         assert s.put(nodes[0] + "/u", json={"password": "pw"}).status_code == 201
         assert s.put(nodes[0] + "/u/dev", json={"bases": []}, auth=("u", "pw")).ok
+        from tests.support import pkgbuild
+
         for v in range(20):  # a page with some files on it
-            data = f"bench {v}".encode() * 1000
-            name = f"bench_pkg-1.{v}-py3-none-any.whl"
+            wheel = pkgbuild.make_wheel(work / "dist", "bench-pkg", f"1.{v}")
+            data = wheel.read_bytes()
             r = s.post(nodes[0] + "/u/dev/", auth=("u", "pw"), data={
                 ":action": "file_upload", "name": "bench-pkg", "version": f"1.{v}",
                 "sha256_digest": hashlib.sha256(data).hexdigest(), "filetype": "bdist_wheel",
                 "pyversion": "py3", "metadata_version": "2.1", "protocol_version": "1"},
-                files={"content": (name, data, "application/octet-stream")})
+                files={"content": (wheel.name, data, "application/octet-stream")})
             assert r.ok, r.text
         time.sleep(1.0)  # node 1 follows
         fronts = {}
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             page = f"http://127.0.0.1:{port}/u/dev/+simple/bench-pkg/"
             wait_ok(page, proc, 20)
             fronts[count] = page
+            nginx_pids[count] = proc.pid
         for page in fronts.values():  # warm every node's page cache
             loadgen.load(page, JSON, conns=4, duration=2, use_wrk=use_wrk)
         direct = loadgen.load(nodes[0] + "/u/dev/+simple/bench-pkg/", JSON, conns=args.conns,
@@ -135,13 +141,21 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for count, page in fronts.items():
                 load = _loadavg()
+                watched = {f"node{n}": [pid] for n, pid in enumerate(node_pids)}
+                watched["nginx"] = [nginx_pids[count]]
+                before = {k: process_cpu_seconds(v)[0] for k, v in watched.items()}
+                t0 = time.monotonic()
                 lr = loadgen.load(page, JSON, conns=args.conns, duration=args.duration,
                                   use_wrk=use_wrk)
+                took = time.monotonic() - t0
+                cpu = {k: round(100 * (process_cpu_seconds(v)[0] - before[k]) / took)
+                       for k, v in watched.items()}
                 results[count].append({"rps": round(lr.rps), "errors": lr.errors,
+                                       "cpu_pct_of_one_core": cpu,
                                        "p50_ms": lr.p50_ms, "p99_ms": lr.p99_ms,
                                        "loadavg_before": load, "error": lr.error})
                 print(f"{count} node(s): {lr.rps:8.0f} req/s  errors {lr.errors}  "
-                      f"p50 {lr.p50_ms} ms  (load before: {load})", flush=True)
+                      f"p50 {lr.p50_ms} ms  cpu% {cpu}  (load before: {load})", flush=True)
         medians = {c: statistics.median(float(str(r["rps"])) for r in rs)
                    for c, rs in results.items()}
         summary = {
