@@ -96,6 +96,7 @@ def test_nodes_get_one_upstream_and_a_template_unit(tmp_path: Path) -> None:
          "port of its own"),
         ({"nodes": ["http://10.0.0.1:3141", "http://10.0.0.2:3142"]}, "--host"),
         ({"nodes": NODES, "sticky": "cookie"}, "sticky"),
+        ({"nodes": NODES, "workers": 2}, "workers"),
     ],
 )
 def test_bad_nodes_raise(tmp_path: Path, kw: dict[str, object], message: str) -> None:
