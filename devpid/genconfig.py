@@ -272,9 +272,6 @@ def values(opts: GenConfigOptions) -> dict[str, str]:
     if not Path(blob_dir).is_relative_to(serverdir):
         write_paths.append(blob_dir)
     nodes = _node_addresses(opts)
-    if opts.nodes and opts.workers != 1:
-        raise ValueError("workers: nodes on PostgreSQL run one process each (twistd refuses "
-                         "--workers with --store); add nodes instead")
     return {
         "serverdir": serverdir,
         "blob_dir": blob_dir,

@@ -73,7 +73,7 @@ def test_nodes_get_one_upstream_and_a_template_unit(tmp_path: Path) -> None:
     assert argv[argv.index("--blobdir") + 1] == f"{tmp_path}/shared"
     assert argv[argv.index("--secretfile") + 1] == f"{tmp_path}/srv/.secret"
     assert argv[argv.index("--status-acl") + 1] == "root"
-    assert "--workers" not in argv  # refused with --store
+    assert argv[argv.index("--workers") + 1] == "1"
     assert service["WorkingDirectory"] == f"{tmp_path}/srv/%i"
     assert service["ReadWritePaths"].split() == [f"{tmp_path}/srv", f"{tmp_path}/shared"]
     # the backup exports the first node's server directory
@@ -96,7 +96,6 @@ def test_nodes_get_one_upstream_and_a_template_unit(tmp_path: Path) -> None:
          "port of its own"),
         ({"nodes": ["http://10.0.0.1:3141", "http://10.0.0.2:3142"]}, "--host"),
         ({"nodes": NODES, "sticky": "cookie"}, "sticky"),
-        ({"nodes": NODES, "workers": 2}, "workers"),
     ],
 )
 def test_bad_nodes_raise(tmp_path: Path, kw: dict[str, object], message: str) -> None:
