@@ -95,13 +95,21 @@ def load_or_create_secret(path: Path) -> bytes:
         return data
     path.parent.mkdir(parents=True, exist_ok=True)
     data = secrets.token_bytes(32)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A temp file of its own, linked (not renamed) into place: nodes sharing the file that
+    # start together create it once, and the one that loses uses the winner's secret.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create_secret(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return data
 
 

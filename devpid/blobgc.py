@@ -13,6 +13,13 @@ safe while the server runs:
   time (``BlobStore.reuse``), so in-flight writes are never swept;
 * the temp area is left alone (start-up clears it).
 
+On PostgreSQL the references are global (every node's commits are in the one database) and
+the blob directory may be shared (``--blobdir``): the live set is then read from the
+database at its head, never from this node's local view, which may be behind (a node that was
+down, or a follower that lost its connection) and would miss what other nodes committed
+meanwhile. Other nodes' temp areas (``tmp/<node>/``) are outside the ``ab/cd`` tree the sweep
+walks; their finished blobs are young (or freshly ``reuse``-d) until committed, as here.
+
 What counts as live: the ``sha256`` and ``metadata_sha256`` of every ``file/``, ``doc/`` and
 ``toxresult/`` record (what export and replication copy), and the upstream-declared hashes of
 the files and core metadata on cached mirror pages, for blobs that mirror fetched from its own
@@ -34,8 +41,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from devpid.store import keys
-from devpid.store.base import ReadView
+from devpid.store import blob_root, keys, store_url
+from devpid.store.base import ReadView, StoreError
 from devpid.store.blobs import HEX64, BlobStore
 from devpid.store.sqlite import DB_NAME, SQLiteStore
 
@@ -164,7 +171,7 @@ def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
 
     Its own connection, so a sweep in a worker thread never shares the server's.
     """
-    blobs = BlobStore(db.parent / "+blobs")  # the server directory's layout (open_store)
+    blobs = BlobStore(blob_root(db.parent))  # the server directory's layout (open_store)
 
     def read() -> tuple[int, set[str]]:
         store = SQLiteStore(db, readonly=True)
@@ -176,6 +183,58 @@ def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
             store.close()
 
     return read
+
+
+class _RowsView:
+    """The ``items`` of ReadView over an open PostgreSQL connection (what live_blobs uses)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def items(self, prefix: str) -> list[tuple[str, Any]]:
+        import json
+
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # kv's keys sort as COLLATE "C"
+        rows = self.conn.execute(
+            "SELECT key, value FROM kv WHERE key >= %s AND key < %s", (prefix, upper)
+        ).fetchall()
+        return [(str(k), json.loads(v)) for k, v in rows]
+
+
+def read_live_from_database(url: str, blobs: BlobStore) -> Callable[[], tuple[int, set[str]]]:
+    """A ``read_live`` over the shared database itself: every node's references, at head.
+
+    One REPEATABLE READ transaction on a connection of its own (a sweep runs in a thread),
+    so the live set is of one serial, never half of another node's commit.
+    """
+
+    def read() -> tuple[int, set[str]]:
+        import psycopg
+
+        from devpid.store.postgres import connect
+
+        conn = connect(url)
+        try:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                row = conn.execute("SELECT serial FROM head WHERE id = 0").fetchone()
+                serial = -1 if row is None else int(row[0])
+                return serial, live_blobs(_RowsView(conn), blobs)  # type: ignore[arg-type]
+        except psycopg.Error as e:
+            raise StoreError(f"reading the references from the database: {e}") from e
+        finally:
+            conn.close()
+
+    return read
+
+
+def read_live_for(serverdir: Path) -> Callable[[], tuple[int, set[str]]]:
+    """How a sweep of ``serverdir`` learns what is referenced: its database on PostgreSQL
+    (shared by every node), else its own SQLite file."""
+    url = store_url(serverdir)
+    if url is not None:
+        return read_live_from_database(url, BlobStore(blob_root(serverdir)))
+    return read_live_from(serverdir / DB_NAME)
 
 
 # -- in the server -----------------------------------------------------------------------------
@@ -293,13 +352,13 @@ class BlobGCService(service.Service):
 def build(server: Any) -> BlobGCService:
     """The sweeping service of a server process that owns its blobs (not a worker)."""
     settings = server.settings
-    db = settings.serverdir / DB_NAME
+    read_live = read_live_for(settings.serverdir)
 
     def run_sweep(should_stop: Callable[[], bool]) -> Deferred[SweepReport]:
         return server.in_thread(
             sweep,
             server.blobs,
-            read_live_from(db),
+            read_live,
             grace_seconds=settings.gc_grace,
             should_stop=should_stop,
         )

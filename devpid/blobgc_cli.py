@@ -29,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from devpid.blobgc import read_live_from, sweep
+    from devpid.blobgc import read_live_for, sweep
     from devpid.cli import _serverdir
     from devpid.dump import Progress
-    from devpid.store import DB_NAME, BlobStore, is_initialised
+    from devpid.store import BlobStore, blob_root, is_initialised
     from devpid.store.base import StoreError
 
     serverdir = _serverdir(args)
@@ -51,8 +51,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         report = sweep(
-            BlobStore(serverdir / "+blobs"),
-            read_live_from(serverdir / DB_NAME),
+            BlobStore(blob_root(serverdir)),
+            read_live_for(serverdir),
             grace_seconds=args.grace_seconds,
             dry_run=args.dry_run,
             progress=progress,

@@ -28,12 +28,23 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     serverdir = _serverdir(args)
     if args.store:
-        from devpid.store import is_postgres_url, remember_store_url
+        from devpid.store import DB_NAME, is_initialised, is_postgres_url, remember_store_url
 
         if not is_postgres_url(args.store):
             print("devpid: --store must be a postgresql:// URL", file=sys.stderr)
             return 2
+        new_node = not (serverdir / DB_NAME).exists()
         remember_store_url(serverdir, args.store)
+        if new_node and is_initialised(serverdir):
+            return _join(serverdir, args)
+    if args.blobdir:
+        from devpid.store import BlobDirError, remember_blobdir
+
+        try:
+            remember_blobdir(serverdir, Path(args.blobdir))
+        except (BlobDirError, OSError) as e:
+            print(f"devpid: --blobdir: {e}", file=sys.stderr)
+            return 2
     if args.root_password == "":
         print("devpid: WARNING: root gets an EMPTY password, as requested.", file=sys.stderr)
     try:
@@ -51,6 +62,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.root_password is None:
         print(f"devpid: root password (shown once, keep it): {password}")
         print(f"devpid: to set a new one: devpid passwd root --serverdir {serverdir}")
+    print(f"devpid: start it with: twistd -n --pidfile= devpid --serverdir {serverdir}")
+    return 0
+
+
+def _join(serverdir: Path, args: argparse.Namespace) -> int:
+    """A new server directory on a database another node initialised: it becomes one more
+    node of it (users, indexes and root's password are the database's)."""
+    if args.blobdir:
+        from devpid.store import BlobDirError, remember_blobdir
+
+        try:
+            remember_blobdir(serverdir, Path(args.blobdir))
+        except (BlobDirError, OSError) as e:
+            print(f"devpid: --blobdir: {e}", file=sys.stderr)
+            return 2
+    if args.root_password is not None:
+        print("devpid: the database has a root password already; --root-password ignored",
+              file=sys.stderr)
+    print(f"devpid: {serverdir} joins the database as one more node (nothing else changed)")
     print(f"devpid: start it with: twistd -n --pidfile= devpid --serverdir {serverdir}")
     return 0
 
@@ -118,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-root-pypi", action="store_true", help="do not create root/pypi")
     p.add_argument("--store", help="a postgresql:// URL: keep the state in that database "
                    "(other nodes then start with twistd devpid --store URL, no init)")
+    p.add_argument("--blobdir", help="directory for the stored files, e.g. on a filesystem "
+                   "several nodes share (default SERVERDIR/+blobs; remembered)")
     p.add_argument("--mirror-url", help="upstream simple index for root/pypi (default: PyPI)")
     p.add_argument("--bcrypt-rounds", type=auth.bcrypt_rounds,
                    default=auth.DEFAULT_BCRYPT_ROUNDS,

@@ -23,9 +23,14 @@ HELP = "write a systemd unit, an nginx site and a backup crontab for this server
 # Template file (relative to the template directory) -> name of the generated file.
 TEMPLATES: dict[str, str] = {
     "systemd/devpid.service.in": "devpid.service",
+    "systemd/devpid@.service.in": "devpid@.service",
     "nginx/devpid-nginx.conf.in": "devpid-nginx.conf",
     "cron/devpid-cron.in": "devpid-cron",
 }
+# One node: devpid.service; several (--node): the template unit, one instance per port.
+SINGLE_UNIT, NODE_UNIT = "devpid.service", "devpid@.service"
+# How nginx keeps a client on one node (--sticky): see _upstream.
+STICKY = ("addr", "auth", "none")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # Characters that mean nothing special to systemd (no %, $, quotes, \, spaces), to the shell
@@ -71,6 +76,17 @@ class GenConfigOptions:
     # Who may create users and indexes (twistd's --restrict-modify): a public-facing
     # deployment has no open registration unless asked for ("" = anyone may register).
     restrict_modify: str = "root"
+    # Who may see /+status and /+metrics (twistd's --status-acl); None: devpid's default.
+    status_acl: str | None = None
+    # Where the stored files are (twistd's --blobdir); None: SERVERDIR/+blobs.
+    blob_dir: Path | None = None
+    # Several nodes on one PostgreSQL database (http://HOST:PORT each), balanced by nginx;
+    # empty: the one node at host:port. Node PORT's server directory is SERVERDIR/PORT.
+    nodes: list[str] = field(default_factory=list)
+    sticky: str = "addr"
+
+    def effective_blob_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.serverdir / "+blobs"
 
     def effective_outside_url(self) -> str:
         """The explicit outside URL, else the nginx site's own address."""
@@ -81,6 +97,74 @@ class GenConfigOptions:
             first = "localhost"
         port = "" if self.nginx_port == 80 else f":{self.nginx_port}"
         return f"http://{first}{port}"
+
+
+def _node_addresses(opts: GenConfigOptions) -> list[tuple[str, int]]:
+    """(host, port) of every node: the --node URLs, else the one at --host/--port."""
+    if not opts.nodes:
+        return [(opts.host, opts.port)]
+    found: list[tuple[str, int]] = []
+    for url in opts.nodes:
+        match = re.fullmatch(r"(?:http://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?", url)
+        if not match:
+            raise ValueError(f"node must be http://HOST:PORT, got {url!r}")
+        host = match.group(1).strip("[]")
+        found.append((_check_host(host), int(_check_port("node port", int(match.group(2))))))
+    if len(set(found)) != len(found):
+        raise ValueError("the same node is named twice")
+    ports = [port for _, port in found]
+    if len(set(ports)) != len(ports):
+        # SERVERDIR/PORT and devpid@PORT name a node: ports must differ, even across hosts
+        raise ValueError("every node needs a port of its own (it names the node's unit "
+                         "devpid@PORT and its server directory SERVERDIR/PORT)")
+    return found
+
+
+def _bracketed(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _upstream(opts: GenConfigOptions) -> str:
+    """The ``server`` lines of the upstream block, and with several nodes how one is chosen.
+
+    A node serves another node's write once its view reached that serial (milliseconds):
+    a client that uploads and at once installs should stay on one node. ``addr`` hashes the
+    client address (an upload and the install that follows come from the same machine, even
+    when pip asks anonymously after twine logged in); ``auth`` hashes the credentials (one
+    user or token per node, whatever the address: clients behind one NAT still spread), and
+    anonymous requests by address; ``none`` spreads every request (read-your-writes is then
+    only as good as the node's lag). ``consistent``: a node that leaves moves only its own
+    clients. A node that fails is skipped (``max_fails``) for ``fail_timeout``.
+    """
+    nodes = _node_addresses(opts)
+    if opts.sticky not in STICKY:
+        raise ValueError(f"sticky must be one of {', '.join(STICKY)}, got {opts.sticky!r}")
+    if len(nodes) == 1:
+        return f"server {_bracketed(nodes[0][0])}:{nodes[0][1]};"
+    lines = []
+    if opts.sticky == "addr":
+        lines.append("hash $remote_addr consistent;")
+    elif opts.sticky == "auth":
+        lines.append("hash $devpid_affinity consistent;")
+    else:
+        lines.append("least_conn;")
+    lines += [f"server {_bracketed(host)}:{port} max_fails=1 fail_timeout=10s;"
+              for host, port in nodes]
+    return "\n    ".join(lines)
+
+
+def _node_host(opts: GenConfigOptions) -> str:
+    """The address every node of the template unit listens on (--host)."""
+    hosts = {host for host, _ in _node_addresses(opts)}
+    if len(hosts) == 1:
+        return next(iter(hosts))
+    if opts.host in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("nodes on several hosts: give --host, the address each node "
+                         "listens on (e.g. 0.0.0.0, with --trusted-proxy for nginx's address)")
+    return opts.host
 
 
 def template_dir() -> Path:
@@ -183,8 +267,21 @@ def values(opts: GenConfigOptions) -> dict[str, str]:
             f"max_upload_size must be an nginx size like 1g, 500m or 0 (unlimited), "
             f"got {opts.max_upload_size!r}"
         )
+    blob_dir = _check_path("blob_dir", opts.effective_blob_dir())
+    write_paths = [serverdir]
+    if not Path(blob_dir).is_relative_to(serverdir):
+        write_paths.append(blob_dir)
+    nodes = _node_addresses(opts)
     return {
         "serverdir": serverdir,
+        "blob_dir": blob_dir,
+        "blobdir_option": "" if opts.blob_dir is None else f" --blobdir {blob_dir}",
+        "read_write_paths": " ".join(write_paths),
+        "node_host": _node_host(opts) if opts.nodes else host,
+        "node_ports": " ".join(str(port) for _, port in nodes),
+        "backup_serverdir": serverdir if not opts.nodes else f"{serverdir}/{nodes[0][1]}",
+        "upstream_servers": _upstream(opts),
+        "status_acl": _status_acl(opts.status_acl),
         "bindir": _check_path("bindir", opts.bindir),
         "backup_dir": _check_path("backup_dir", opts.backup_dir),
         "host": host,
@@ -217,6 +314,16 @@ def _restrict_modify(value: str) -> str:
     if not _PRINCIPALS.fullmatch(value):
         raise ValueError(f"restrict_modify must be user names separated by commas, got {value!r}")
     return f" --restrict-modify {value}"
+
+
+def _status_acl(value: str | None) -> str:
+    """`` --status-acl a,b`` for ExecStart, or nothing for devpid's default."""
+    if value is None:
+        return ""
+    if not _PRINCIPALS.fullmatch(value):
+        raise ValueError(f"status_acl must be user names or :AUTHENTICATED: separated by "
+                         f"commas, got {value!r}")
+    return f" --status-acl {value}"
 
 
 def _check_workers(workers: int) -> str:
@@ -292,9 +399,10 @@ def render(opts: GenConfigOptions) -> dict[str, str]:
     """The generated files' texts by output file name (nothing is written)."""
     mapping = values(opts)
     base = template_dir()
+    unused = SINGLE_UNIT if opts.nodes else NODE_UNIT
     return {
         out: fill((base / name).read_text(encoding="utf-8"), mapping)
-        for name, out in TEMPLATES.items()
+        for name, out in TEMPLATES.items() if out != unused
     }
 
 
@@ -362,12 +470,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restrict-modify", default=d.restrict_modify,
                         help="users who may create users and indexes (default "
                         f"{d.restrict_modify}; '' = anyone may register)")
+    parser.add_argument("--status-acl", default=None,
+                        help="users (or :AUTHENTICATED:) who may see /+status and /+metrics "
+                        "(default: devpid's, everyone)")
+    parser.add_argument("--blobdir", default=None,
+                        help="directory of the stored files, e.g. on a filesystem every node "
+                        "shares (default SERVERDIR/+blobs, or SERVERDIR's remembered one)")
+    parser.add_argument("--node", action="append", default=[], metavar="URL",
+                        help="http://HOST:PORT of a devpid node on the shared PostgreSQL "
+                        "database; repeat for each: nginx balances over them and the "
+                        "systemd template unit devpid@PORT runs one (default: one node at "
+                        "--host/--port)")
+    parser.add_argument("--sticky", choices=STICKY, default=d.sticky,
+                        help="with several nodes, keep a client on one node by its address "
+                        "(addr, default), its credentials (auth), or not at all (none)")
     parser.add_argument("--output", default="gen-config",
                         help="directory to write the files to (default ./gen-config)")
 
 
 def _install_hint(path: Path, opts: GenConfigOptions) -> str:
     """One shell line that installs ``path`` where it belongs."""
+    if path.name == NODE_UNIT:
+        ports = [port for _, port in _node_addresses(opts)]
+        first = opts.serverdir / str(ports[0])
+        units = " ".join(f"devpid@{port}" for port in ports)
+        return (f"cp {path} /etc/systemd/system/ && systemctl daemon-reload; on each node's "
+                f"host, once: devpid init --serverdir {opts.serverdir}/PORT --store URL "
+                f"--blobdir {opts.effective_blob_dir()} (the first creates the database, "
+                f"the others join it; copy {opts.serverdir}/.secret to every host, so a "
+                f"token works on each node), then systemctl enable --now {units} "
+                f"(those of this host; first node: {first})")
     if path.name.endswith(".service"):
         return (f"cp {path} /etc/systemd/system/{path.name} && systemctl daemon-reload "
                 f"&& systemctl enable --now {path.stem}")
@@ -376,6 +508,18 @@ def _install_hint(path: Path, opts: GenConfigOptions) -> str:
                 "&& nginx -t && systemctl reload nginx")
     return (f"install -m 0644 -o root -g root {path} /etc/cron.d/devpid && "
             f"install -d -o {opts.user} -g {opts.group} -m 0750 {opts.backup_dir}")
+
+
+def _blob_dir(args: argparse.Namespace) -> Path | None:
+    """--blobdir, else the directory the (single) server directory remembered, if any."""
+    if args.blobdir:
+        return Path(os.path.abspath(Path(args.blobdir).expanduser()))
+    from devpid.store import BLOBDIR_FILE, blob_root
+
+    serverdir = Path(os.path.abspath(Path(args.serverdir).expanduser()))
+    if not args.node and (serverdir / BLOBDIR_FILE).is_file():
+        return blob_root(serverdir)
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -397,6 +541,10 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
         cache_dir=Path(os.path.abspath(Path(args.cache_dir).expanduser())),
         restrict_modify=args.restrict_modify,
+        status_acl=args.status_acl,
+        blob_dir=_blob_dir(args),
+        nodes=list(args.node),
+        sticky=args.sticky,
     )
     try:
         paths = write(opts, Path(args.output))

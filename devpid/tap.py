@@ -26,7 +26,13 @@ from twisted.python import usage
 
 from devpid import auth, firstscreen
 from devpid.proxies import DEFAULT_TRUSTED, parse_networks
-from devpid.store import is_initialised, is_postgres_url, remember_store_url
+from devpid.store import (
+    BlobDirError,
+    is_initialised,
+    is_postgres_url,
+    remember_blobdir,
+    remember_store_url,
+)
 from devpid.store.base import StoreError
 
 T = TypeVar("T")
@@ -67,6 +73,9 @@ class Options(usage.Options):
         ["store", None, None,
          "database URL (postgresql://USER@HOST:PORT/DB) shared by several nodes; recorded in "
          "the server directory (default: its own SQLite file)"],
+        ["blobdir", None, None,
+         "directory for the stored files, e.g. on a filesystem several nodes share; "
+         "recorded in the server directory (default SERVERDIR/+blobs)"],
         ["host", None, "localhost", "interface to listen on"],
         ["port", None, 3141, "TCP port to listen on (0 = any free port)", int],
         ["listen", None, None, "a Twisted endpoint string, overrides --host/--port"],
@@ -247,6 +256,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     replica = bool(options["primary-url"])
     if options["store"]:
         remember_store_url(serverdir, options["store"])
+    if options["blobdir"]:
+        try:
+            remember_blobdir(serverdir, Path(options["blobdir"]))
+        except (BlobDirError, OSError) as e:
+            raise SystemExit(f"devpid: --blobdir: {e}") from None
     if not replica and not _store_call(is_initialised, serverdir):
         if not options["init"]:
             raise SystemExit(

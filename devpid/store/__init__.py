@@ -8,7 +8,7 @@ from pathlib import Path
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import DB_NAME, SQLiteStore
 
-__all__ = ["DB_NAME", "BlobStore", "SQLiteStore", "is_initialised", "open_store"]
+__all__ = ["DB_NAME", "BlobStore", "SQLiteStore", "blob_root", "is_initialised", "open_store"]
 
 # A server directory on PostgreSQL remembers its database here, so every command run on the
 # directory (``devpid passwd``, export, a restart) uses it without being told again.
@@ -38,9 +38,61 @@ def store_url(serverdir: Path) -> str | None:
         return None
 
 
+# A server directory whose blobs live elsewhere (``--blobdir``, e.g. a filesystem several
+# nodes share) remembers that directory here, so gc, export and cache find the files too.
+BLOBDIR_FILE = "blobdir.path"
+
+
+class BlobDirError(ValueError):
+    """A ``--blobdir`` that would lose track of files already stored (nothing was changed)."""
+
+
+def blob_root(serverdir: Path) -> Path:
+    """Where the blobs of ``serverdir`` are: its recorded ``--blobdir``, else ``+blobs``."""
+    try:
+        text = (serverdir / BLOBDIR_FILE).read_text().strip()
+    except FileNotFoundError:
+        return serverdir / "+blobs"
+    return Path(text) if text else serverdir / "+blobs"
+
+
+def _holds_blobs(root: Path) -> bool:
+    """Whether ``root`` has the ``ab/`` fan-out of stored blobs (not just a temp area)."""
+    try:
+        return any(len(p.name) == 2 and p.is_dir() for p in root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def remember_blobdir(serverdir: Path, blobdir: Path) -> Path:
+    """Record ``blobdir`` as where ``serverdir`` keeps its blobs; returns it, absolute.
+
+    Switching a server directory that already has blobs somewhere else is refused: the
+    records would name files that are not there (move them first, then edit the file).
+    """
+    blobdir = Path(os.path.abspath(blobdir.expanduser()))
+    current = blob_root(serverdir)
+    if (serverdir / BLOBDIR_FILE).exists() and current == blobdir:
+        return blobdir
+    same = current.is_dir() and blobdir.is_dir() and os.path.samefile(current, blobdir)
+    if not same and _holds_blobs(current):
+        raise BlobDirError(
+            f"{serverdir} keeps its files in {current}; move them to {blobdir} and write "
+            f"that path into {serverdir / BLOBDIR_FILE} instead of passing --blobdir"
+        )
+    serverdir.mkdir(parents=True, exist_ok=True)
+    blobdir.mkdir(parents=True, exist_ok=True)
+    path = serverdir / BLOBDIR_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{blobdir}\n")
+    os.replace(tmp, path)
+    return blobdir
+
+
 def _node_temp(blobs: BlobStore, serverdir: Path) -> None:
-    """Nodes may share ``+blobs`` (a link to one shared directory): each gets a temp area of
-    its own there, so one node's start-up clean-up never deletes another's upload."""
+    """Nodes may share the blob directory (``--blobdir``, or ``+blobs`` as a link to one
+    shared directory): each gets a temp area of its own there, so one node's start-up
+    clean-up never deletes another's upload in progress."""
     import hashlib
     import socket
 
@@ -67,10 +119,11 @@ def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[SQLiteStore,
     if not readonly:
         serverdir.mkdir(parents=True, exist_ok=True)
     url = store_url(serverdir)
-    blobs = BlobStore(serverdir / "+blobs")
+    blobs = BlobStore(blob_root(serverdir))
+    if not readonly and (url is not None or (serverdir / BLOBDIR_FILE).exists()):
+        _node_temp(blobs, serverdir)
     if url is not None and not readonly:
         from devpid.store.postgres import PostgresStore
 
-        _node_temp(blobs, serverdir)
         return PostgresStore(url, serverdir / DB_NAME), blobs
     return SQLiteStore(serverdir / DB_NAME, readonly=readonly), blobs
