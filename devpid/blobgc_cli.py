@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from devpid.blobgc import read_live_from, sweep
     from devpid.cli import _serverdir
     from devpid.dump import Progress
-    from devpid.store import DB_NAME, BlobStore, is_initialised
+    from devpid.store import DB_NAME, LocalBlobStore, is_initialised
     from devpid.store.base import StoreError
 
     serverdir = _serverdir(args)
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         report = sweep(
-            BlobStore(serverdir / "+blobs"),
+            LocalBlobStore(serverdir / "+blobs"),
             read_live_from(serverdir / DB_NAME),
             grace_seconds=args.grace_seconds,
             dry_run=args.dry_run,

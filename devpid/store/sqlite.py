@@ -252,7 +252,7 @@ class SQLiteStore:
         ).fetchall()
         return [(int(s), int(n), c) for s, n, c in rows]
 
-    def open_changelog(self, serial: int) -> ChangelogReader | None:
+    def open_changelog(self, serial: int) -> BlobChangelogReader | None:
         """A file-like reader of one entry's JSON text, in chunks (never whole in memory).
 
         Uses its own read-only connection: changelog rows are never modified, so the
@@ -266,7 +266,7 @@ class SQLiteStore:
         except sqlite3.OperationalError:
             conn.close()
             return None
-        return ChangelogReader(conn, blob)
+        return BlobChangelogReader(conn, blob)
 
     def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
         rows = self._conn.execute(
@@ -408,7 +408,7 @@ class SQLiteStore:
         self._conn.close()
 
 
-class ChangelogReader:
+class BlobChangelogReader:
     """``read``/``close`` over one changelog entry's bytes (see SQLiteStore.open_changelog)."""
 
     def __init__(self, conn: sqlite3.Connection, blob: sqlite3.Blob) -> None:
