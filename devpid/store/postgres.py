@@ -89,7 +89,10 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> str:
     """Create or upgrade the tables (store/schema.py); returns the store uuid."""
     import uuid as uuidlib
 
-    upgrade_postgresql(conn)
+    old = upgrade_postgresql(conn)
+    if 0 < old < PG_SCHEMA_VERSION:
+        log.info("upgraded the database from schema version {old} to {new}",
+                 old=old, new=PG_SCHEMA_VERSION)
     with conn.transaction():
         conn.execute("INSERT INTO meta VALUES ('uuid', %s) ON CONFLICT DO NOTHING",
                      (uuidlib.uuid4().hex,))

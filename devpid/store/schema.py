@@ -26,16 +26,21 @@ if TYPE_CHECKING:
     import psycopg
 
 # -- version 1, as the first releases created it (never edit: upgrades start from it) ------
-SQLITE_V1 = (
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS kv ("
-    " key TEXT PRIMARY KEY, serial INTEGER NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS changelog ("
-    " serial INTEGER PRIMARY KEY, timestamp REAL NOT NULL, changes TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS paths ("
-    " path TEXT PRIMARY KEY, key TEXT NOT NULL, filename TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS paths_by_key ON paths (key)",
-)
+_SQLITE_V1_TEXT = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, serial INTEGER NOT NULL, value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changelog (
+    serial INTEGER PRIMARY KEY, timestamp REAL NOT NULL, changes TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paths (
+    path TEXT PRIMARY KEY, key TEXT NOT NULL, filename TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS paths_by_key ON paths (key);
+"""
+# one statement each (executescript would commit the upgrade's transaction)
+SQLITE_V1 = tuple(s.strip() for s in _SQLITE_V1_TEXT.split(";") if s.strip())
 
 POSTGRESQL_V1 = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",

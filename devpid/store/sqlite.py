@@ -94,7 +94,10 @@ class SQLiteStore:
             if readonly:
                 refuse_newer_sqlite(self._conn, str(path))
             else:
-                upgrade_sqlite(self._conn, str(path))  # the schema steps (store/schema.py)
+                old = upgrade_sqlite(self._conn, str(path))  # the steps in store/schema.py
+                if 0 < old < SCHEMA_VERSION:
+                    log.info("upgraded {path} from schema version {old} to {new}",
+                             path=str(path), old=old, new=SCHEMA_VERSION)
                 if self._meta("uuid") is None:
                     self._conn.execute("INSERT INTO meta(name, value) VALUES ('uuid', ?)",
                                        (uuidlib.uuid4().hex,))
