@@ -22,7 +22,7 @@ from devpid.store.base import StoreError
 from devpid.store.schema import PG_SCHEMA_VERSION, SCHEMA_VERSION
 from tests.conftest import ROOT_PASSWORD, Devpid, client_env, init_serverdir, run, tool
 from tests.support.fakepypi import FakePyPI
-from tests.support.pg import fresh_database, requires_pg
+from tests.support.pg import PG_URL, SKIP_REASON, fresh_database, requires_pg
 from tests.support.pkgbuild import make_wheel
 
 # devpid/store/sqlite.py's SCHEMA before schema versions, character for character.
@@ -357,14 +357,29 @@ def downgrade_to_v1(serverdir: Path) -> None:
     assert made == v1
 
 
-@pytest.mark.skipif(os.environ.get("DEVPID_TEST_STORE") == "postgresql",
-                    reason="a SQLite server directory (PostgreSQL: the store tests above)")
+def downgrade_postgresql_to_v1(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("DROP INDEX kv_key_serial")
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+    assert postgresql_schema(url) == ("1", {"paths_by_key"})
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_daemon_on_a_v1_server_directory_upgrades_it_and_serves_pip(
-    tmp_path: Path, upstream: FakePyPI
+    tmp_path: Path, upstream: FakePyPI, backend: str
 ) -> None:
+    url = None
+    if backend == "postgresql":
+        if PG_URL is None:
+            pytest.skip(SKIP_REASON)
+        url = fresh_database()
+    elif os.environ.get("DEVPID_TEST_STORE") == "postgresql":
+        pytest.skip("DEVPID_TEST_STORE=postgresql: the postgresql case runs")
     upstream.publish("schema-mirrored", "1.0")
     serverdir = tmp_path / "server"
-    init_serverdir(serverdir, upstream.url)
+    init_serverdir(serverdir, upstream.url, store=url)
     server = Devpid(serverdir)
     env = client_env(tmp_path)
     server.start()
@@ -377,11 +392,17 @@ def test_a_daemon_on_a_v1_server_directory_upgrades_it_and_serves_pip(
              str(wheel)], env)
     finally:
         server.stop()
-    downgrade_to_v1(serverdir)
+    downgrade_to_v1(serverdir)  # on PostgreSQL: the node's view
     assert sqlite_schema(serverdir / DB_NAME) == (1, {"paths_by_key"})
+    if url is not None:
+        downgrade_postgresql_to_v1(url)
     server.start()
     try:
         assert sqlite_schema(serverdir / DB_NAME) == (2, {"paths_by_key", "kv_key_serial"})
+        assert f"upgraded {serverdir / DB_NAME} from schema version 1 to 2" in server.log()
+        if url is not None:
+            assert postgresql_schema(url) == ("2", {"paths_by_key", "kv_key_serial"})
+            assert "upgraded the database from schema version 1 to 2" in server.log()
         target = tmp_path / "target"
         run([tool("pip"), "install", "--no-deps", "--target", str(target), "--index-url",
              server.url + "/root/dev/+simple/", "schema-private", "schema-mirrored"], env)
