@@ -410,3 +410,27 @@ def test_a_daemon_on_a_v1_server_directory_upgrades_it_and_serves_pip(
             "schema_mirrored-1.0.dist-info", "schema_private-1.0.dist-info"]
     finally:
         server.stop()
+
+
+def test_a_daemon_and_the_cli_refuse_a_newer_server_directory_in_one_line(
+    tmp_path: Path,
+) -> None:
+    serverdir = tmp_path / "server"
+    serverdir.mkdir()
+    make_v1_sqlite(serverdir / DB_NAME)
+    conn = sqlite3.connect(str(serverdir / DB_NAME))
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    line = (f"{serverdir / DB_NAME} has schema version 99, newer than this devpid "
+            f"({SCHEMA_VERSION}); upgrade devpid")
+    daemon = subprocess.run(
+        [tool("twistd"), "-n", "--pidfile=", "devpid", "--serverdir", str(serverdir),
+         "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert daemon.returncode != 0
+    assert line in daemon.stdout + daemon.stderr
+    assert "Traceback" not in daemon.stdout + daemon.stderr
+    export = run([tool("devpid"), "export", "--serverdir", str(serverdir),
+                  str(tmp_path / "out")], client_env(tmp_path), check=False)
+    assert export.returncode != 0 and line in export.stderr, export.stderr
+    assert "Traceback" not in export.stderr
