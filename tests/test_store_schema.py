@@ -379,7 +379,10 @@ def test_a_daemon_on_a_v1_server_directory_upgrades_it_and_serves_pip(
         pytest.skip("DEVPID_TEST_STORE=postgresql: the postgresql case runs")
     upstream.publish("schema-mirrored", "1.0")
     serverdir = tmp_path / "server"
-    init_serverdir(serverdir, upstream.url, store=url)
+    init_serverdir(serverdir, upstream.url, store=url)  # devpid init: the current version
+    assert sqlite_schema(serverdir / DB_NAME) == (2, {"paths_by_key", "kv_key_serial"})
+    if url is not None:
+        assert postgresql_schema(url) == ("2", {"paths_by_key", "kv_key_serial"})
     server = Devpid(serverdir)
     env = client_env(tmp_path)
     server.start()
