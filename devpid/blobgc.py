@@ -29,7 +29,6 @@ primary's record arrives; another index's blob under a digest a page claims is n
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,8 +41,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from devpid.store import blob_root, keys, store_url
-from devpid.store.base import ReadView, StoreError
-from devpid.store.blobs import HEX64, BlobStore
+from devpid.store.base import BlobStore, ReadView, Store, StoreError
+from devpid.store.blobs import LocalBlobStore, stored_digests
 from devpid.store.sqlite import DB_NAME, SQLiteStore
 
 log = Logger()
@@ -95,21 +94,9 @@ def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
 
 
 def stored_blobs(root: Path) -> Iterable[tuple[str, Path]]:
-    """(digest, path) of every blob file under ``root`` (``ab/cd/abcd...``), temp area skipped."""
-    for top in sorted(os.scandir(root), key=lambda e: e.name):
-        if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
-            continue
-        for mid in sorted(os.scandir(top.path), key=lambda e: e.name):
-            if len(mid.name) != 2 or not mid.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(mid.path):
-                name = entry.name
-                if (
-                    HEX64.fullmatch(name)
-                    and name.startswith(top.name + mid.name)
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    yield name, Path(entry.path)
+    """(digest, path) of every blob file under ``root`` (a local blob directory)."""
+    for digest in stored_digests(root):
+        yield digest, root / LocalBlobStore.relpath(digest)
 
 
 def sweep(
@@ -129,10 +116,10 @@ def sweep(
     (a stopping server), with what was done so far in the report.
     """
     report = SweepReport(dry_run=dry_run)
-    found = list(stored_blobs(blobs.root))
+    found = list(blobs.stored())
     report.scanned = len(found)
     report.serial, live = read_live()
-    for n, (digest, path) in enumerate(found, 1):
+    for n, digest in enumerate(found, 1):
         if should_stop():
             report.scanned = n - 1
             break
@@ -142,25 +129,20 @@ def sweep(
             report.live += 1
             continue
         try:
-            st = path.stat()  # now, not at listing time: a reuse may have just refreshed it
-        except FileNotFoundError:
-            continue
+            info = blobs.info(digest)  # now, not at listing time: a reuse may have refreshed it
+            if info is None:
+                continue
+            size, mtime = info
+            if clock() - mtime < grace_seconds:
+                report.young += 1
+                continue
+            if not dry_run and not blobs.delete(digest):
+                continue
         except OSError as e:
-            report.errors.append(f"{path}: {e}")
+            report.errors.append(f"{blobs.relpath(digest)}: {e}")
             continue
-        if clock() - st.st_mtime < grace_seconds:
-            report.young += 1
-            continue
-        if not dry_run:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                report.errors.append(f"{path}: {e}")
-                continue
         report.removed += 1
-        report.freed_bytes += st.st_size
+        report.freed_bytes += size
     if not dry_run and report.removed:
         blobs.forget_stale_origins()
     return report
@@ -171,10 +153,10 @@ def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
 
     Its own connection, so a sweep in a worker thread never shares the server's.
     """
-    blobs = BlobStore(blob_root(db.parent))  # the server directory's layout (open_store)
+    blobs = LocalBlobStore(blob_root(db.parent))  # the server directory's layout (open_store)
 
     def read() -> tuple[int, set[str]]:
-        store = SQLiteStore(db, readonly=True)
+        store: Store = SQLiteStore(db, readonly=True)  # the file (or a node's view)
         try:
             # One read transaction: the live set is of one serial, never half of a commit.
             with store.read_snapshot() as serial:
@@ -233,7 +215,7 @@ def read_live_for(serverdir: Path) -> Callable[[], tuple[int, set[str]]]:
     (shared by every node), else its own SQLite file."""
     url = store_url(serverdir)
     if url is not None:
-        return read_live_from_database(url, BlobStore(blob_root(serverdir)))
+        return read_live_from_database(url, LocalBlobStore(blob_root(serverdir)))
     return read_live_from(serverdir / DB_NAME)
 
 

@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from devpid.blobgc import read_live_for, sweep
     from devpid.cli import _serverdir
     from devpid.dump import Progress
-    from devpid.store import BlobStore, blob_root, is_initialised
+    from devpid.store import LocalBlobStore, blob_root, is_initialised
     from devpid.store.base import StoreError
 
     serverdir = _serverdir(args)
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         report = sweep(
-            BlobStore(blob_root(serverdir)),
+            LocalBlobStore(blob_root(serverdir)),
             read_live_for(serverdir),
             grace_seconds=args.grace_seconds,
             dry_run=args.dry_run,

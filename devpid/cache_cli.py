@@ -13,7 +13,10 @@ import argparse
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devpid.store.base import BlobStore, Store
 
 HELP = "list or prune cached mirror files (by index, project, age; server may keep running)"
 
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="only list what would be deleted")
 
 
-def _select(store: Any, blobs: Any, args: argparse.Namespace, now: float
+def _select(store: Store, blobs: BlobStore, args: argparse.Namespace, now: float
             ) -> list[tuple[str, str, Any, float]]:
     """(stage, key, (sha, meta, size), cached at) of the matching mirror files."""
     from devpid.mirror.cache import record_ref, stage_of
@@ -62,16 +65,17 @@ def _select(store: Any, blobs: Any, args: argparse.Namespace, now: float
             if ref is None or (projects and key.split("/")[3] not in projects):
                 continue
             try:
-                cached = blobs.path(ref[0]).stat().st_mtime
+                info = blobs.info(ref[0])
             except OSError:
-                cached = 0.0
+                info = None
+            cached = 0.0 if info is None else info[1]
             if max_age is not None and now - cached < max_age:
                 continue
             found.append((stage_of(key), key, ref, cached))
     return found
 
 
-def _prune(store: Any, blobs: Any, chosen: list[tuple[str, str, Any, float]]) -> int:
+def _prune(store: Store, blobs: BlobStore, chosen: list[tuple[str, str, Any, float]]) -> int:
     """Delete the records (giving the URL paths back to the mirror pages), then the blobs."""
     from devpid.mirror.cache import record_ref, remove_blobs
     from devpid.store import keys

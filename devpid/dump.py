@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from devpid import audit, auth
 from devpid.model.indexes import IndexConfigError, check_bases
 from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
-from devpid.store import BlobStore, blob_root, is_initialised, keys, open_store
+from devpid.store import BlobStore, LocalBlobStore, blob_root, is_initialised, keys, open_store
 from devpid.store.blobs import HEX64
 
 FORMAT = "devpid-dump"
@@ -244,7 +244,7 @@ def export(
     if target.exists() and not _is_empty_dir(target) and not force:
         raise DumpError(f"export directory {target} must not exist or be empty (or use --force)")
     snap = read_snapshot(serverdir)
-    blobs = BlobStore(blob_root(serverdir))
+    blobs = LocalBlobStore(blob_root(serverdir))
     needed: dict[str, str] = {}
     for key, value in snap.entries:
         for digest in keys.record_blobs(key, value):
@@ -548,7 +548,7 @@ def write_plan(
             audit.append(conn, plan.audit_rows)
         finally:
             conn.close()
-        shutil.rmtree(blobs.tmpdir, ignore_errors=True)
+        shutil.rmtree(tmp / "+blobs" / "tmp", ignore_errors=True)  # LocalBlobStore.tmpdir
         if serverdir.exists():
             serverdir.rmdir()  # empty, as check_target made sure
         os.rename(tmp, serverdir)

@@ -39,7 +39,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from devpid.netpolicy import guarded_agent
 from devpid.redact import redact_webhook
-from devpid.store.base import Changes
+from devpid.store.base import Changes, Store
 
 log = Logger()
 
@@ -68,7 +68,7 @@ class EventService(service.Service):
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         serverdir: Path,
         clock: Any,
         hooks: dict[str, Any],

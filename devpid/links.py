@@ -17,6 +17,7 @@ from packaging.version import InvalidVersion, Version
 from devpid.mirror.policy import cooldown_of, filter_links
 from devpid.model.indexes import resolution_order
 from devpid.store import keys
+from devpid.store.base import Store
 
 
 class UpstreamUnavailable(Exception):
@@ -70,7 +71,7 @@ def link_from_file_value(stage: str, value: dict[str, Any]) -> Link:
     )
 
 
-def private_links(store: Any, stage: str, project: str) -> list[Link]:
+def private_links(store: Store, stage: str, project: str) -> list[Link]:
     links = [
         link_from_file_value(stage, value)
         for _, value in store.items(keys.file_prefix(stage, project))
@@ -79,7 +80,7 @@ def private_links(store: Any, stage: str, project: str) -> list[Link]:
     return links
 
 
-def has_private_project(store: Any, stage: str, project: str) -> bool:
+def has_private_project(store: Store, stage: str, project: str) -> bool:
     return store.get(keys.project(stage, project)) is not None
 
 
@@ -223,7 +224,7 @@ class PageTokens:
         default_factory=dict)
 
 
-def track_commits(store: Any) -> PageTokens:
+def track_commits(store: Store) -> PageTokens:
     """Per-(stage, project) and config serials, kept current by the store's commits."""
     # Pages cached in this process start empty, so "nothing changed yet" (-1 per project and
     # the serial at start for configs) is a valid starting token.

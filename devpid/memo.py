@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from devpid.store.base import Store
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -15,7 +17,7 @@ V = TypeVar("V")
 class CommitClearedDict(dict[K, V]):
     """A dict emptied by any commit that changes a key starting with one of ``prefixes``."""
 
-    def __init__(self, store: Any, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, store: Store, prefixes: tuple[str, ...]) -> None:
         super().__init__()
         self.prefixes = prefixes
         store.add_commit_listener(self._committed)

@@ -51,7 +51,7 @@ from devpid.mirror.cache import MirrorCache, MirrorCacheService
 from devpid.mirror.service import Mirror, MirrorService
 from devpid.replica import NonceGuard, PrimaryFeed, ReplicaFollower, WriteProxy
 from devpid.store import DB_NAME, open_store
-from devpid.store.base import StoreError
+from devpid.store.base import Store, StoreError
 from devpid.web.app import DevpidServer, DevpidSite, Settings, make_site
 from devpid.web.fastpath import stored_paths
 from devpid.web.html.readme import DescriptionCache
@@ -105,7 +105,7 @@ class StoreService(service.Service):
     """Starts the store's write thread (PostgreSQL) and closes the store; the first child of
     the root, so it stops after everything else."""
 
-    def __init__(self, store: Any, reactor: Any) -> None:
+    def __init__(self, store: Store, reactor: Any) -> None:
         self.store = store
         self.reactor = reactor
 

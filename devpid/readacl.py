@@ -28,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from devpid.auth import ANONYMOUS, acl_allows
 from devpid.model.indexes import resolution_order
+from devpid.store.base import Store
 
 # devpid.web.errors is imported where used: the web package imports this module.
 
@@ -93,7 +94,7 @@ class KnownCredentials:
     TTL = 60.0
     MAX = 10_000
 
-    def __init__(self, store: Any, secret: bytes, clock: Callable[[], float] = time.time
+    def __init__(self, store: Store, secret: bytes, clock: Callable[[], float] = time.time
                  ) -> None:
         self._key = hashlib.sha256(b"devpid-known-credentials\0" + secret).digest()[:32]
         self._clock = clock

@@ -58,9 +58,9 @@ from zope.interface import implementer
 
 from devpid.audit_feed import AuditPuller
 from devpid.store import keys
-from devpid.store.base import Changes
+from devpid.store.base import ChangelogReader, Changes
 from devpid.store.blobs import HEX64
-from devpid.store.sqlite import ChangelogReader, encode_value
+from devpid.store.sqlite import encode_value
 from devpid.web.app import DevpidServer, app, client_address, header
 from devpid.web.errors import JSON_TYPE, HTTPError, forbidden, not_found, status_reason
 

@@ -19,6 +19,7 @@ import secrets
 import time
 from typing import Any
 
+from devpid.store.base import Store
 from devpid.web.errors import HTTPError, forbidden
 
 PREFIX = "devpidt1_"
@@ -89,7 +90,7 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
                                        "description")}
 
 
-def verify(store: Any, user: str, token: str, pwhash: str) -> dict[str, Any] | None:
+def verify(store: Store, user: str, token: str, pwhash: str) -> dict[str, Any] | None:
     """The token's record when ``token`` is ``user``'s, unexpired and minted under the
     current password; else None."""
     match = _TOKEN_RE.fullmatch(token)

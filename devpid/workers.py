@@ -32,6 +32,8 @@ from twisted.internet import defer, protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from devpid.store.base import Store
+
 log = Logger()
 POLL_INTERVAL = 0.05
 
@@ -51,7 +53,7 @@ def bind_shared_socket(host: str, port: int) -> socket.socket:
 class ExternalCommits(service.Service):
     """Polls SQLite for other processes' commits (feeds page caches, long-polls, waiters)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.loop = LoopingCall(self._poll)
 

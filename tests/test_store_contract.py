@@ -1,4 +1,5 @@
-"""The store interface, one suite run against every backend (SQLite and PostgreSQL).
+"""The store interfaces (devpid.store.base), one suite run against every backend: ``Store``
+on SQLite and PostgreSQL, ``BlobStore`` on local files. Every protocol method is used here.
 
 What the web layer, replication, events and export rely on: one serial per commit, a
 changelog that replays to the same state, prefix reads, served-path lookup, commit
@@ -7,6 +8,9 @@ listeners, per-prefix serials, a stable uuid, and all of it surviving a reopen.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +19,20 @@ import pytest
 import pytest_twisted
 
 from devpid.store import SQLiteStore
-from devpid.store.base import StoreError
+from devpid.store.base import BlobStore, Store, StoreError
+from devpid.store.blobs import LocalBlobStore
+from devpid.store.sqlite import encode_value
 from tests.support.pg import PG_URL, SKIP_REASON, fresh_database
 
-Opener = Callable[[], SQLiteStore]
+Opener = Callable[[], Store]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens the (same) store of the backend under test; every store opened is closed."""
-    opened: list[SQLiteStore] = []
+    opened: list[Store] = []
     if request.param == "sqlite":
-        def opener() -> SQLiteStore:
+        def opener() -> Store:
             opened.append(SQLiteStore(tmp_path / "devpid.sqlite"))
             return opened[-1]
     else:
@@ -36,7 +42,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
 
         url = fresh_database()
 
-        def opener() -> SQLiteStore:
+        def opener() -> Store:
             opened.append(PostgresStore(url, tmp_path / "devpid.sqlite"))
             return opened[-1]
     yield opener
@@ -184,7 +190,7 @@ def test_a_big_mirror_page_keeps_exactly_its_current_paths(open_store: Opener) -
 
 
 # -- the daemon's write API: async with store.write() ------------------------------------------
-def _writer(store: SQLiteStore) -> None:
+def _writer(store: Store) -> None:
     """On PostgreSQL, commit in the write thread as the daemon does."""
     from twisted.internet import reactor
 
@@ -238,3 +244,221 @@ async def test_an_async_write_that_raises_stores_nothing_and_frees_the_lock(
         tx.set("user/bob", {})
     assert tx.serial == 0 == store.serial and heard == [0]
     assert store.writes.status()["writes"] == {"waiting": 0, "busy": False, "commits": 1}
+
+
+def test_single_key_reads(open_store: Opener) -> None:
+    store = open_store()
+    with store.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+    with store.transaction() as tx:
+        tx.set("user/b", {"n": 2})
+    assert store.get_text("user/a") == encode_value({"n": 1}) and store.get_text("x") is None
+    assert store.exists("user/a") and not store.exists("user/x")
+    assert store.get_with_serial("user/b") == ({"n": 2}, 1)
+    assert store.get_with_serial("user/x") == (None, -1)
+    assert store.serial_of("user/a") == 0 and store.serial_of("user/x") == -1
+    assert store.read_apart("user/b") == ({"n": 2}, 1)
+    assert store.read_apart("user/x") == (None, -1)
+
+
+def test_read_apart_works_in_another_thread(open_store: Opener) -> None:
+    import threading
+
+    store = open_store()
+    with store.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(store.read_apart("user/a")))
+    thread.start()
+    thread.join()
+    assert got == [({"n": 1}, 0)]
+
+
+def test_changelog_reads_agree(open_store: Opener) -> None:
+    store = open_store()
+    assert store.last_commit_time() is None and store.open_changelog(0) is None
+    big = {"blob": "x" * 5000}
+    with store.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+    with store.transaction() as tx:
+        tx.set("user/big", big)
+        tx.delete("user/a")
+    text = store.changelog_text(1)
+    assert text is not None and json.loads(text) == {"user/big": big, "user/a": None}
+    assert store.changelog_text(2) is None
+    rows = store.changelog_rows_since(0, 10, inline_max=1000)
+    assert [(s, n) for s, n, _ in rows] == [(0, len(store.changelog_text(0) or "")),
+                                            (1, len(text))]
+    assert rows[0][2] == store.changelog_text(0) and rows[1][2] is None  # too big to inline
+    assert store.changelog_rows_since(1, 10, inline_max=10**6)[0][2] == text
+    reader = store.open_changelog(1)
+    assert reader is not None
+    try:
+        assert reader.size == len(text)
+        chunks = []
+        while chunk := reader.read(1000):
+            chunks.append(chunk)
+    finally:
+        reader.close()
+    assert b"".join(chunks).decode() == text
+    when = store.last_commit_time()
+    assert when is not None and abs(when - time.time()) < 60
+
+
+def test_snapshot_reads_one_serial(open_store: Opener) -> None:
+    store = open_store()
+    with store.transaction() as tx:
+        tx.set("user/b", {"n": 2})
+        tx.set("user/a", {"n": 1})
+    with store.read_snapshot() as serial:
+        assert serial == 0
+        assert list(store.snapshot()) == [("user/a", {"n": 1}), ("user/b", {"n": 2})]
+
+
+def test_a_transaction_reports_its_changes_and_serial(open_store: Opener) -> None:
+    store = open_store()
+    with store.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+        tx.set("user/b", {"n": 2})
+    with store.transaction() as tx:
+        assert tx.serial is None
+        tx.set_encoded("user/a", {"n": 3}, encode_value({"n": 3}))
+        tx.delete("user/b")
+        assert dict(tx.changes) == {"user/a": {"n": 3}, "user/b": None}
+        assert tx.items("user/") == [("user/a", {"n": 3})]  # its own writes, deletes too
+        assert tx.keys("user/") == ["user/a"] and tx.get("user/b") is None
+    assert tx.serial == 1 == store.serial
+    assert store.changelog(1) == {"user/a": {"n": 3}, "user/b": None}
+    assert store.get_text("user/a") == encode_value({"n": 3})
+
+
+def test_apply_serial_takes_encoded_values(open_store: Opener) -> None:
+    store = open_store()
+    store.apply_serial(0, {"user/a": {"n": 1}, "user/b": None},
+                       {"user/a": encode_value({"n": 1})})
+    assert store.get_with_serial("user/a") == ({"n": 1}, 0)
+    assert store.changelog(0) == {"user/a": {"n": 1}, "user/b": None}
+
+
+def test_another_process_commits_reach_poll_external(open_store: Opener) -> None:
+    """E.g. ``devpid passwd`` beside the daemon: the same server directory, opened twice."""
+    store = open_store()
+    heard: list[int] = []
+    store.add_commit_listener(lambda serial, changes: heard.append(serial))
+    other = open_store()
+    with other.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+    with other.transaction() as tx:
+        tx.set("user/b", {"n": 1})
+    store.poll_external()
+    assert heard == [0, 1] and store.serial == 1
+    with other.transaction() as tx:
+        tx.set("user/c", {"n": 1})
+    assert store.refresh_serial() == 2 and heard == [0, 1, 2]
+    store.poll_external()  # nothing new: nothing heard twice
+    assert heard == [0, 1, 2]
+
+
+def test_path_is_the_sqlite_file_readers_open(open_store: Opener) -> None:
+    store = open_store()
+    with store.transaction() as tx:
+        tx.set("user/a", {"n": 1})
+    reader = SQLiteStore(Path(store.path), readonly=True)
+    try:
+        assert reader.get("user/a") == {"n": 1} and reader.uuid == store.uuid
+    finally:
+        reader.close()
+
+
+# -- BlobStore -----------------------------------------------------------------------------------
+@pytest.fixture(params=["local"])
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return LocalBlobStore(tmp_path / "+blobs")
+
+
+def _put_via_temp(blobs: BlobStore, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    f, tmp = blobs.new_temp()
+    with f:
+        f.write(data)
+    blobs.commit_temp(tmp, digest)
+    blobs.discard(tmp)  # gone already: no error
+    return digest
+
+
+def test_blobs_are_stored_read_and_named_by_digest(blobs: BlobStore) -> None:
+    digest = _put_via_temp(blobs, b"hello")
+    assert blobs.relpath(digest) == f"{digest[:2]}/{digest[2:4]}/{digest}"
+    with pytest.raises(ValueError):
+        blobs.relpath("../../etc/passwd")
+    assert blobs.exists(digest) and not blobs.exists("0" * 64)
+    with blobs.open(digest) as f:
+        assert f.read() == b"hello"
+    assert blobs.path(digest).read_bytes() == b"hello"
+    with pytest.raises(FileNotFoundError):
+        blobs.open("0" * 64)
+    small = blobs.put_bytes(b"meta")
+    assert small == hashlib.sha256(b"meta").hexdigest()
+    assert blobs.put_bytes(b"meta") == small  # stored once
+    info = blobs.info(small)
+    assert info is not None and info[0] == 4 and blobs.info("0" * 64) is None
+
+
+def test_a_discarded_temp_file_leaves_nothing(blobs: BlobStore) -> None:
+    f, tmp = blobs.new_temp()
+    with f:
+        f.write(b"half an upload")
+    blobs.discard(tmp)
+    assert list(blobs.stored()) == [] and not tmp.exists()
+    f, tmp = blobs.new_temp()  # left by a crash: removed at the next start
+    f.close()
+    assert blobs.clean_temp() == 1 and not tmp.exists()
+
+
+def test_reuse_refreshes_the_time_gc_sees(blobs: BlobStore) -> None:
+    import os
+
+    digest = blobs.put_bytes(b"old")
+    os.utime(blobs.path(digest), (1000, 1000))
+    assert blobs.info(digest) == (3, 1000)
+    assert blobs.reuse(digest)
+    info = blobs.info(digest)
+    assert info is not None and info[1] > time.time() - 60
+    assert not blobs.reuse("0" * 64)
+
+
+def test_gc_lists_and_deletes_blobs(blobs: BlobStore) -> None:
+    a, b = blobs.put_bytes(b"a"), blobs.put_bytes(b"b")
+    blobs.mark_fetched("root/pypi", a)  # provenance marks are not blobs
+    f, _tmp = blobs.new_temp()  # nor are temp files
+    f.close()
+    assert sorted(blobs.stored()) == sorted([a, b])
+    assert blobs.delete(a) and not blobs.delete(a)
+    assert list(blobs.stored()) == [b] and not blobs.exists(a)
+
+
+def test_provenance_marks(blobs: BlobStore) -> None:
+    digest = blobs.put_bytes(b"wheel")
+    assert not blobs.fetched_by("root/pypi", digest)
+    blobs.mark_fetched("root/pypi", digest)
+    assert blobs.fetched_by("root/pypi", digest) and not blobs.fetched_by("other/m", digest)
+    assert not blobs.fetched_by("root/pypi", "not a digest")
+    blobs.unmark_fetched("root/pypi", digest)
+    assert not blobs.fetched_by("root/pypi", digest)
+    blobs.mark_fetched("root/pypi", digest)
+    blobs.delete(digest)
+    assert blobs.forget_stale_origins() == 1 and blobs.forget_stale_origins() == 0
+
+
+def test_this_suite_uses_every_protocol_member() -> None:
+    """A member added to a protocol gets a test here (so every backend is held to it)."""
+    from devpid.store import base
+
+    source = Path(__file__).read_text()
+    for protocol in (base.Store, base.ReadView, base.WriteTransaction, base.ChangelogReader,
+                     base.BlobStore):
+        names = [*vars(protocol), *vars(protocol).get("__annotations__", {})]
+        members = [name for name in names if not name.startswith("_")]
+        assert members, protocol
+        missing = [name for name in members if f".{name}" not in source]
+        assert not missing, f"{protocol.__name__}: no test uses {missing}"

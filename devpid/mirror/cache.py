@@ -26,7 +26,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from devpid.mirror.policy import MAX_BYTES
-from devpid.store.blobs import HEX64, BlobStore
+from devpid.store.base import BlobStore
+from devpid.store.blobs import HEX64
 
 log = Logger()
 RETRY_DELAY = 5.0  # seconds before a failed eviction run is tried again
@@ -94,9 +95,9 @@ def remove_blobs(
             try:
                 blobs.unmark_fetched(stage, digest)
                 if not referenced(digest):
-                    path = blobs.path(digest)
-                    freed += path.stat().st_size if path.exists() else 0
-                    path.unlink(missing_ok=True)
+                    info = blobs.info(digest)
+                    if blobs.delete(digest) and info is not None:
+                        freed += info[0]
             except OSError as e:
                 log.warn("could not remove evicted blob {sha}: {e}", sha=digest, e=e)
     return freed

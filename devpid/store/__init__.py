@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from devpid.store.blobs import BlobStore
+from devpid.store.base import BlobStore, Store
+from devpid.store.blobs import LocalBlobStore
 from devpid.store.sqlite import DB_NAME, SQLiteStore
 
-__all__ = ["DB_NAME", "BlobStore", "SQLiteStore", "blob_root", "is_initialised", "open_store"]
+__all__ = ["DB_NAME", "BlobStore", "LocalBlobStore", "SQLiteStore", "Store", "blob_root",
+           "is_initialised", "open_store"]
 
 # A server directory on PostgreSQL remembers its database here, so every command run on the
 # directory (``devpid passwd``, export, a restart) uses it without being told again.
@@ -89,7 +92,7 @@ def remember_blobdir(serverdir: Path, blobdir: Path) -> Path:
     return blobdir
 
 
-def _node_temp(blobs: BlobStore, serverdir: Path) -> None:
+def _node_temp(blobs: LocalBlobStore, serverdir: Path) -> None:
     """Nodes may share the blob directory (``--blobdir``, or ``+blobs`` as a link to one
     shared directory): each gets a temp area of its own there, so one node's start-up
     clean-up never deletes another's upload in progress."""
@@ -110,7 +113,7 @@ def is_initialised(serverdir: Path) -> bool:
     return (serverdir / DB_NAME).is_file()
 
 
-def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[SQLiteStore, BlobStore]:
+def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[Store, BlobStore]:
     """Open (creating if needed, unless readonly) the store and blobs of a server directory.
 
     On PostgreSQL a read-only open reads the node's local view as it is (a running node
@@ -119,7 +122,7 @@ def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[SQLiteStore,
     if not readonly:
         serverdir.mkdir(parents=True, exist_ok=True)
     url = store_url(serverdir)
-    blobs = BlobStore(blob_root(serverdir))
+    blobs = LocalBlobStore(blob_root(serverdir))
     if not readonly and (url is not None or (serverdir / BLOBDIR_FILE).exists()):
         _node_temp(blobs, serverdir)
     if url is not None and not readonly:
@@ -127,3 +130,19 @@ def open_store(serverdir: Path, *, readonly: bool = False) -> tuple[SQLiteStore,
 
         return PostgresStore(url, serverdir / DB_NAME), blobs
     return SQLiteStore(serverdir / DB_NAME, readonly=readonly), blobs
+
+
+if TYPE_CHECKING:  # mypy proves here that every backend implements the protocols
+    from devpid.store.base import ChangelogReader, WriteTransaction
+    from devpid.store.postgres import PostgresStore, TrackedTransaction
+    from devpid.store.sqlite import BlobChangelogReader, Transaction
+
+    def _backends_implement_the_protocols(
+        sqlite: SQLiteStore, postgres: PostgresStore, local: LocalBlobStore, tx: Transaction,
+        tracked: TrackedTransaction, reader: BlobChangelogReader,
+    ) -> None:
+        stores: list[Store] = [sqlite, postgres]
+        blobs: BlobStore = local
+        transactions: list[WriteTransaction] = [tx, tracked]
+        readers: ChangelogReader = reader
+        del stores, blobs, transactions, readers

@@ -4,8 +4,8 @@ Everything devpid remembers (users, index configs, releases, file records, cache
 pages) is a JSON value under a string key. A write transaction collects changes and commits
 them as ONE new serial with ONE changelog entry ``{key: new value or None}``. Page caches,
 replication, events and export all derive from that single mechanism, so a backend only has
-to implement this small interface (SQLite today; PostgreSQL can follow without touching the
-web layer).
+to implement ``Store`` (SQLite: ``SQLiteStore``; PostgreSQL: ``PostgresStore``), and blob
+storage ``BlobStore`` (``LocalBlobStore``); callers type against these protocols.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from __future__ import annotations
 import errno
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, Protocol
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from devpid.store.writes import WriteQueue
 
 JSON = Any
 Changes = dict[str, JSON]
@@ -70,9 +74,7 @@ def write_failed(what: str, error: BaseException, *, code: int | None = None) ->
 
 
 class ReadView(Protocol):
-    """Read access to the state at one serial."""
-
-    serial: int
+    """Read access to keys: the store itself, or a transaction (which sees its own writes)."""
 
     def get(self, key: str) -> JSON | None: ...
 
@@ -80,52 +82,236 @@ class ReadView(Protocol):
         """All (key, value) pairs whose key starts with ``prefix``, sorted by key."""
         ...
 
-    def keys(self, prefix: str) -> list[str]: ...
+    def keys(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix``, sorted (no value is read)."""
+        ...
 
 
 class WriteTransaction(ReadView, Protocol):
-    """Collects changes; ``commit`` gives them the next serial atomically."""
+    """Collects changes; leaving the ``transaction()`` block commits them as one serial."""
 
-    def set(self, key: str, value: JSON) -> None: ...
+    @property
+    def serial(self) -> int | None:
+        """The serial the block committed (after it); None while open or if nothing changed."""
+        ...
+
+    def set(self, key: str, value: JSON) -> None:
+        """Set a value; an unchanged value records nothing (no empty serials)."""
+        ...
+
+    def set_encoded(self, key: str, value: JSON, text: str) -> None:
+        """Set a value already encoded off the reactor (``encode_value(value)``)."""
+        ...
 
     def delete(self, key: str) -> None: ...
 
     @property
-    def changes(self) -> Mapping[str, JSON]: ...
+    def changes(self) -> Mapping[str, JSON]:
+        """What the transaction will commit: ``{key: new value or None}``."""
+        ...
+
+
+class ChangelogReader(Protocol):
+    """A file-like reader of one changelog entry's JSON text (big entries stream)."""
+
+    size: int
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class Store(ReadView, Protocol):
-    """A store of JSON values with a serial-numbered changelog."""
+    """A store of JSON values with a serial-numbered changelog: what every caller uses.
 
-    uuid: str
+    ``open_store`` and the backends construct concrete stores (``SQLiteStore``,
+    ``PostgresStore``); everything else types against this. Reads and commits run on the
+    calling thread (the reactor's); ``read_apart`` is the one read safe in another thread.
+    """
 
-    def transaction(self) -> Iterator[WriteTransaction]:
-        """Context manager: yields a transaction, commits on success (if anything changed)."""
+    @property
+    def uuid(self) -> str:
+        """Identifies the store's history (replicas refuse to follow another one)."""
         ...
 
-    def apply_serial(self, serial: int, changes: Changes) -> None:
-        """Replay a changelog entry with the given serial (replicas, import)."""
+    @property
+    def serial(self) -> int:
+        """The last serial this process knows of (-1: empty)."""
         ...
 
-    def changelog(self, serial: int) -> Changes | None: ...
+    @property
+    def path(self) -> Path:
+        """The SQLite file holding the current state (the store, or a node's view of the
+        database): read-only readers in threads or other processes open it themselves."""
+        ...
 
-    def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]: ...
+    # -- reading one key -------------------------------------------------------------------
+    def get_text(self, key: str) -> str | None:
+        """The stored JSON text of ``key`` (decode a big value off the reactor)."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def get_with_serial(self, key: str) -> tuple[JSON | None, int]:
+        """(value, serial that last wrote it); (None, -1) if absent."""
+        ...
+
+    def serial_of(self, key: str) -> int:
+        """The serial that last wrote ``key`` (-1 if absent); reads no value."""
+        ...
+
+    def read_apart(self, key: str) -> tuple[JSON | None, int]:
+        """As ``get_with_serial``, over a connection of its own: safe in a worker thread."""
+        ...
+
+    # -- derived lookups -------------------------------------------------------------------
+    def max_serial(self, prefix: str) -> int:
+        """The last serial that changed any existing key under ``prefix`` (-1 if none)."""
+        ...
 
     def lookup_path(self, path: str) -> tuple[str, str] | None:
         """Map a served file path (``user/index/+f/...``) to (key, filename)."""
         ...
 
-    def max_serial(self, prefix: str) -> int:
-        """The last serial that changed any key under ``prefix`` (-1 if none)."""
+    # -- the changelog ---------------------------------------------------------------------
+    def changelog(self, serial: int) -> Changes | None: ...
+
+    def changelog_text(self, serial: int) -> str | None:
+        """One entry's JSON text (decode a big one off the reactor)."""
+        ...
+
+    def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
+        """Up to ``limit`` entries from ``serial`` on, in order."""
+        ...
+
+    def changelog_rows_since(
+        self, serial: int, limit: int, inline_max: int
+    ) -> list[tuple[int, int, str | None]]:
+        """(serial, size in bytes, JSON text or None if above ``inline_max``), unparsed."""
+        ...
+
+    def open_changelog(self, serial: int) -> ChangelogReader | None:
+        """A streaming reader of one entry (None if absent)."""
+        ...
+
+    def last_commit_time(self) -> float | None: ...
+
+    # -- consistent reads ------------------------------------------------------------------
+    def read_snapshot(self) -> AbstractContextManager[int]:
+        """One read transaction: reads inside see the state at the serial it yields."""
+        ...
+
+    def snapshot(self) -> Iterator[tuple[str, JSON]]:
+        """Every key and value, sorted by key (inside ``read_snapshot``: at one serial)."""
+        ...
+
+    # -- writing ---------------------------------------------------------------------------
+    @property
+    def writes(self) -> WriteQueue:
+        """The process's write lock (``write()`` blocks wait there), with its counts."""
+        ...
+
+    def write(self) -> AbstractAsyncContextManager[WriteTransaction]:
+        """``async with store.write() as tx:`` the daemon's writes, one at a time per process
+        (devpid/store/writes.py); the commit never blocks the reactor on the network."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[WriteTransaction]:
+        """Yields a transaction; a clean exit commits it (if anything changed). Synchronous:
+        for tools, start-up and replays; the daemon's handlers use ``write()``."""
+        ...
+
+    def apply_serial(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """Record an entry under exactly ``serial`` (the next one): replicas, import.
+        ``encoded``: values already encoded off the reactor (``encode_value``)."""
+        ...
+
+    # -- hearing commits -------------------------------------------------------------------
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener(serial, changes)`` after every commit, in serial order."""
         ...
 
     def poll_external(self) -> None:
-        """Deliver commits other processes made to the commit listeners."""
+        """Deliver to the listeners the commits other processes made."""
         ...
 
-    def add_commit_listener(self, listener: CommitListener) -> None: ...
+    def refresh_serial(self) -> int:
+        """``poll_external``, then the current serial."""
+        ...
 
     def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed file storage, named by sha256 hex digest (``LocalBlobStore``:
+    ``+blobs`` on disk). Every method may block (disk or network): call it from a worker
+    thread unless the blob is known to be small. A blob is written to a temp file, then
+    committed under its digest: nothing half-written is ever served."""
+
+    def relpath(self, sha256: str) -> str:
+        """The blob's name below the store's root (what an nginx X-Accel location appends);
+        raises ValueError for anything but a sha256 hex digest."""
+        ...
+
+    def path(self, sha256: str) -> Path:
+        """A local file with the blob's bytes (a remote backend: a local copy)."""
+        ...
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob for reading (FileNotFoundError if it is not stored); the caller closes."""
+        ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def info(self, sha256: str) -> tuple[int, float] | None:
+        """(size, modification time) of a stored blob; None if it is not stored."""
+        ...
+
+    def reuse(self, sha256: str) -> bool:
+        """Whether the blob is stored, refreshing its time so gc keeps it a while."""
+        ...
+
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        """An open temp file to write a new blob into."""
+        ...
+
+    def commit_temp(self, tmp: Path, sha256: str) -> Path:
+        """Make a fully written temp file the blob ``sha256`` (durably)."""
+        ...
+
+    def discard(self, tmp: Path) -> None:
+        """Remove a temp file (gone already after a commit)."""
+        ...
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small content; returns its sha256."""
+        ...
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob; whether it was there."""
+        ...
+
+    def stored(self) -> Iterator[str]:
+        """The sha256 of every stored blob (gc lists them, then checks each)."""
+        ...
+
+    def mark_fetched(self, origin: str, sha256: str) -> None:
+        """Record that ``origin`` (a mirror's stage) fetched this blob from its upstream."""
+        ...
+
+    def unmark_fetched(self, origin: str, sha256: str) -> None: ...
+
+    def fetched_by(self, origin: str, sha256: str) -> bool: ...
+
+    def forget_stale_origins(self) -> int:
+        """Drop provenance marks of blobs no longer stored (after a gc sweep)."""
+        ...
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a crash (at start-up)."""
+        ...
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,8 +22,9 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
 
 
-class BlobStore:
-    """Blobs under ``root`` (``<serverdir>/+blobs``)."""
+class LocalBlobStore:
+    """The ``BlobStore`` (devpid.store.base) of a server directory: files under ``root``
+    (``<serverdir>/+blobs``), possibly a directory shared by the nodes of one database."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -39,8 +41,30 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         return self.root / self.relpath(sha256)
 
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self.path(sha256), "rb")
+
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def info(self, sha256: str) -> tuple[int, float] | None:
+        """(size, modification time) of a stored blob; None if it is not stored."""
+        try:
+            st = self.path(sha256).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stored(self) -> Iterator[str]:
+        """The digest of every blob file (``ab/cd/abcd...``; temp and origins skipped)."""
+        return stored_digests(self.root)
 
     def reuse(self, sha256: str) -> bool:
         """Whether the blob is stored, refreshing its time if so. Blocking (one utime).
@@ -149,6 +173,21 @@ class BlobStore:
             except OSError:
                 pass
         return removed
+
+
+def stored_digests(root: Path) -> Iterator[str]:
+    """The digest of every blob file under ``root`` (``ab/cd/abcd...``), nothing else."""
+    for top in sorted(os.scandir(root), key=lambda e: e.name):
+        if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+            continue
+        for mid in sorted(os.scandir(top.path), key=lambda e: e.name):
+            if len(mid.name) != 2 or not mid.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(mid.path):
+                name = entry.name
+                if (HEX64.fullmatch(name) and name.startswith(top.name + mid.name)
+                        and entry.is_file(follow_symlinks=False)):
+                    yield name
 
 
 def hash_file(path: Path) -> tuple[str, str, int]:

@@ -38,29 +38,14 @@ from twisted.python.threadpool import ThreadPool
 
 from devpid.store.base import Changes, StoreError, Unavailable, WriteFailed, write_failed
 from devpid.store.keys import paths_of
-from devpid.store.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore, Transaction, encode_value
+from devpid.store.schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
+from devpid.store.schema import upgrade_postgresql, upgrade_sqlite
+from devpid.store.sqlite import SQLiteStore, Transaction, encode_value
 
 log = Logger()
 
-PG_SCHEMA_VERSION = 1
 LOCK_TIMEOUT = 5.0  # seconds a commit waits for another node's commit before a 503
 CHANNEL = "devpid_commits"
-_SCHEMA_LOCK = 0x64657670  # pg_advisory_xact_lock key: nodes starting together create it once
-
-PG_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " serial BIGINT NOT NULL)",
-    "INSERT INTO head (id, serial) VALUES (0, -1) ON CONFLICT DO NOTHING",
-    # COLLATE "C": prefix ranges must order keys by code point, as SQLite does.
-    'CREATE TABLE IF NOT EXISTS kv (key TEXT COLLATE "C" PRIMARY KEY,'
-    " serial BIGINT NOT NULL, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS changelog (serial BIGINT PRIMARY KEY,"
-    " timestamp DOUBLE PRECISION NOT NULL, changes TEXT NOT NULL)",
-    'CREATE TABLE IF NOT EXISTS paths (path TEXT COLLATE "C" PRIMARY KEY,'
-    " key TEXT NOT NULL, filename TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS paths_by_key ON paths (key)",
-)
 
 # (serial, changes, each value's stored JSON text): decoded where it is fetched (a thread).
 Entry = tuple[int, Changes, dict[str, str]]
@@ -101,20 +86,14 @@ def database_initialised(url: str) -> bool:
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> str:
-    """Create the tables if missing and record the schema version; returns the store uuid."""
+    """Create or upgrade the tables (store/schema.py); returns the store uuid."""
     import uuid as uuidlib
 
+    old = upgrade_postgresql(conn)
+    if 0 < old < PG_SCHEMA_VERSION:
+        log.info("upgraded the database from schema version {old} to {new}",
+                 old=old, new=PG_SCHEMA_VERSION)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        for statement in PG_SCHEMA:
-            conn.execute(statement)
-        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', %s)",
-                         (str(PG_SCHEMA_VERSION),))
-        elif int(row[0]) > PG_SCHEMA_VERSION:
-            raise StoreError(f"the database has schema version {row[0]}, newer than this "
-                             f"devpid ({PG_SCHEMA_VERSION}); upgrade devpid")
         conn.execute("INSERT INTO meta VALUES ('uuid', %s) ON CONFLICT DO NOTHING",
                      (uuidlib.uuid4().hex,))
         found = conn.execute("SELECT value FROM meta WHERE name = 'uuid'").fetchone()
@@ -204,9 +183,8 @@ def prepare_view(path: Path, uuid: str, head: int) -> None:
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
+        upgrade_sqlite(conn, str(path))
         conn.execute("INSERT INTO meta(name, value) VALUES ('uuid', ?)", (uuid,))
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     finally:
         conn.close()
 
@@ -227,6 +205,9 @@ class PostgresStore(SQLiteStore):
         except psycopg.Error as e:
             self._pg.close()
             raise StoreError(f"cannot open the database: {e}") from e
+        except BaseException:  # e.g. a schema newer than this code
+            self._pg.close()
+            raise
         super().__init__(path)
         self.catch_up()
 

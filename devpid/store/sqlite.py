@@ -1,8 +1,9 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-Tables: ``kv`` holds the current value of every key with the serial that last wrote it;
-``changelog`` holds, per serial, the JSON ``{key: value-or-null}`` of that commit; ``paths``
-is derived (served file path -> key) and maintained in the same transaction. A commit is one
+Tables (created and upgraded by store/schema.py): ``kv`` holds the current value of every key
+with the serial that last wrote it; ``changelog`` holds, per serial, the JSON
+``{key: value-or-null}`` of that commit; ``paths`` is derived (served file path -> key) and
+maintained in the same transaction. A commit is one
 SQLite transaction, so a kill -9 at any moment leaves either the old or the new serial.
 
 Writes happen on the calling thread (the reactor's); they are small indexed statements and
@@ -30,25 +31,11 @@ from twisted.logger import Logger
 
 from devpid.store.base import Changes, CommitListener, StoreError, write_failed
 from devpid.store.keys import paths_of
+from devpid.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from devpid.store.schema import refuse_newer_sqlite, upgrade_sqlite
 from devpid.store.writes import AsyncWrite, WriteQueue
 
 log = Logger()
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY, serial INTEGER NOT NULL, value TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS changelog (
-    serial INTEGER PRIMARY KEY, timestamp REAL NOT NULL, changes TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS paths (
-    path TEXT PRIMARY KEY, key TEXT NOT NULL, filename TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS paths_by_key ON paths (key);
-"""
 
 DB_NAME = "devpid.sqlite"
 
@@ -103,20 +90,20 @@ class SQLiteStore:
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._listeners: list[CommitListener] = []
         self.writes = WriteQueue()
-        if not readonly:
-            self._conn.executescript(SCHEMA)
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{path} has schema version {version}, newer than this devpid "
-                    f"({SCHEMA_VERSION}); upgrade devpid"
-                )
-            if self._meta("uuid") is None:
-                self._conn.execute(
-                    "INSERT INTO meta(name, value) VALUES ('uuid', ?)", (uuidlib.uuid4().hex,)
-                )
+        try:
+            if readonly:
+                refuse_newer_sqlite(self._conn, str(path))
+            else:
+                old = upgrade_sqlite(self._conn, str(path))  # the steps in store/schema.py
+                if 0 < old < SCHEMA_VERSION:
+                    log.info("upgraded {path} from schema version {old} to {new}",
+                             path=str(path), old=old, new=SCHEMA_VERSION)
+                if self._meta("uuid") is None:
+                    self._conn.execute("INSERT INTO meta(name, value) VALUES ('uuid', ?)",
+                                       (uuidlib.uuid4().hex,))
+        except BaseException:
+            self._conn.close()
+            raise
         self.uuid: str = self._meta("uuid") or ""
         self.serial: int = self._max_serial()
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -252,7 +239,7 @@ class SQLiteStore:
         ).fetchall()
         return [(int(s), int(n), c) for s, n, c in rows]
 
-    def open_changelog(self, serial: int) -> ChangelogReader | None:
+    def open_changelog(self, serial: int) -> BlobChangelogReader | None:
         """A file-like reader of one entry's JSON text, in chunks (never whole in memory).
 
         Uses its own read-only connection: changelog rows are never modified, so the
@@ -266,7 +253,7 @@ class SQLiteStore:
         except sqlite3.OperationalError:
             conn.close()
             return None
-        return ChangelogReader(conn, blob)
+        return BlobChangelogReader(conn, blob)
 
     def changelog_since(self, serial: int, limit: int) -> list[tuple[int, Changes]]:
         rows = self._conn.execute(
@@ -408,7 +395,7 @@ class SQLiteStore:
         self._conn.close()
 
 
-class ChangelogReader:
+class BlobChangelogReader:
     """``read``/``close`` over one changelog entry's bytes (see SQLiteStore.open_changelog)."""
 
     def __init__(self, conn: sqlite3.Connection, blob: sqlite3.Blob) -> None:

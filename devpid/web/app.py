@@ -37,9 +37,14 @@ from devpid.metrics import RequestCounters
 from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.readacl import KnownCredentials, credential_header
 from devpid.store import keys
-from devpid.store.base import OutOfSpace, Unavailable, WriteFailed, disk_full_as_out_of_space
-from devpid.store.blobs import BlobStore
-from devpid.store.sqlite import SQLiteStore
+from devpid.store.base import (
+    BlobStore,
+    OutOfSpace,
+    Store,
+    Unavailable,
+    WriteFailed,
+    disk_full_as_out_of_space,
+)
 from devpid.web.bodies import DEFAULT_BODY_TIMEOUT, BodyDeadline, refuse_oversized
 from devpid.web.errors import JSON_TYPE, HTTPError, render_error, submit_error, unauthorized
 
@@ -127,7 +132,7 @@ class DevpidServer:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteStore,
+        store: Store,
         blobs: BlobStore,
         secret: bytes,
         reactor: Any,

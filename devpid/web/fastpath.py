@@ -13,6 +13,7 @@ from typing import Any
 from devpid.links import project_token
 from devpid.memo import CommitClearedDict
 from devpid.mirror.policy import file_refusal
+from devpid.store.base import Store
 from devpid.web.app import header
 from devpid.web.errors import HTTPError
 from devpid.web.files import blob_etag, content_type_for, file_cache_control, serve_blob
@@ -107,7 +108,7 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     return hit
 
 
-def stored_paths(store: Any) -> CommitClearedDict[str, tuple[str, str]]:
+def stored_paths(store: Store) -> CommitClearedDict[str, tuple[str, str]]:
     """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
     (an upload, a delete, a mirror file cached) or an index config, in this process or another
     (--workers)."""

@@ -37,8 +37,7 @@ from devpid.model.names import (
     validate_version,
 )
 from devpid.store import keys
-from devpid.store.base import WriteFailed, is_out_of_space, write_failed
-from devpid.store.blobs import BlobStore
+from devpid.store.base import BlobStore, Store, WriteFailed, is_out_of_space, write_failed
 from devpid.store.sqlite import encode_value
 from devpid.web import toxresults
 from devpid.web.app import (
@@ -370,7 +369,7 @@ async def _register(
 Prepared = tuple[dict[str, Any] | None, str | None, int]
 
 
-def prepare_release(store: Any, key: str, metadata: dict[str, Any], merge: bool) -> Prepared:
+def prepare_release(store: Store, key: str, metadata: dict[str, Any], merge: bool) -> Prepared:
     """(new record or None if unchanged, its encoding, serial of the record read). Thread."""
     old, serial = store.read_apart(key)
     new = {**old, **metadata} if merge and isinstance(old, dict) else metadata
@@ -379,7 +378,7 @@ def prepare_release(store: Any, key: str, metadata: dict[str, Any], merge: bool)
     return new, encode_value(new), serial
 
 
-def set_release(tx: Any, store: Any, key: str, metadata: dict[str, Any], merge: bool,
+def set_release(tx: Any, store: Store, key: str, metadata: dict[str, Any], merge: bool,
                 prepared: Prepared) -> None:
     """Commit a prepared record, unless the record changed since: then do it here (rare)."""
     new, text, serial = prepared

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from devpid.links import version_key
+from devpid.store.base import Store
 from devpid.store.sqlite import SQLiteStore
 
 log = Logger()
@@ -77,7 +78,7 @@ class SearchDB:
         self.read_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -131,7 +132,7 @@ class SearchDB:
                 raise
             return indexed
 
-    def _apply(self, conn: sqlite3.Connection, store: SQLiteStore, uuid: str,
+    def _apply(self, conn: sqlite3.Connection, store: Store, uuid: str,
                target: int) -> int:
         """Inside the caller's transaction: index every change since the indexed serial;
         returns the serial indexed now."""
@@ -172,7 +173,7 @@ class SearchDB:
         return target
 
     @staticmethod
-    def _reindex(conn: sqlite3.Connection, store: SQLiteStore, stage: str,
+    def _reindex(conn: sqlite3.Connection, store: Store, stage: str,
                  project: str) -> None:
         conn.execute("DELETE FROM private WHERE stage=? AND name=?", (stage, project))
         if store.get(f"project/{stage}/{project}") is None:
