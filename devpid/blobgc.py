@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from devpid.store import keys
+from devpid.domain import keys
 from devpid.store.base import ReadView
 from devpid.store.blobs import HEX64, BlobStore
 from devpid.store.sqlite import DB_NAME, SQLiteStore

@@ -73,8 +73,8 @@ def _select(store: Any, blobs: Any, args: argparse.Namespace, now: float
 
 def _prune(store: Any, blobs: Any, chosen: list[tuple[str, str, Any, float]]) -> int:
     """Delete the records (giving the URL paths back to the mirror pages), then the blobs."""
+    from devpid.domain import keys
     from devpid.mirror.cache import record_ref, remove_blobs
-    from devpid.store import keys
     from devpid.store.sqlite import encode_value
 
     with store.transaction() as tx:

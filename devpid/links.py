@@ -14,9 +14,9 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from devpid.domain import keys
 from devpid.mirror.policy import cooldown_of, filter_links
 from devpid.model.indexes import resolution_order
-from devpid.store import keys
 
 
 class UpstreamUnavailable(Exception):

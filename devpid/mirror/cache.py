@@ -291,7 +291,7 @@ class MirrorCache:
                 await self.evict(stage, [key for key in victims if stage_of(key) == stage])
 
     async def evict(self, stage: str, victims: list[str]) -> None:
-        from devpid.store import keys
+        from devpid.domain import keys
         from devpid.store.sqlite import encode_value
 
         refs = [self.records[key] for key in victims if key in self.records]

@@ -38,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from devpid import __version__, memory
+from devpid.domain import keys
 from devpid.links import Link, UpstreamUnavailable, version_key
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.downloads import BodyToDownload, Download, DownloadFailed, TailProducer
@@ -50,7 +51,6 @@ from devpid.mirror.fetcher import (
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
 from devpid.netpolicy import mirror_file_hosts
-from devpid.store import keys
 from devpid.store.sqlite import encode_value
 
 log = Logger()

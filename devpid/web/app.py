@@ -33,10 +33,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import devpid
 from devpid import auth
+from devpid.domain import keys
 from devpid.metrics import RequestCounters
 from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.readacl import KnownCredentials, credential_header
-from devpid.store import keys
 from devpid.store.base import OutOfSpace, WriteFailed, disk_full_as_out_of_space
 from devpid.store.blobs import BlobStore
 from devpid.store.sqlite import SQLiteStore

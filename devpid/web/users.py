@@ -8,10 +8,10 @@ from typing import Any
 import devpid
 from devpid import metrics as prometheus
 from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
+from devpid.domain import keys
 from devpid.model.names import validate_user_or_index_name
 from devpid.readacl import may_read, require_status
 from devpid.redact import may_see_secrets, redact_config, scrub
-from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
 from devpid.web.errors import HTTPError, forbidden, not_found
 

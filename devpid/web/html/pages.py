@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from devpid.domain import keys
 from devpid.links import (
     Link,
     resolve,
@@ -22,7 +23,6 @@ from devpid.links import (
 from devpid.model.names import normalize_name
 from devpid.readacl import may_see_status
 from devpid.redact import may_see_secrets
-from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
 from devpid.web.html import reading
