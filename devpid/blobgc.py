@@ -75,13 +75,12 @@ def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
     """
     live: set[str] = set()
     for kind in keys.RECORD_KINDS:
-        for key, value in view.items(kind + "/"):
+        for key, value in view.items(f"{kind}/"):
             live.update(keys.record_blobs(key, value))
     if blobs is None:
         return live
-    for key, value in view.items("mirror/"):
-        parts = key.split("/")
-        stage = "/".join(parts[1:3])
+    for key, value in view.items(keys.MIRRORS):
+        stage = keys.parse(key).stage
         live.update(d for d in keys.mirror_page_blobs(value)
                     if d not in live and blobs.fetched_by(stage, d))
     return live

@@ -82,6 +82,16 @@ def stage_name(key: str) -> str:
     return key[len(INDEXES):]
 
 
+# The kinds of key that belong to a user's indexes (what deleting a user or index removes).
+STAGE_KINDS = ("index", "project", "release", "file", "doc", "toxresult", "mirror")
+
+
+def stage_prefixes(tail: str) -> list[str]:
+    """Every stage kind's prefix for ``tail`` = ``"{u}/"`` (all of a user's indexes) or
+    ``"{stage}/"`` (one index)."""
+    return [f"{k}/{tail}" for k in STAGE_KINDS]
+
+
 def project_prefix(stage: str | None = None) -> str:
     """Every private project record, or those of one stage."""
     return PROJECTS if stage is None else f"{PROJECTS}{stage}/"

@@ -64,12 +64,30 @@ def can_create_user(actor: Identity, restrict: list[str] | None) -> bool:
     return restrict is None or can_manage_user(actor, "", restrict)
 
 
+def can_modify_user(actor: Identity, target: str, fields: set[str],
+                    restrict: list[str] | None) -> bool:
+    """Change a user's record (``fields`` of it): a user may always change its own
+    password, even under --restrict-modify; anything else as for managing the user."""
+    own_password = actor == target and fields <= {"password"}
+    return own_password or can_manage_user(actor, target, restrict)
+
+
+def can_set_pwhash(actor: Identity) -> bool:
+    """A chosen bcrypt hash (or its cost) is a way to stall the server: root (import) only."""
+    return is_root(actor)
+
+
 def can_delete_user(actor: Identity, target: str, restrict: list[str] | None) -> bool:
     """root is never deleted; with --restrict-modify nobody deletes themselves (only the
     listed users delete, and one of them deleting itself would lock the others out)."""
     if target == ROOT or not can_manage_user(actor, target, restrict):
         return False
     return not (restrict is not None and actor == target)
+
+
+def can_manage_tokens(actor: Identity, target: str) -> bool:
+    """A user's API tokens: root and the user itself (never --restrict-modify's list)."""
+    return actor is not None and actor in (ROOT, target)
 
 
 def can_set_mirror(actor: Identity, mirror_admins: list[str]) -> bool:

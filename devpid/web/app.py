@@ -184,7 +184,7 @@ class DevpidServer:
         return value if isinstance(value, dict) else None
 
     def index_config(self, stage: str) -> dict[str, Any] | None:
-        value = self.store.get("index/" + stage)
+        value = self.store.get(keys.index_of_stage(stage))
         return value if isinstance(value, dict) else None
 
     async def identify(self, request: Any) -> str | None:

@@ -218,7 +218,7 @@ async def user_page(server: DevpidServer, request: Any, user: str) -> bytes:
     if record is None:
         raise not_found(f"user '{user}' does not exist")
     who = await viewer(server, request)
-    indexes = readable_indexes(server, who, f"index/{user}/")
+    indexes = readable_indexes(server, who, keys.index_prefix(user))
     shown = server.settings.public_emails or may_see_secrets(who, user)  # self, root
     email = record.get("email") if shown else None
     details = kv([("title", record.get("title")), ("email", email),
@@ -335,7 +335,7 @@ def _tox_reports(server: DevpidServer, stage: str, project: str) -> dict[str, li
     for name, config in sro(server, stage):
         if config.get("type") == "mirror":
             continue
-        for _key, tox in server.store.items(f"toxresult/{name}/{project}/"):
+        for _key, tox in server.store.items(keys.toxresults_of_project(name, project)):
             if isinstance(tox, dict) and isinstance(tox.get("for"), str):
                 out.setdefault(tox["for"], []).append(tox)
     return out
@@ -388,7 +388,7 @@ async def project_page(server: DevpidServer, request: Any, user: str, index: str
     versions = sorted({item.version for item in links if item.version}, key=version_key,
                       reverse=True)
     private_versions = [
-        key.rsplit("/", 1)[1] for name, config in resolve(server, stage, project).stages
+        keys.last_part(key) for name, config in resolve(server, stage, project).stages
         if config.get("type") != "mirror"
         for key in server.store.keys(keys.release_prefix(name, project))]
     for version in private_versions:  # registered releases without files yet
