@@ -5,7 +5,8 @@ allowed to *describe* the layout) fails naming ``file:line`` when code outside
 ``devpid/domain`` builds a store key or a ``+f``/``+e`` path by hand: an f-string or ``+``
 concatenation that starts with a key kind (``f"file/{stage}/..."``, ``"index/" + stage``), a
 bare key prefix or key literal (``"user/"``, ``"user/root"``), or an f-string/concatenation
-that contains ``+f/`` or ``+e/``. Such code goes through ``devpid.domain.keys`` / ``paths``.
+that contains ``+f/``, ``+e/``, ``+doc/`` or ``/+docs``. Such code goes through
+``devpid.domain.keys`` / ``paths``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ALLOWED = {
     ROOT / "store" / "keys.py",  # the re-export kept for old imports
 }
 KEY_START = re.compile(rf"^({'|'.join(sorted(keys.SHAPES))})/")
-PATH_AREA = re.compile(r"(^|/)\+[fe]/")
+PATH_AREA = re.compile(r"(^|/)\+(f|e|doc)/|/\+docs\b")
 
 
 def _modules() -> Iterator[Path]:
@@ -110,6 +111,7 @@ def test_the_scan_sees_what_it_must() -> None:
         'p = f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{fn}"': "+f/+e path",
         'p = f"+e/{rest}"': "+f/+e path",
         'p = stage + "/+f/" + rest': "+f/+e path",
+        'u = f"{base}/{stage}/{p}/{v}/+doc/"': "+f/+e path",
     }
     for source, why in bad.items():
         found = violations(source, "m.py")

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 FILES_AREA = "+f"
 EXTERNAL_AREA = "+e"
 DOC_AREA = "+doc"
+DOCS_PAGE = "+docs"
 
 _HEX = re.compile(r"[0-9a-f]{16,128}")
 _UNSAFE_DIR_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -122,3 +123,8 @@ def release_url(stage: str, project: str, version: str) -> str:
 def docs_url(stage: str, project: str, version: str) -> str:
     """The unpacked docs of a release (read out of its zip)."""
     return f"{release_url(stage, project, version)}/{DOC_AREA}/"
+
+
+def docs_page_url(stage: str, project: str, version: str) -> str:
+    """The web view's page that frames a release's docs."""
+    return f"{release_url(stage, project, version)}/{DOCS_PAGE}"

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from devpid.domain import keys
+from devpid.domain import keys, paths
 from devpid.links import (
     Link,
     resolve,
@@ -326,7 +326,7 @@ def _docs_link(server: DevpidServer, base: str, stage: str, project: str,
     found = _docs_stage(server, stage, project, version)
     if found is None:
         return None
-    return link(f"{base}/{found}/{project}/{version}/+docs", "documentation")
+    return link(f"{base}/{paths.docs_page_url(found, project, version)}", "documentation")
 
 
 def _tox_reports(server: DevpidServer, stage: str, project: str) -> dict[str, list[dict[str, Any]]]:
@@ -517,7 +517,7 @@ async def framed_docs(server: DevpidServer, request: Any, user: str, index: str,
             raise not_found(f"no documentation for {project} {version} in {stage}")
     except HTTPError as error:
         return error_page(server, request, error)
-    docs = f"{base}/{stage}/{project}/{version}/+doc/"
+    docs = f"{base}/{paths.docs_url(stage, project, version)}"
     body = join([
         f"<p>{e(project)} {e(version)} documentation · {link(docs, 'open without the frame')}"
         "</p>",
