@@ -14,9 +14,9 @@ import json
 import time
 from typing import Any
 
-from devpid.domain import keys, paths
+from devpid.domain import paths
 from devpid.domain.permissions import can_upload_toxresult
-from devpid.store import BlobStore
+from devpid.store import BlobStore, keys
 from devpid.web.app import (
     DevpidServer,
     app,
