@@ -197,7 +197,7 @@ class VerifiedPasswords:
 
 # -- permissions -------------------------------------------------------------------------
 # The rules live in devpid/domain/permissions.py; these names stay importable from here.
-from devpid.domain.permissions import (  # noqa: E402
+from devpid.domain.permissions import (  # noqa: E402, F401
     ANONYMOUS,
     AUTHENTICATED,
     acl_allows,
@@ -208,15 +208,3 @@ from devpid.domain.permissions import (  # noqa: E402
     can_set_mirror,
     can_upload,
 )
-
-__all__ = [
-    "ANONYMOUS",
-    "AUTHENTICATED",
-    "acl_allows",
-    "can_create_user",
-    "can_delete_entry",
-    "can_manage_index",
-    "can_manage_user",
-    "can_set_mirror",
-    "can_upload",
-]

@@ -27,13 +27,13 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from devpid.domain import keys
-from devpid.domain.permissions import Lookup, acl_allows, can_read, can_read_index, can_see_status
+from devpid.domain.permissions import Lookup as Lookup
+from devpid.domain.permissions import acl_allows, can_read, can_read_index, can_see_status
 from devpid.domain.permissions import read_acl as read_acl
 
 # devpid.web.errors is imported where used: the web package imports this module.
 
 log = Logger()
-__all__ = ["Lookup", "may_read", "may_read_index", "read_acl"]
 
 # The rules are the domain's (devpid/domain/permissions.py); these are their old names.
 may_read_index = can_read_index
