@@ -204,56 +204,15 @@ class VerifiedPasswords:
 
 
 # -- permissions -------------------------------------------------------------------------
-ANONYMOUS = ":ANONYMOUS:"
-AUTHENTICATED = ":AUTHENTICATED:"
-
-
-def acl_allows(acl: list[str], user: str | None) -> bool:
-    """devpi's principals: a user name, ``:ANONYMOUS:`` (everyone) or ``:AUTHENTICATED:``."""
-    for principal in acl:
-        p = principal.upper() if principal.startswith(":") else principal
-        if p == ANONYMOUS:
-            return True
-        if user is not None and (p == AUTHENTICATED or principal == user):
-            return True
-    return False
-
-
-def can_manage_user(actor: str | None, target: str, restrict: list[str] | None = None) -> bool:
-    """root and the user itself; with --restrict-modify, root and the listed users instead."""
-    if actor is None:
-        return False
-    if restrict is not None:
-        return actor == "root" or actor in restrict
-    return actor == "root" or actor == target
-
-
-def can_manage_index(actor: str | None, owner: str, restrict: list[str] | None = None) -> bool:
-    return can_manage_user(actor, owner, restrict)
-
-
-def can_create_user(actor: str | None, restrict: list[str] | None) -> bool:
-    """Open registration unless --restrict-modify names who may create users."""
-    return restrict is None or can_manage_user(actor, "", restrict)
-
-
-def can_set_mirror(actor: str | None, mirror_admins: list[str]) -> bool:
-    """Creating mirror indexes and choosing mirror_url (what devpid connects to): root and
-    --mirror-admins (``:AUTHENTICATED:`` there restores devpi's "any user")."""
-    return actor is not None and (actor == "root" or acl_allows(mirror_admins, actor))
-
-
-def can_upload(actor: str | None, owner: str, acl_upload: list[str]) -> bool:
-    if actor == "root":
-        return True
-    return acl_allows(acl_upload, actor)
-
-
-def can_delete_entry(actor: str | None, owner: str, acl_upload: list[str]) -> bool:
-    """Delete and yank: root, the owner and users *named* in acl_upload. Unlike devpi, the
-    special principals (``:ANONYMOUS:``, ``:AUTHENTICATED:``) grant uploads only, so an open
-    upload index does not let every logged-in user delete its releases."""
-    if can_manage_index(actor, owner):
-        return True
-    named = [p for p in acl_upload if not p.startswith(":")]
-    return actor is not None and actor in named
+# The rules live in devpid/domain/permissions.py; these names stay importable from here.
+from devpid.domain.permissions import (  # noqa: E402, F401
+    ANONYMOUS,
+    AUTHENTICATED,
+    acl_allows,
+    can_create_user,
+    can_delete_entry,
+    can_manage_index,
+    can_manage_user,
+    can_set_mirror,
+    can_upload,
+)

@@ -40,7 +40,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from devpid.store import blob_root, keys, store_url
+from devpid.domain import keys
+from devpid.store import blob_root, store_url
 from devpid.store.base import BlobStore, ReadView, Store, StoreError
 from devpid.store.blobs import LocalBlobStore, stored_digests
 from devpid.store.sqlite import DB_NAME, SQLiteStore
@@ -81,13 +82,12 @@ def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
     """
     live: set[str] = set()
     for kind in keys.RECORD_KINDS:
-        for key, value in view.items(kind + "/"):
+        for key, value in view.items(f"{kind}/"):
             live.update(keys.record_blobs(key, value))
     if blobs is None:
         return live
-    for key, value in view.items("mirror/"):
-        parts = key.split("/")
-        stage = "/".join(parts[1:3])
+    for key, value in view.items(keys.MIRRORS):
+        stage = keys.parse(key).stage
         live.update(d for d in keys.mirror_page_blobs(value)
                     if d not in live and blobs.fetched_by(stage, d))
     return live

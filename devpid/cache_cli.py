@@ -43,12 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _select(store: Store, blobs: BlobStore, args: argparse.Namespace, now: float
             ) -> list[tuple[str, str, Any, float]]:
     """(stage, key, (sha, meta, size), cached at) of the matching mirror files."""
+    from devpid.domain import keys
     from devpid.mirror.cache import record_ref, stage_of
     from devpid.mirror.policy import parse_duration
     from devpid.model.names import normalize_name
 
     mirrors = sorted(
-        key[len("index/"):] for key, value in store.items("index/")
+        keys.stage_name(key) for key, value in store.items(keys.INDEXES)
         if isinstance(value, dict) and value.get("type") == "mirror"
     )
     if args.index:
@@ -60,9 +61,9 @@ def _select(store: Store, blobs: BlobStore, args: argparse.Namespace, now: float
     max_age = parse_duration(args.older_than) if args.older_than else None
     found = []
     for stage in mirrors:
-        for key, value in store.items(f"file/{stage}/"):
+        for key, value in store.items(keys.files_of_stage(stage)):
             ref = record_ref(value)
-            if ref is None or (projects and key.split("/")[3] not in projects):
+            if ref is None or (projects and keys.parse(key).project not in projects):
                 continue
             try:
                 info = blobs.info(ref[0])
@@ -77,21 +78,21 @@ def _select(store: Store, blobs: BlobStore, args: argparse.Namespace, now: float
 
 def _prune(store: Store, blobs: BlobStore, chosen: list[tuple[str, str, Any, float]]) -> int:
     """Delete the records (giving the URL paths back to the mirror pages), then the blobs."""
+    from devpid.domain import keys
     from devpid.mirror.cache import record_ref, remove_blobs
-    from devpid.store import keys
     from devpid.store.sqlite import encode_value
 
     with store.transaction() as tx:
         pages = set()
         for stage, key, _ref, _cached in chosen:
             tx.delete(key)
-            pages.add(keys.mirror_page(stage, key.split("/")[3]))
+            pages.add(keys.mirror_page(stage, keys.parse(key).project))
         for page_key in sorted(pages):
             page = store.get(page_key)
             if page is not None:
                 tx.set_encoded(page_key, page, encode_value(page))
     live: set[str] = set()
-    for _key, value in store.items("file/"):
+    for _key, value in store.items(keys.FILES):
         ref = record_ref(value)
         if ref is not None:
             live.update(d for d in ref[:2] if d)

@@ -3,7 +3,7 @@
 ``devpi-export`` writes ``dataindex.json`` (``dumpversion`` "2"; "1" is read too) with
 ``users``, ``indexes`` (``indexconfig``, ``projects`` -> version -> metadata, ``files``) and
 the files beside it at their ``relpath``. This module turns that into exactly the key layout
-of ``devpid/store/keys.py`` and hands back an :class:`~devpid.dump.ImportPlan`, so the devpid
+of ``devpid/domain/keys.py`` and hands back an :class:`~devpid.dump.ImportPlan`, so the devpid
 importer verifies and writes it like one of its own dumps.
 
 Every file is hashed and compared with the export's hashes here, before anything is written.
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from devpid.domain import keys, paths
 from devpid.dump import DumpError, ImportPlan, Progress
 from devpid.model.indexes import (
     DEFAULT_MIRROR_CACHE_EXPIRY,
@@ -31,7 +32,6 @@ from devpid.model.indexes import (
 )
 from devpid.model.metadata import MetadataError, read_core_metadata
 from devpid.model.names import normalize_name, validate_user_or_index_name
-from devpid.store import keys
 from devpid.store.blobs import hash_file
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -181,8 +181,10 @@ def load_devpi_export(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan
                 plan.warnings.append(f"index {stage}: skipped an entry of type {ftype!r}")
                 continue
             relpath = str(entry.get("relpath", ""))
-            if not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
-                raise DumpError(f"index {stage}: bad relpath {relpath!r}")
+            try:
+                paths.check_relative(relpath)
+            except paths.UnsafePath:
+                raise DumpError(f"index {stage}: bad relpath {relpath!r}") from None
             path = dumpdir / relpath
             if not path.is_file():
                 raise DumpError(f"{relpath}: missing from the export directory")
@@ -216,7 +218,7 @@ def load_devpi_export(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan
                 filename = f"{project}-{version_}.doc.zip"
                 entries[keys.doc(stage, project, version_)] = {
                     "filename": filename,
-                    "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+                    "path": paths.file_path(stage, sha, filename),
                     "sha256": sha,
                     "size": size,
                     "version": version_,
@@ -227,7 +229,7 @@ def load_devpi_export(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan
             filename = os.path.basename(relpath)
             value: dict[str, Any] = {
                 "filename": filename,
-                "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+                "path": paths.file_path(stage, sha, filename),
                 "sha256": sha,
                 "md5": md5,
                 "size": size,

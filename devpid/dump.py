@@ -4,7 +4,7 @@ A dump directory (format ``devpid-dump``, version 1) holds:
 
 ``devpid-dump.json``
     ``{"format": "devpid-dump", "version": 1, "exported_at", "source_uuid", "serial",
-    "entries": [[key, value], ...]}``: every store key (layout: ``devpid/store/keys.py``)
+    "entries": [[key, value], ...]}``: every store key (layout: ``devpid/domain/keys.py``)
     as read in ONE read transaction, so the dump is the state at exactly ``serial``.
 ``blobs/{h[0:2]}/{h[2:4]}/{h}``
     every blob a ``file/`` or ``doc/`` value references (``sha256``, ``metadata_sha256``).
@@ -51,9 +51,8 @@ BLOBS_DIR = "blobs"
 CHUNK = 1024 * 1024
 
 # key kind -> number of "/"-separated parts
-_KEY_PARTS = {"user": 2, "index": 3, "project": 4, "release": 5, "file": 5, "doc": 5,
-              "toxresult": 6,
-              "mirror": 4}
+# The kinds of key a dump may carry (tokens are not exported: they are per server).
+_DUMP_KINDS = ("user", "index", "project", "release", "file", "doc", "toxresult", "mirror")
 
 
 class DumpError(Exception):
@@ -410,9 +409,9 @@ def verify_plan(plan: ImportPlan) -> None:
         if key in seen:
             raise DumpError(f"{key}: appears twice")
         seen.add(key)
-        parts = key.split("/")
+        parts = keys.split(key)
         kind = parts[0]
-        if _KEY_PARTS.get(kind) != len(parts) or not all(parts):
+        if not keys.well_formed(key, _DUMP_KINDS):
             raise DumpError(f"{key}: not a devpid store key")
         if not isinstance(value, dict):
             raise DumpError(f"{key}: value is not a JSON object")
@@ -427,7 +426,7 @@ def verify_plan(plan: ImportPlan) -> None:
         elif kind == "index":
             if value.get("type") not in ("stage", "mirror"):
                 raise DumpError(f"{key}: unknown index type {value.get('type')!r}")
-            indexes[f"{parts[1]}/{parts[2]}"] = value
+            indexes[keys.parse(key).stage] = value
         elif kind in keys.RECORD_KINDS:
             for name in ("filename", "path", "sha256"):
                 if not isinstance(value.get(name), str):
@@ -454,16 +453,16 @@ def verify_plan(plan: ImportPlan) -> None:
         except IndexConfigError as e:
             raise DumpError(f"index {stage}: {e}") from None
     for key, _ in plan.entries:
-        parts = key.split("/")
-        if parts[0] not in ("user", "index") and f"{parts[1]}/{parts[2]}" not in indexes:
-            raise DumpError(f"{key}: index {parts[1]}/{parts[2]} does not exist in the dump")
+        stage = keys.parse(key).stage
+        if keys.stage_scoped(key) and stage not in indexes:
+            raise DumpError(f"{key}: index {stage} does not exist in the dump")
 
 
 def unusable_password_users(plan: ImportPlan) -> list[str]:
     """Users whose stored hash devpid cannot check (devpi's argon2, or none at all)."""
     return sorted(
-        key.split("/")[1] for key, value in plan.entries
-        if key.startswith("user/") and not str(value.get("pwhash", "")).startswith("$2")
+        keys.user_name(key) for key, value in plan.entries
+        if key.startswith(keys.USERS) and not str(value.get("pwhash", "")).startswith("$2")
     )
 
 
@@ -499,7 +498,9 @@ def _place_blob(blobs: BlobStore, digest: str, plan: ImportPlan, hard_links: boo
 
 
 def _group_key(key: str) -> str:
-    return "/".join(key.split("/")[1:4])
+    """(stage, project): what one import serial holds."""
+    parts = keys.parse(key)
+    return f"{parts.stage}/{parts.project}"
 
 
 def write_plan(
@@ -522,13 +523,13 @@ def write_plan(
     try:
         store, blobs = open_store(tmp)
         try:
-            head = [(k, v) for k, v in plan.entries if k.split("/", 1)[0] in ("user", "index")]
+            head = [(k, v) for k, v in plan.entries if keys.kind(k) in ("user", "index")]
             with store.transaction() as tx:
                 for key, value in head:
                     tx.set(key, value)
             groups: dict[str, list[tuple[str, Any]]] = {}
             for key, value in plan.entries:
-                if key.split("/", 1)[0] not in ("user", "index"):
+                if keys.kind(key) not in ("user", "index"):
                     groups.setdefault(_group_key(key), []).append((key, value))
             progress = Progress("imported", len(groups), "projects", out)
             for _, items in sorted(groups.items()):
@@ -577,7 +578,7 @@ def load_any(dumpdir: Path, stream: TextIO | None = None) -> ImportPlan:
 def set_root_password(plan: ImportPlan, password: str, rounds: int) -> None:
     pwhash = auth.hash_password(password, rounds)
     for i, (key, value) in enumerate(plan.entries):
-        if key == "user/root":
+        if key == keys.user("root"):
             plan.entries[i] = (key, dict(value, pwhash=pwhash))
 
 

@@ -37,6 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from devpid.domain import keys
 from devpid.netpolicy import guarded_agent
 from devpid.redact import redact_webhook
 from devpid.store.base import Changes, Store
@@ -418,10 +419,9 @@ class WebhookHook:
         base = self.base_url()
         out: dict[str, dict[str, Any]] = {}
         for key, value in sorted(changes.items()):
-            parts = key.split("/")
-            if parts[0] != "file" or len(parts) != 5 or not isinstance(value, dict):
+            if not keys.well_formed(key, ("file",)) or not isinstance(value, dict):
                 continue
-            stage, project = f"{parts[1]}/{parts[2]}", parts[3]
+            _, stage, project, filename = keys.parse(key)
             event = out.setdefault(stage, {
                 "event": "release-files",
                 "serial": serial,
@@ -432,7 +432,7 @@ class WebhookHook:
             path = value.get("path")
             event["files"].append({
                 "project": project,
-                "filename": value.get("filename", parts[4]),
+                "filename": value.get("filename", filename),
                 "version": value.get("version"),
                 "sha256": value.get("sha256"),
                 "size": value.get("size"),
@@ -446,7 +446,7 @@ class WebhookHook:
         done = self._delivered[1]
         failures: list[str] = []
         for stage, body in self.payloads(serial, changes).items():
-            config = self.server.store.get("index/" + stage)
+            config = self.server.store.get(keys.index_of_stage(stage))
             urls = config.get("webhooks") if isinstance(config, dict) else None
             for url in urls if isinstance(urls, list) else []:
                 if not isinstance(url, str) or (stage, url) in done:
@@ -491,6 +491,7 @@ def _retry_request(body: Any) -> tuple[str | None, list[int] | None]:
 
 
 def _register_routes() -> None:
+    from devpid.domain.permissions import is_root
     from devpid.web.app import DevpidServer, app, json_response, read_json
     from devpid.web.errors import HTTPError, forbidden
 
@@ -498,7 +499,7 @@ def _register_routes() -> None:
     async def retry_failed(server: DevpidServer, request: Any) -> bytes:
         """Deliver again serials hooks gave up on (root only); answers what was queued."""
         user = await server.require_user(request)
-        if user != "root":
+        if not is_root(user):
             raise forbidden("only root may retry event hooks")
         events = server.events
         if events is None:

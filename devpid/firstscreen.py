@@ -17,6 +17,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 import devpid
+from devpid.domain import keys
 
 log = Logger(namespace="devpid")
 
@@ -67,7 +68,7 @@ def announce(server: Any) -> None:
     """Log the first screen: URL for installers and browsers, serverdir, offline mode."""
     settings = server.settings
     url = server_url(settings)
-    stages = [key[len("index/"):] for key in server.store.keys("index/")]
+    stages = [keys.stage_name(key) for key in server.store.keys(keys.INDEXES)]
     stage = "root/pypi" if "root/pypi" in stages else (stages[0] if stages else None)
     log.info("{version} serving {url}/ (open it in a browser for the web view)",
              version=version_text(), url=url)

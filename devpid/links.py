@@ -14,9 +14,9 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from devpid.domain import keys
 from devpid.mirror.policy import cooldown_of, filter_links
 from devpid.model.indexes import resolution_order
-from devpid.store import keys
 from devpid.store.base import Store
 
 
@@ -233,12 +233,11 @@ def track_commits(store: Store) -> PageTokens:
 
     def listener(serial: int, changes: dict[str, Any]) -> None:
         for key in changes:
-            parts = key.split("/")
-            kind = parts[0]
-            if kind in ("index", "user"):
+            parts = keys.parse(key)
+            if parts.kind in ("index", "user"):
                 tokens.config_serial = serial
-            elif kind in ("project", "release", "file", "doc", "mirror") and len(parts) >= 4:
-                serials[(f"{parts[1]}/{parts[2]}", parts[3])] = serial
+            elif parts.kind in ("project", "release", "file", "doc", "mirror") and parts.project:
+                serials[(parts.stage, parts.project)] = serial
 
     store.add_commit_listener(listener)
     return tokens

@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from devpid import blobgc, events, firstscreen, workers
+from devpid.domain import keys
 from devpid.links import track_commits
 from devpid.memo import CommitClearedDict
 from devpid.mirror.cache import MirrorCache, MirrorCacheService
@@ -263,8 +264,8 @@ def build_node(
     server.page_cache = PageCache()
     server.description_cache = DescriptionCache()
     server.stored_paths = stored_paths(store)
-    server.public_stages = CommitClearedDict(store, ("index/",))
-    server.readable_stages = CommitClearedDict(store, ("index/",))
+    server.public_stages = CommitClearedDict(store, (keys.INDEXES,))
+    server.readable_stages = CommitClearedDict(store, (keys.INDEXES,))
     server.replica_nonces = NonceGuard()
     server.replica_feed = PrimaryFeed(server)
     server.web_search = Search(server)

@@ -26,32 +26,19 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from devpid.auth import ANONYMOUS, acl_allows
-from devpid.model.indexes import resolution_order
+from devpid.domain import keys
+from devpid.domain.permissions import Lookup as Lookup
+from devpid.domain.permissions import acl_allows, can_read, can_read_index, can_see_status
+from devpid.domain.permissions import read_acl as read_acl
 from devpid.store.base import Store
 
 # devpid.web.errors is imported where used: the web package imports this module.
 
 log = Logger()
-Lookup = Callable[[str], Mapping[str, Any] | None]
 
-
-def read_acl(config: Mapping[str, Any]) -> list[str]:
-    value = config.get("acl_read")
-    return value if isinstance(value, list) else [ANONYMOUS]
-
-
-def may_read_index(user: str | None, stage: str, config: Mapping[str, Any]) -> bool:
-    """This one index (not its bases): root, the owner, or a principal of acl_read."""
-    if user is not None and (user == "root" or user == stage.split("/", 1)[0]):
-        return True
-    return acl_allows(read_acl(config), user)
-
-
-def may_read(lookup: Lookup, user: str | None, stage: str) -> bool:
-    """Whether ``user`` may read ``stage`` and everything it inherits."""
-    return all(may_read_index(user, name, config)
-               for name, config in resolution_order(stage, lookup))
+# The rules are the domain's (devpid/domain/permissions.py); these are their old names.
+may_read_index = can_read_index
+may_read = can_read
 
 
 def stage_of(segments: list[bytes]) -> str | None:
@@ -103,7 +90,7 @@ class KnownCredentials:
         store.add_commit_listener(self._changed)
 
     def _changed(self, serial: int, changes: Mapping[str, Any]) -> None:
-        if any(key.startswith(("user/", "token/")) for key in changes):
+        if any(key.startswith((keys.USERS, keys.TOKENS)) for key in changes):
             self._known.clear()
 
     def _id(self, raw: bytes) -> bytes:
@@ -226,7 +213,7 @@ def status_restricted(server: Any) -> bool:
 
 def may_see_status(server: Any, user: str | None) -> bool:
     """Root and the principals of ``--status-acl`` (also the web view's status card)."""
-    return user == "root" or acl_allows(server.settings.status_acl, user)
+    return can_see_status(user, server.settings.status_acl)
 
 
 async def require_status(server: Any, request: Any) -> str | None:

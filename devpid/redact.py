@@ -11,6 +11,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from devpid.domain.permissions import can_see_secrets
+
 MASK = "***"
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"']*@")
 # a query ends before trailing punctuation ("URL: reason" in error messages)
@@ -63,7 +65,8 @@ def redact_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def may_see_secrets(actor: str | None, owner: str) -> bool:
-    return actor is not None and actor in ("root", owner)
+    """Root and the owner (the rule is the domain's)."""
+    return can_see_secrets(actor, owner)
 
 
 def scrub(value: Any) -> Any:

@@ -57,7 +57,7 @@ from twisted.web.static import File, NoRangeStaticProducer
 from zope.interface import implementer
 
 from devpid.audit_feed import AuditPuller
-from devpid.store import keys
+from devpid.domain import keys
 from devpid.store.base import ChangelogReader, Changes
 from devpid.store.blobs import HEX64
 from devpid.store.sqlite import encode_value

@@ -19,6 +19,7 @@ import secrets
 import time
 from typing import Any
 
+from devpid.domain import keys
 from devpid.store.base import Store
 from devpid.web.errors import HTTPError, forbidden
 
@@ -31,7 +32,7 @@ _TOKEN_RE = re.compile(r"devpidt1_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
 
 def key(user: str, token_id: str) -> str:
-    return f"token/{user}/{token_id}"
+    return keys.token(user, token_id)
 
 
 def looks_like_token(secret: str) -> bool:

@@ -25,6 +25,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
+from devpid.domain import keys
 from devpid.mirror.policy import MAX_BYTES
 from devpid.store.base import BlobStore
 from devpid.store.blobs import HEX64
@@ -61,8 +62,8 @@ def record_ref(value: object) -> _Ref | None:
 
 
 def stage_of(key: str) -> str:
-    parts = key.split("/")
-    return f"{parts[1]}/{parts[2]}" if len(parts) >= 4 else ""
+    """The stage of a file record's key ("" for a malformed one)."""
+    return keys.parse(key).stage if key.count("/") >= 3 else ""
 
 
 def choose_victims(
@@ -179,11 +180,11 @@ class MirrorCache:
     def on_commit(self, serial: int, changes: dict[str, Any]) -> None:
         if not self.loaded:
             self._queued.append((serial, {k: v for k, v in changes.items()
-                                          if k.startswith(("file/", "index/"))}))
+                                          if k.startswith((keys.FILES, keys.INDEXES))}))
             return
         now = float(self.server.reactor.seconds())
         for key, value in changes.items():
-            if key.startswith("file/"):
+            if key.startswith(keys.FILES):
                 ref = record_ref(value)
                 if ref is None:
                     self._remove(key)
@@ -191,8 +192,8 @@ class MirrorCache:
                     self._add(key, ref, now)
                     if key in self.by_stage.get(stage_of(key), {}):
                         self._dirty.add(stage_of(key))
-            elif key.startswith("index/") and isinstance(value, dict):
-                self._dirty.add(key[len("index/"):])
+            elif key.startswith(keys.INDEXES) and isinstance(value, dict):
+                self._dirty.add(keys.stage_name(key))
         if self._dirty:
             self._schedule()
 
@@ -204,11 +205,11 @@ class MirrorCache:
         try:
             with store.read_snapshot() as serial:
                 mirrors = {
-                    key[len("index/"):] for key, value in store.items("index/")
+                    keys.stage_name(key) for key, value in store.items(keys.INDEXES)
                     if isinstance(value, dict) and value.get("type") == "mirror"
                 }
                 found = []
-                for key, value in store.items("file/"):
+                for key, value in store.items(keys.FILES):
                     ref = record_ref(value)
                     if ref is None:
                         continue
@@ -292,7 +293,7 @@ class MirrorCache:
                 await self.evict(stage, [key for key in victims if stage_of(key) == stage])
 
     async def evict(self, stage: str, victims: list[str]) -> None:
-        from devpid.store import keys
+        from devpid.domain import keys
         from devpid.store.sqlite import encode_value
 
         refs = [self.records[key] for key in victims if key in self.records]
@@ -300,7 +301,8 @@ class MirrorCache:
         # commit gives the path back to the page, so the next request downloads it again.
         store = self.server.store
         pages: dict[str, tuple[Any, str]] = {}
-        for page_key in sorted({keys.mirror_page(stage, key.split("/")[3]) for key in victims}):
+        for page_key in sorted({keys.mirror_page(stage, keys.parse(key).project)
+                                for key in victims}):
             page = store.get(page_key)
             if page is not None:
                 pages[page_key] = (page, await self.server.in_thread(encode_value, page))

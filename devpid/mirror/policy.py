@@ -309,7 +309,7 @@ def file_refusal(server: Any, stage: str, project: str, filename: str,
     cooldown = cooldown_of(config)
     if cooldown is None:
         return None
-    from devpid.store import keys
+    from devpid.domain import keys
 
     upload_time = stored_upload_time
     if upload_time is None:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
@@ -38,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from devpid import __version__, memory
+from devpid.domain import keys, paths
 from devpid.links import Link, UpstreamUnavailable, version_key
 from devpid.mirror.backoff import Backoff
 from devpid.mirror.downloads import BodyToDownload, Download, DownloadFailed, TailProducer
@@ -50,7 +51,6 @@ from devpid.mirror.fetcher import (
 from devpid.mirror.parse import UpstreamFile
 from devpid.model.names import InvalidFilename, parse_dist_filename
 from devpid.netpolicy import mirror_file_hosts
-from devpid.store import keys
 from devpid.store.sqlite import encode_value
 
 log = Logger()
@@ -82,7 +82,6 @@ class ListState:
     rendered: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
-_UNSAFE_DIR_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
 def _without_userinfo(url: str) -> str:
@@ -95,14 +94,7 @@ def mirror_path(stage: str, f: UpstreamFile) -> str:
     """Where a mirror serves an upstream file: devpi's layout (spec 4.5), which clients and
     devpi-client's tests see in hrefs. With a hash (sha256 first, else the one upstream
     gave): ``+f/{h[:3]}/{h[3:16]}/NAME``; without: ``+e/{scheme_host_port_dirs}/NAME``."""
-    value = f.hashes.get("sha256") or next(iter(f.hashes.values()), None)
-    if value:
-        return f"{stage}/+f/{value[:3]}/{value[3:16]}/{f.filename}"
-    parts = urlsplit(f.url)
-    dirs = [unquote(d) for d in parts.path.split("/")[:-1] if d]
-    dirname = _UNSAFE_DIR_CHARS.sub("_", "_".join([parts.scheme, parts.netloc.rpartition("@")[2],
-                                                   *dirs]))
-    return f"{stage}/+e/{dirname}/{f.filename}"
+    return paths.mirror_file_path(stage, f.filename, f.hashes, f.url)
 
 
 def file_version(filename: str) -> str | None:
@@ -362,8 +354,8 @@ class Mirror:
         return self.lists.setdefault(stage, ListState())
 
     def _local_names(self, stage: str) -> list[str]:
-        prefix = f"mirror/{stage}/"
-        return [k[len(prefix) :] for k in self.server.store.keys(prefix)]
+        return [keys.parse(k).project
+                for k in self.server.store.keys(keys.mirror_prefix(stage))]
 
     async def _refresh_list(self, stage: str, config: dict[str, Any], wait: float) -> None:
         state = self._list_state(stage)
@@ -420,15 +412,14 @@ class Mirror:
     async def list_token(self, stage: str, config: dict[str, Any]) -> Any:
         state = self._list_state(stage)
         await self._refresh_list(stage, config, 0 if state.fetched_at else 30.0)
-        return (state.version, self.server.store.max_serial(f"mirror/{stage}/"))
+        return (state.version, self.server.store.max_serial(keys.mirror_prefix(stage)))
 
     # -- files --------------------------------------------------------------------------------
     async def serve_file(self, request: Any, key: str, filename: str, *, metadata: bool) -> Any:
         from devpid.web.errors import HTTPError
         from devpid.web.files import serve_blob
 
-        parts = key.split("/")
-        stage, project = f"{parts[1]}/{parts[2]}", parts[3]
+        _, stage, project, _ = keys.parse(key)
         stored = self.server.store.get(keys.file(stage, project, filename))
         text = self.server.store.get_text(key)  # a big page: find the entry in a thread
         entry = (_page_entry(text, filename) if text is None or len(text) <= BIG_PAGE

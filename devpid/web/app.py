@@ -33,10 +33,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import devpid
 from devpid import auth
+from devpid.domain import keys
 from devpid.metrics import RequestCounters
 from devpid.proxies import DEFAULT_TRUSTED, TrustedProxies, local_origin
 from devpid.readacl import KnownCredentials, credential_header
-from devpid.store import keys
 from devpid.store.base import (
     BlobStore,
     OutOfSpace,
@@ -189,7 +189,7 @@ class DevpidServer:
         return value if isinstance(value, dict) else None
 
     def index_config(self, stage: str) -> dict[str, Any] | None:
-        value = self.store.get("index/" + stage)
+        value = self.store.get(keys.index_of_stage(stage))
         return value if isinstance(value, dict) else None
 
     async def identify(self, request: Any) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from devpid.domain import keys
 from devpid.links import project_token
 from devpid.memo import CommitClearedDict
 from devpid.mirror.policy import file_refusal
@@ -87,7 +88,7 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
     if found is None and path.endswith(".metadata"):
         found = server.store.lookup_path(path[: -len(".metadata")])
         metadata = True
-    if found is None or not found[0].startswith("file/"):
+    if found is None or not found[0].startswith(keys.FILES):
         return None
     value = server.store.get(found[0])
     if not isinstance(value, dict):
@@ -97,8 +98,8 @@ def _stored_blob(server: Any, request: Any, segments: list[bytes]) -> tuple[str,
         return None
     # A cached mirror file its release cooldown holds back: the full route says why (403).
     # Files only ever age in, and a config change empties ``known``, so a hit stays valid.
-    parts = found[0].split("/")
-    if file_refusal(server, f"{parts[1]}/{parts[2]}", parts[3], found[1],
+    parts = keys.parse(found[0])
+    if file_refusal(server, parts.stage, parts.project, found[1],
                     value.get("upload_time")):
         return None
     hit = (sha, found[1] + ".metadata" if metadata else found[1])
@@ -112,7 +113,7 @@ def stored_paths(store: Store) -> CommitClearedDict[str, tuple[str, str]]:
     """URL path -> (sha256, file name) of stored files, emptied by any change to a file record
     (an upload, a delete, a mirror file cached) or an index config, in this process or another
     (--workers)."""
-    return CommitClearedDict(store, ("file/", "index/"))
+    return CommitClearedDict(store, (keys.FILES, keys.INDEXES))
 
 
 def try_stored_file(server: Any, request: Any, segments: list[bytes]) -> Any:

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import NoRangeStaticProducer
 from zope.interface import implementer
 
+from devpid.domain import keys, paths
 from devpid.mirror.policy import file_refusal
 from devpid.web.app import DevpidServer, app, header, json_response
 from devpid.web.errors import HTTPError, forbidden, not_found
@@ -370,18 +371,22 @@ async def get_external_file(
     server: DevpidServer, request: Any, user: str, index: str, rest: str
 ) -> Any:
     """A mirror's file whose upstream link came without a hash (devpi's ``+e`` layout)."""
-    return await serve_file_path(server, request, f"{user}/{index}", f"+e/{rest}")
+    return await serve_file_path(server, request, f"{user}/{index}", paths.EXTERNAL_AREA, rest)
 
 
 @app.route("/<user>/<index>/+f/<path:rest>", methods=["GET", "HEAD"])
 async def get_file(server: DevpidServer, request: Any, user: str, index: str, rest: str) -> Any:
-    return await serve_file_path(server, request, f"{user}/{index}", f"+f/{rest}")
+    return await serve_file_path(server, request, f"{user}/{index}", paths.FILES_AREA, rest)
 
 
-async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: str) -> Any:
-    path = f"{stage}/{tail}"
+async def serve_file_path(server: DevpidServer, request: Any, stage: str, area: str,
+                          rest: str) -> Any:
     metadata = False
-    found = server.store.lookup_path(path)
+    try:
+        path = paths.in_area(stage, area, rest)
+    except paths.UnsafePath:
+        path = ""  # never a stored path: answered as any other unknown file
+    found = server.store.lookup_path(path) if path else None
     if found is None and path.endswith(".metadata"):
         found = server.store.lookup_path(path[: -len(".metadata")])
         metadata = True
@@ -390,11 +395,12 @@ async def serve_file_path(server: DevpidServer, request: Any, stage: str, tail: 
             raise not_found(f"The stage {stage} could not be found.")
         raise not_found("no such file")
     key, filename = found
-    kind = key.split("/", 1)[0]
+    kind = keys.kind(key)
     # A mirror page can be huge: its file is served (and its entry decoded) by the mirror.
     value = server.store.get(key) if kind != "mirror" else None
     stored = value if kind == "file" and isinstance(value, dict) else {}
-    refused = file_refusal(server, stage, key.split("/")[3], filename, stored.get("upload_time"))
+    refused = file_refusal(server, stage, keys.parse(key).project, filename,
+                           stored.get("upload_time"))
     if refused:
         raise forbidden(refused)
     if kind == "mirror":
@@ -428,7 +434,7 @@ async def get_doc(
 ) -> Any:
     """A page out of an uploaded docs zip, read from the archive (never unpacked to disk)."""
     stage = f"{user}/{index}"
-    value = server.store.get(f"doc/{stage}/{project}/{version}")
+    value = server.store.get(keys.doc(stage, project, version))
     if not isinstance(value, dict):
         raise not_found(f"no documentation for {project} {version} in {stage}")
     member = posixpath.normpath("/" + rest).lstrip("/")

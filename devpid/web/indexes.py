@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from devpid.auth import can_manage_index, can_set_mirror
+from devpid.domain import keys
+from devpid.domain.permissions import can_manage_index, can_set_mirror
 from devpid.model.indexes import (
     ACL_KEYS,
     IndexConfigError,
@@ -125,9 +126,9 @@ async def create_index(server: DevpidServer, request: Any, user: str, index: str
         _require_mirror_permission(server, actor, stage)
     _validate(server, stage, config)
     async with server.store.write() as tx:
-        if tx.get("index/" + stage) is not None:  # created while this one waited
+        if tx.get(keys.index_of_stage(stage)) is not None:  # created while this one waited
             raise HTTPError(409, f"index '{stage}' exists")
-        tx.set("index/" + stage, config)
+        tx.set(keys.index_of_stage(stage), config)
     set_serial(request, tx.serial)
     return json_response(request, result=config, type="indexconfig")
 
@@ -160,7 +161,7 @@ async def modify_index(server: DevpidServer, request: Any, user: str, index: str
     if new == config and query_flag(request, b"error_on_noop"):
         raise HTTPError(400, "The requested modifications resulted in no changes")
     async with server.store.write() as tx:
-        tx.set("index/" + stage, new)
+        tx.set(keys.index_of_stage(stage), new)
     set_serial(request, tx.serial)
     return json_response(request, result=new, type="indexconfig")
 
@@ -176,8 +177,8 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
     if not config.get("volatile", True) and not query_flag(request, b"force"):
         raise forbidden(f"index {stage} non-volatile, cannot delete")
     dependants = [
-        key[len("index/") :]
-        for key, other in server.store.items("index/")
+        keys.stage_name(key)
+        for key, other in server.store.items(keys.INDEXES)
         if stage in (other.get("bases") or [])
     ]
     if dependants:
@@ -186,7 +187,7 @@ async def delete_index(server: DevpidServer, request: Any, user: str, index: str
         )
     async with server.store.write() as tx:
         delete_stage_keys(tx, f"{stage}/")
-        tx.delete("index/" + stage)
+        tx.delete(keys.index_of_stage(stage))
     set_serial(request, tx.serial)
     return json_response(request, message=f"index {stage} deleted", code=201)
 

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from devpid import tokens
-from devpid.auth import can_delete_entry, can_upload
+from devpid.domain import keys, paths
+from devpid.domain.permissions import can_delete_from, can_upload_to, owner_of
 from devpid.links import (
     Link,
     UpstreamUnavailable,
@@ -16,7 +17,6 @@ from devpid.links import (
     version_key,
 )
 from devpid.model.names import normalize_name
-from devpid.store import keys
 from devpid.web import toxresults
 from devpid.web.app import (
     DevpidServer,
@@ -63,10 +63,10 @@ def _stage_versions(
     private = server.store.get(keys.project(stage, project)) is not None
     if private:
         reports: dict[str, list[dict[str, Any]]] = {}  # release file name -> its tox results
-        for _key, tox in server.store.items(f"toxresult/{stage}/{project}/"):
+        for _key, tox in server.store.items(keys.toxresults_of_project(stage, project)):
             reports.setdefault(tox["for"], []).append(tox)
         for key, meta in server.store.items(keys.release_prefix(stage, project)):
-            version = key.rsplit("/", 1)[1]
+            version = keys.last_part(key)
             result[version] = {**meta, "+links": []}
         for _key, value in server.store.items(keys.file_prefix(stage, project)):
             entry = result.setdefault(value["version"], {"name": project,
@@ -85,8 +85,8 @@ def _stage_versions(
                     **_link_json(server, request, tox_link, "toxresult", tox.get("log", [])),
                     "for_href": file_link["href"],
                 })
-        for key, value in server.store.items(f"doc/{stage}/{project}/"):
-            version = key.rsplit("/", 1)[1]
+        for key, value in server.store.items(keys.doc_prefix(stage, project)):
+            version = keys.last_part(key)
             entry = result.setdefault(version, {"name": project, "version": version,
                                                 "+links": []})
             link = Link(value["filename"], value["path"], stage, version,
@@ -187,7 +187,7 @@ async def _deletion_allowed(
     actor = await server.identify(request)
     if actor is None:
         raise unauthorized()
-    if not can_delete_entry(actor, user, config.get("acl_upload") or []):
+    if not can_delete_from(actor, user, config):
         raise forbidden(f"no permission to delete {what} on {stage}")
     if not config.get("volatile", True) and not query_flag(request, b"force"):
         raise forbidden(
@@ -219,9 +219,7 @@ async def delete_project(
 ) -> bytes:
     stage, _config = await _deletion_allowed(server, request, user, index, "project")
     project = normalize_name(project)
-    prefixes = [
-        f"{kind}/{stage}/{project}/" for kind in ("release", "file", "doc", "toxresult")
-    ]
+    prefixes = keys.of_project(stage, project)
     found = [k for p in prefixes for k in server.store.keys(p)]
     single = [keys.project(stage, project), keys.mirror_page(stage, project)]
     found += [k for k in single if server.store.get(k) is not None]
@@ -259,18 +257,21 @@ async def delete_version(
 async def delete_file(server: DevpidServer, request: Any, user: str, index: str,
                       rest: str) -> bytes:
     stage, _config = await _deletion_allowed(server, request, user, index, "file")
-    path = f"{stage}/+f/{rest}"
+    try:
+        path = paths.in_area(stage, paths.FILES_AREA, rest)
+    except paths.UnsafePath as e:
+        raise not_found(f"package '{e.path}' doesn't exist") from None
     found = server.store.lookup_path(path)
-    if found is None or found[0].startswith("mirror/"):
+    if found is None or found[0].startswith(keys.MIRRORS):
         raise not_found(f"package '{path}' doesn't exist")
     key = found[0]
     value = server.store.get(key)
     async with server.store.write() as tx:
-        if key.startswith("file/") and isinstance(value, dict):
-            toxresults.file_changing(tx, stage, key.split("/")[3], value["filename"], None)
+        if key.startswith(keys.FILES) and isinstance(value, dict):
+            toxresults.file_changing(tx, stage, keys.parse(key).project, value["filename"], None)
         tx.delete(key)
-        if key.startswith("file/") and isinstance(value, dict):
-            project = key.split("/")[3]
+        if key.startswith(keys.FILES) and isinstance(value, dict):
+            project = keys.parse(key).project
             version = value.get("version")
             remaining = [v for _, v in tx.items(keys.file_prefix(stage, project))
                          if v.get("version") == version]
@@ -291,7 +292,7 @@ async def _set_yanked(server: DevpidServer, request: Any, user: str, index: str,
     actor = await server.identify(request)
     if actor is None:
         raise unauthorized()
-    if not can_delete_entry(actor, user, config.get("acl_upload") or []):
+    if not can_delete_from(actor, user, config):
         raise forbidden(f"no permission to yank on {stage}")
     project = normalize_name(project)
     files = [(k, v) for k, v in server.store.items(keys.file_prefix(stage, project))
@@ -351,8 +352,8 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
         raise HTTPError(400, "cannot push to a mirror index")
     actor = await server.identify(request)
     tokens.check_target(request, target)  # a scoped token writes only where it may
-    tuser = target.split("/")[0]
-    if not can_upload(actor, tuser, target_config.get("acl_upload") or []):
+    tuser = owner_of(target)
+    if not can_upload_to(actor, tuser, target_config):
         if actor is None:
             raise unauthorized()
         raise HTTPError(401, f"user {actor!r} cannot upload to {target!r}")
@@ -380,7 +381,7 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
             if existing is not None and not volatile:
                 raise HTTPError(409, f"{value['filename']} already exists in non-volatile index")
             sha = value["sha256"]
-            copied = {**value, "path": f"{target}/+f/{sha[:3]}/{sha[3:16]}/{value['filename']}",
+            copied = {**value, "path": paths.file_path(target, sha, value["filename"]),
                       "upload_time": utc_timestamp(),
                       "log": overwrite_log(existing)
                       + [e for e in value.get("log", []) if e.get("what") != "overwrite"]
@@ -390,13 +391,13 @@ async def handle_push(server: DevpidServer, request: Any, user: str, index: str)
             actionlog.append([200, "store_releasefile", copied["path"]])
             for path in toxresults.copy_for_push(
                 tx, stage, target, project, value["filename"],
-                copied["path"].rsplit("/", 1)[0], push_log,
+                paths.file_dir(target, sha), push_log,
             ):
                 actionlog.append([200, "store_toxresult", path])
         if doc is not None:
             sha = doc["sha256"]
             tx.set(keys.doc(target, project, version), {
-                **doc, "path": f"{target}/+f/{sha[:3]}/{sha[3:16]}/{doc['filename']}",
+                **doc, "path": paths.file_path(target, sha, doc["filename"]),
                 "log": [*doc.get("log", []), push_log]})
             actionlog.append([200, "store_doczip", project, version, "->", target])
         if tx.get(keys.project(target, project)) is None:

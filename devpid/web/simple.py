@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 from devpid import memory
+from devpid.domain import keys
 from devpid.links import (
     Link,
     UpstreamUnavailable,
@@ -325,7 +326,7 @@ async def serve_project_list(server: DevpidServer, request: Any, user: str, inde
         if config.get("type") == "mirror":
             parts.append(await server.mirror.list_token(name, config))
         else:
-            parts.append(server.store.max_serial(f"project/{name}/"))
+            parts.append(server.store.max_serial(keys.project_prefix(name)))
     token = tuple(parts)
     cache = server.page_cache
     key = (stage, "+list", fmt)

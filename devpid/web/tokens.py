@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 from devpid import tokens
+from devpid.domain import keys
+from devpid.domain.permissions import can_manage_tokens
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
 from devpid.web.errors import HTTPError, forbidden, not_found, unauthorized
 
@@ -24,7 +26,7 @@ async def _owner(server: DevpidServer, request: Any, user: str) -> dict[str, Any
         raise unauthorized()
     if getattr(request, "devpid_token", None) is not None:
         raise forbidden("a scoped token may not manage tokens; use the password")
-    if actor not in ("root", user):
+    if not can_manage_tokens(actor, user):
         raise forbidden(f"no permission to manage the tokens of {user}")
     return record
 
@@ -35,7 +37,7 @@ async def create_token(server: DevpidServer, request: Any, user: str) -> bytes:
     lifetime, indexes, actions, description = tokens.validate_request(
         read_json(request), server.index_config)
     now = time.time()
-    existing = server.store.items(f"token/{user}/")
+    existing = server.store.items(keys.token_prefix(user))
     expired = [key for key, value in existing
                if not isinstance(value, dict) or not isinstance(value.get("expires"), int)
                or value["expires"] <= now]  # dead weight: dropped with this commit
@@ -56,7 +58,7 @@ async def create_token(server: DevpidServer, request: Any, user: str) -> bytes:
 @app.route("/<user>/+tokens", methods=["GET"])
 async def list_tokens(server: DevpidServer, request: Any, user: str) -> bytes:
     await _owner(server, request, user)
-    result = [tokens.public(v) for _, v in server.store.items(f"token/{user}/")
+    result = [tokens.public(v) for _, v in server.store.items(keys.token_prefix(user))
               if isinstance(v, dict)]
     return json_response(request, type="list:token",
                          result=sorted(result, key=lambda t: t.get("created") or 0))

@@ -14,7 +14,8 @@ import json
 import time
 from typing import Any
 
-from devpid.auth import can_upload
+from devpid.domain import paths
+from devpid.domain.permissions import can_upload_toxresult
 from devpid.store import BlobStore, keys
 from devpid.web.app import (
     DevpidServer,
@@ -48,19 +49,21 @@ async def post_toxresult(
             "You can use the devpi test --no-upload option to skip the upload.",
         )
     actor = await server.identify(request)
-    acl = config.get("acl_toxresult_upload")
-    if not can_upload(actor, user, acl if isinstance(acl, list) else [":ANONYMOUS:"]):
+    if not can_upload_toxresult(actor, user, config):
         raise HTTPError(
             403,
             "No permission to upload tox results. "
             "You can use the devpi test --no-upload option to skip the upload.",
         )
-    relpath = f"{stage}/+f/{rest}"
+    try:
+        relpath = paths.in_area(stage, paths.FILES_AREA, rest)
+    except paths.UnsafePath as e:
+        raise not_found(f"no release file found at {e.path}") from None
     found = server.store.lookup_path(relpath)
-    if found is None or not found[0].startswith("file/"):
+    if found is None or not found[0].startswith(keys.FILES):
         raise not_found(f"no release file found at {relpath}")
     file_key = found[0]
-    _, _, _, project, filename = file_key.split("/")
+    _, _, project, filename = keys.parse(file_key)
     # Reading, parsing and storing up to 16 MB is no work for the reactor thread.
     sha, size = await server.in_thread(_store_report, server.blobs, request.content)
     async with server.store.write() as tx:
@@ -71,8 +74,8 @@ async def post_toxresult(
         _check_room(tx.items(prefix), size, filename)
         n = _next_number(tx, prefix)
         name = f"{filename}.toxresult-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{n}"
-        path = f"{release['path'].rsplit('/', 1)[0]}/{name}"
-        tx.set(f"{prefix}{n}", {
+        path = paths.beside(release["path"], name)
+        tx.set(keys.toxresult(stage, project, filename, n), {
             "filename": name,
             "path": path,
             "sha256": sha,
@@ -144,7 +147,7 @@ def copy_for_push(tx: Any, src: str, dst: str, project: str, filename: str, dst_
         except HTTPError:
             break  # the target keeps its own; the push copies what fits
         room.append((_key, value))
-        path = f"{dst_dir}/{value['filename']}"
+        path = paths.in_dir(dst_dir, value["filename"])
         tx.set(f"{target}{_next_number(tx, target)}", {
             **value, "path": path, "log": [*value.get("log", []), push_log],
         })

@@ -20,7 +20,8 @@ from multipart import MultipartSegment, PushMultipartParser, parse_options_heade
 from twisted.internet.defer import FirstError, gatherResults
 from twisted.python.failure import Failure
 
-from devpid.auth import can_upload
+from devpid.domain import keys, paths
+from devpid.domain.permissions import can_upload_to
 from devpid.model.metadata import (
     MetadataError,
     check_release_size,
@@ -36,7 +37,6 @@ from devpid.model.names import (
     validate_project_name,
     validate_version,
 )
-from devpid.store import keys
 from devpid.store.base import BlobStore, Store, WriteFailed, is_out_of_space, write_failed
 from devpid.store.sqlite import encode_value
 from devpid.web import toxresults
@@ -303,7 +303,7 @@ async def _handle_form(
     if config.get("type") == "mirror":
         raise HTTPError(404, "cannot submit to mirror index")
     actor = await server.identify(request)
-    if not can_upload(actor, user, config.get("acl_upload") or []):
+    if not can_upload_to(actor, user, config):
         if actor is None:
             raise unauthorized("authentication required to upload")
         raise forbidden(f"no permission to submit to {stage}")
@@ -479,7 +479,7 @@ async def _file_upload(ctx: Upload) -> bytes:
     sha = upload.sha256
     value = {
         "filename": filename,
-        "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+        "path": paths.file_path(stage, sha, filename),
         "sha256": sha,
         "md5": upload.md5,
         "size": upload.size,
@@ -510,7 +510,7 @@ async def _doc_upload(ctx: Upload) -> bytes:
     project = normalize_name(name)
     version = parsed.get("version")
     if not version:
-        versions = [k.rsplit("/", 1)[1] for k in server.store.keys(
+        versions = [keys.last_part(k) for k in server.store.keys(
             keys.release_prefix(stage, project))]
         if not versions:
             raise HTTPError(
@@ -537,7 +537,7 @@ async def _doc_upload(ctx: Upload) -> bytes:
     filename = f"{project}-{version}.doc.zip"
     value = {
         "filename": filename,
-        "path": f"{stage}/+f/{sha[:3]}/{sha[3:16]}/{filename}",
+        "path": paths.file_path(stage, sha, filename),
         "sha256": sha,
         "size": upload.size,
         "version": version,

@@ -7,11 +7,18 @@ from typing import Any
 
 import devpid
 from devpid import metrics as prometheus
-from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash, can_create_user, can_manage_user
+from devpid.auth import TOKEN_LIFETIME, acceptable_pwhash
+from devpid.domain import keys
+from devpid.domain.permissions import (
+    can_create_user,
+    can_delete_user,
+    can_modify_user,
+    can_set_pwhash,
+    is_root,
+)
 from devpid.model.names import validate_user_or_index_name
 from devpid.readacl import may_read, require_status
 from devpid.redact import may_see_secrets, redact_config, scrub
-from devpid.store import keys
 from devpid.web.app import DevpidServer, app, json_response, read_json, set_serial
 from devpid.web.errors import HTTPError, forbidden, not_found
 
@@ -113,7 +120,7 @@ def status_result(server: DevpidServer) -> dict[str, Any]:
 async def status(server: DevpidServer, request: Any) -> bytes:
     await require_status(server, request)
     result = status_result(server)
-    if await _identify_lenient(server, request) != "root":
+    if not is_root(await _identify_lenient(server, request)):
         result = scrub(result)  # upstream and webhook errors may name credentials
     return json_response(request, result=result, type="status")
 
@@ -139,9 +146,9 @@ def public_user(
     if not secrets_ok and not server.settings.public_emails:
         out.pop("email", None)
     out["indexes"] = {
-        key.rsplit("/", 1)[1]: config if secrets_ok else redact_config(config)
-        for key, config in server.store.items(f"index/{name}/")
-        if may_read(server.index_config, viewer, key[len("index/"):])
+        keys.last_part(key): config if secrets_ok else redact_config(config)
+        for key, config in server.store.items(keys.index_prefix(name))
+        if may_read(server.index_config, viewer, keys.stage_name(key))
     }
     return out
 
@@ -150,8 +157,8 @@ def public_user(
 async def list_users(server: DevpidServer, request: Any) -> bytes:
     viewer = await _identify_lenient(server, request)
     result = {
-        key.split("/", 1)[1]: public_user(server, key.split("/", 1)[1], record, viewer)
-        for key, record in server.store.items("user/")
+        keys.user_name(key): public_user(server, keys.user_name(key), record, viewer)
+        for key, record in server.store.items(keys.USERS)
     }
     return json_response(request, result=result, type="list:userconfig")
 
@@ -186,7 +193,7 @@ async def create_user(server: DevpidServer, request: Any, user: str) -> bytes:
         actor = await server.identify(request)
         if not can_create_user(actor, restrict):
             raise forbidden(f"no permission to create user {user} (--restrict-modify)")
-        if "pwhash" in body and actor != "root":
+        if "pwhash" in body and not can_set_pwhash(actor):
             # a chosen hash (or its cost) is a way to stall the server: root (import) only
             raise forbidden("only root may set pwhash")
     password = body.get("password")
@@ -224,8 +231,7 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
     body = read_json(request)
     if not isinstance(body, dict):
         raise HTTPError(400, "user config must be a JSON object")
-    own_password = actor == user and set(body) <= {"password"}
-    if not (own_password or can_manage_user(actor, user, server.settings.restrict_modify)):
+    if not can_modify_user(actor, user, set(body), server.settings.restrict_modify):
         what = "change password for" if set(body) == {"password"} else "modify"
         raise forbidden(f"no permission to {what} user {user}")
     new = dict(record)
@@ -259,13 +265,13 @@ async def modify_user(server: DevpidServer, request: Any, user: str) -> bytes:
     return json_response(request, message="user updated")
 
 
-STAGE_KINDS = ("index", "project", "release", "file", "doc", "toxresult", "mirror")
+STAGE_KINDS = keys.STAGE_KINDS
 
 
 def delete_stage_keys(tx: Any, prefix_tail: str) -> None:
     """Delete every key of every kind under ``user/`` or ``user/index/``."""
-    for kind in STAGE_KINDS:
-        for key in tx.keys(f"{kind}/{prefix_tail}"):
+    for prefix in keys.stage_prefixes(prefix_tail):
+        for key in tx.keys(prefix):
             tx.delete(key)
 
 
@@ -273,8 +279,8 @@ def _drop_from_acls(tx: Any, server: DevpidServer, user: str) -> None:
     """A deleted user's name leaves every ACL: whoever registers it later gets no rights."""
     from devpid.model.indexes import ACL_KEYS
 
-    for key, config in server.store.items("index/"):
-        if key.startswith(f"index/{user}/"):
+    for key, config in server.store.items(keys.INDEXES):
+        if key.startswith(keys.index_prefix(user)):
             continue
         changed = {k: [p for p in config[k] if p != user] for k in ACL_KEYS
                    if isinstance(config.get(k), list) and user in config[k]}
@@ -289,18 +295,16 @@ async def delete_user(server: DevpidServer, request: Any, user: str) -> bytes:
         raise not_found(f"user '{user}' does not exist")
     actor = await server.require_user(request)
     restrict = server.settings.restrict_modify
-    if user == "root" or not can_manage_user(actor, user, restrict) or (
-        restrict is not None and actor == user
-    ):
+    if not can_delete_user(actor, user, restrict):
         raise forbidden(f"no permission to delete user {user}")
-    for key, config in server.store.items(f"index/{user}/"):
+    for key, config in server.store.items(keys.index_prefix(user)):
         if not config.get("volatile", True):
-            name = key.rsplit("/", 1)[1]
+            name = keys.last_part(key)
             raise forbidden(f"user '{user}' has non-volatile index: {name}")
     async with server.store.write() as tx:
         delete_stage_keys(tx, f"{user}/")
         tx.delete(keys.user(user))
-        for key in tx.keys(f"token/{user}/"):  # its API tokens (devpid/tokens.py)
+        for key in tx.keys(keys.token_prefix(user)):  # its API tokens (devpid/tokens.py)
             tx.delete(key)
         _drop_from_acls(tx, server, user)
     set_serial(request, tx.serial)

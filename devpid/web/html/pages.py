@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from devpid.domain import keys, paths
 from devpid.links import (
     Link,
     resolve,
@@ -22,7 +23,6 @@ from devpid.links import (
 from devpid.model.names import normalize_name
 from devpid.readacl import may_see_status
 from devpid.redact import may_see_secrets
-from devpid.store import keys
 from devpid.web.app import DevpidServer, app
 from devpid.web.errors import HTTPError, not_found
 from devpid.web.html import reading
@@ -218,7 +218,7 @@ async def user_page(server: DevpidServer, request: Any, user: str) -> bytes:
     if record is None:
         raise not_found(f"user '{user}' does not exist")
     who = await viewer(server, request)
-    indexes = readable_indexes(server, who, f"index/{user}/")
+    indexes = readable_indexes(server, who, keys.index_prefix(user))
     shown = server.settings.public_emails or may_see_secrets(who, user)  # self, root
     email = record.get("email") if shown else None
     details = kv([("title", record.get("title")), ("email", email),
@@ -326,7 +326,7 @@ def _docs_link(server: DevpidServer, base: str, stage: str, project: str,
     found = _docs_stage(server, stage, project, version)
     if found is None:
         return None
-    return link(f"{base}/{found}/{project}/{version}/+docs", "documentation")
+    return link(f"{base}/{paths.docs_page_url(found, project, version)}", "documentation")
 
 
 def _tox_reports(server: DevpidServer, stage: str, project: str) -> dict[str, list[dict[str, Any]]]:
@@ -335,7 +335,7 @@ def _tox_reports(server: DevpidServer, stage: str, project: str) -> dict[str, li
     for name, config in sro(server, stage):
         if config.get("type") == "mirror":
             continue
-        for _key, tox in server.store.items(f"toxresult/{name}/{project}/"):
+        for _key, tox in server.store.items(keys.toxresults_of_project(name, project)):
             if isinstance(tox, dict) and isinstance(tox.get("for"), str):
                 out.setdefault(tox["for"], []).append(tox)
     return out
@@ -388,7 +388,7 @@ async def project_page(server: DevpidServer, request: Any, user: str, index: str
     versions = sorted({item.version for item in links if item.version}, key=version_key,
                       reverse=True)
     private_versions = [
-        key.rsplit("/", 1)[1] for name, config in resolve(server, stage, project).stages
+        keys.last_part(key) for name, config in resolve(server, stage, project).stages
         if config.get("type") != "mirror"
         for key in server.store.keys(keys.release_prefix(name, project))]
     for version in private_versions:  # registered releases without files yet
@@ -517,7 +517,7 @@ async def framed_docs(server: DevpidServer, request: Any, user: str, index: str,
             raise not_found(f"no documentation for {project} {version} in {stage}")
     except HTTPError as error:
         return error_page(server, request, error)
-    docs = f"{base}/{stage}/{project}/{version}/+doc/"
+    docs = f"{base}/{paths.docs_url(stage, project, version)}"
     body = join([
         f"<p>{e(project)} {e(version)} documentation · {link(docs, 'open without the frame')}"
         "</p>",

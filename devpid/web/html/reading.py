@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devpid.domain import keys
 from devpid.links import version_key
 from devpid.store.sqlite import SQLiteStore
 
@@ -13,8 +14,7 @@ def cached_names(db: Path, stage: str, limit: int) -> tuple[int, list[str]]:
     """How many projects mirror ``stage`` has cached, and the first ``limit`` names."""
     store = SQLiteStore(db, readonly=True)
     try:
-        prefix = f"mirror/{stage}/"
-        names = [key[len(prefix):] for key in store.keys(prefix)]
+        names = [keys.parse(key).project for key in store.keys(keys.mirror_prefix(stage))]
     finally:
         store.close()
     return len(names), names[:limit]
@@ -25,17 +25,16 @@ def stage_listing(db: Path, stage: str, limit: int) -> tuple[int, list[tuple[str
     first ``limit``."""
     store = SQLiteStore(db, readonly=True)
     try:
-        prefix = f"project/{stage}/"
-        names = [key[len(prefix):] for key in store.keys(prefix)]
+        names = [keys.parse(key).project for key in store.keys(keys.project_prefix(stage))]
         rows = []
         for name in names[:limit]:
-            releases = store.items(f"release/{stage}/{name}/")
+            releases = store.items(keys.release_prefix(stage, name))
             if not releases:
                 rows.append((name, "", ""))
                 continue
-            key, meta = max(releases, key=lambda kv: version_key(kv[0].rsplit("/", 1)[1]))
+            key, meta = max(releases, key=lambda kv: version_key(keys.last_part(kv[0])))
             summary = meta.get("summary") if isinstance(meta, dict) else None
-            rows.append((name, key.rsplit("/", 1)[1], summary if isinstance(summary, str)
+            rows.append((name, keys.last_part(key), summary if isinstance(summary, str)
                          else ""))
     finally:
         store.close()

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from devpid.domain import keys
 from devpid.links import version_key
 from devpid.store.base import Store
 from devpid.store.sqlite import SQLiteStore
@@ -145,9 +146,9 @@ class SearchDB:
         dirty: set[tuple[str, str]] = set()
         gone: set[str] = set()
         if indexed < 0:
-            for key in store.keys("project/"):
-                _, user, index, project = key.split("/", 3)
-                dirty.add((f"{user}/{index}", project))
+            for key in store.keys(keys.PROJECTS):
+                parts = keys.parse(key)
+                dirty.add((parts.stage, parts.project))
         else:
             since = indexed + 1
             while since <= target:
@@ -157,11 +158,11 @@ class SearchDB:
                 for serial, changes in entries:
                     since = serial + 1
                     for key, value in changes.items():
-                        parts = key.split("/")
-                        if parts[0] in ("project", "release") and len(parts) >= 4:
-                            dirty.add((f"{parts[1]}/{parts[2]}", parts[3]))
-                        elif parts[0] == "index" and len(parts) == 3 and value is None:
-                            gone.add(f"{parts[1]}/{parts[2]}")
+                        parts = keys.parse(key)
+                        if parts.kind in ("project", "release") and parts.project:
+                            dirty.add((parts.stage, parts.project))
+                        elif keys.well_formed(key, ("index",)) and value is None:
+                            gone.add(parts.stage)
         for stage in gone:
             conn.execute("DELETE FROM private WHERE stage=?", (stage,))
             conn.execute("DELETE FROM names WHERE stage=?", (stage,))
@@ -176,13 +177,13 @@ class SearchDB:
     def _reindex(conn: sqlite3.Connection, store: Store, stage: str,
                  project: str) -> None:
         conn.execute("DELETE FROM private WHERE stage=? AND name=?", (stage, project))
-        if store.get(f"project/{stage}/{project}") is None:
+        if store.get(keys.project(stage, project)) is None:
             return
-        releases = store.items(f"release/{stage}/{project}/")
+        releases = store.items(keys.release_prefix(stage, project))
         summary = description = version = ""
         if releases:
-            key, meta = max(releases, key=lambda kv: version_key(kv[0].rsplit("/", 1)[1]))
-            version = key.rsplit("/", 1)[1]
+            key, meta = max(releases, key=lambda kv: version_key(keys.last_part(kv[0])))
+            version = keys.last_part(key)
             if isinstance(meta, dict):
                 value = meta.get("summary")
                 summary = value if isinstance(value, str) else ""
