@@ -196,8 +196,6 @@ class Options(usage.Options):
         if self["store"] is not None:
             if not is_postgres_url(self["store"]):
                 raise usage.UsageError("--store must be a postgresql:// URL")
-            if self["primary-url"]:
-                raise usage.UsageError("--store works without --primary-url")
 
 
 class TwistdOptions(Options):
