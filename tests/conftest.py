@@ -167,18 +167,32 @@ class Devpid:
         return requests.request(method, self.url + path, auth=auth, headers=headers, **kw)
 
 
+def on_postgres() -> bool:
+    """Whether this run puts every test server directory on PostgreSQL (.ci/run's 2nd pass)."""
+    return os.environ.get("DEVPID_TEST_STORE") == "postgresql"
+
+
+def store_for(store: str | None) -> str | None:
+    """The ``--store`` a new server directory gets: ``store`` if it is a URL, none for
+    ``"sqlite"`` (a test that needs SQLite whatever the run), else the run's default."""
+    if store == "sqlite":
+        return None
+    if store is None and on_postgres():
+        from tests.support.pg import fresh_database
+
+        return fresh_database()
+    return store
+
+
 def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool = True,
                    store: str | None = None) -> None:
     """``devpid init``; with DEVPID_TEST_STORE=postgresql every server directory gets a
-    fresh PostgreSQL database (CI runs chosen test files that way, see .ci/run)."""
+    fresh PostgreSQL database (CI runs the daemon tests that way too, see .ci/run)."""
     cmd = [
         tool("devpid"), "init", "--serverdir", str(serverdir),
         "--root-password", ROOT_PASSWORD, "--bcrypt-rounds", "4",
     ]
-    if store is None and os.environ.get("DEVPID_TEST_STORE") == "postgresql":
-        from tests.support.pg import fresh_database
-
-        store = fresh_database()
+    store = store_for(store)
     if store is not None:
         cmd += ["--store", store]
     if upstream_url:
@@ -215,11 +229,19 @@ def start_devpid(tmp_path: Path) -> Iterator[Any]:
 
     def start(
         *args: str, upstream_url: str | None = None, init: bool = True, name: str = "server",
-        root_pypi: bool = True, allow_private: bool = True,
+        root_pypi: bool = True, allow_private: bool = True, store: str | None = None,
     ) -> Devpid:
+        """``store``: a postgresql:// URL, "sqlite", or None for the run's default; a
+        replica's (``--primary-url``, no init) too, on its first start."""
         serverdir = tmp_path / name
+        args = tuple(args)
         if init and not serverdir.exists():
-            init_serverdir(serverdir, upstream_url, root_pypi=root_pypi)
+            init_serverdir(serverdir, upstream_url, root_pypi=root_pypi, store=store)
+        elif ("--primary-url" in args and "--store" not in args
+              and not (serverdir / "store.url").exists()):
+            url = store_for(store)
+            if url is not None:
+                args += ("--store", url)
         server = Devpid(serverdir, args=list(args), allow_private=allow_private).start()
         started.append(server)
         return server
