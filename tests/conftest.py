@@ -184,6 +184,12 @@ def store_for(store: str | None) -> str | None:
     return store
 
 
+def import_store_args() -> list[str]:
+    """``devpid import``'s ``--store`` for the run: a fresh database on PostgreSQL runs."""
+    url = store_for(None)
+    return [] if url is None else ["--store", url]
+
+
 def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool = True,
                    store: str | None = None) -> None:
     """``devpid init``; with DEVPID_TEST_STORE=postgresql every server directory gets a
@@ -200,6 +206,17 @@ def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool
     if not root_pypi:
         cmd.append("--no-root-pypi")
     run(cmd, dict(os.environ))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run, ``sqlite_only`` tests are skipped with their stated reason."""
+    if not on_postgres():
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
 @pytest.fixture(scope="session")
