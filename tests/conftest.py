@@ -8,6 +8,8 @@ and run as subprocesses with their configuration isolated from this machine's.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import os
 import shutil
@@ -205,7 +207,16 @@ def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool
         cmd += ["--mirror-url", upstream_url]
     if not root_pypi:
         cmd.append("--no-root-pypi")
-    run(cmd, dict(os.environ))
+    # The devpid command's own code, run in this process: a subprocess would spend ~2 s of
+    # the machine's CPU per test server importing Python (test_cli runs the command itself).
+    from devpid.cli import main as devpid_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = devpid_main(cmd[1:])
+    if code != 0:
+        raise AssertionError(f"command failed ({code}): {' '.join(cmd)}\n"
+                             f"--- stdout\n{out.getvalue()}\n--- stderr\n{err.getvalue()}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
