@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -130,17 +131,28 @@ def snapshot(serverdir: Path) -> list[tuple[str, Any]]:
         store.close()
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The module's source server and its dump, built once (tests get copies to break)."""
+    base = tmp_path_factory.mktemp("dump-source")
+    serverdir = base / "source"
+    build_state(serverdir, base / "work")
+    target = base / "dump"
+    devpid("export", "--serverdir", str(serverdir), str(target))
+    return serverdir, target
+
+
 @pytest.fixture
-def source(tmp_path: Path) -> Path:
+def source(tmp_path: Path, pristine: tuple[Path, Path]) -> Path:
     serverdir = tmp_path / "source"
-    build_state(serverdir, tmp_path / "work")
+    shutil.copytree(pristine[0], serverdir, symlinks=True)
     return serverdir
 
 
 @pytest.fixture
-def dump(tmp_path: Path, source: Path) -> Path:
+def dump(tmp_path: Path, pristine: tuple[Path, Path]) -> Path:
     target = tmp_path / "dump"
-    devpid("export", "--serverdir", str(source), str(target))
+    shutil.copytree(pristine[1], target, symlinks=True)
     return target
 
 
