@@ -128,8 +128,8 @@ class Devpid:
                 try:
                     if requests.get(self.url + "/+api", timeout=2).ok:
                         return self
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.Timeout):
+                    pass  # not listening yet, or busy starting (bounded by ``timeout``)
             time.sleep(0.05)
         raise AssertionError(f"devpid did not start within {timeout}s:\n{self.log()}")
 
