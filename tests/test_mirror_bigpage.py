@@ -57,9 +57,6 @@ def _latencies_while(server: Devpid, small: str, big: str, accept: str) -> tuple
     return latencies, out["response"]
 
 
-@pytest.mark.sqlite_only(reason="on PostgreSQL the 20 MB page's commit is still a synchronous "
-                         "database round trip on the reactor (2-6 s here, README 'Several "
-                         "nodes on PostgreSQL', not done yet): the async write API lifts this")
 def test_a_huge_page_does_not_stall_cached_pages_and_is_bounded(
     start_devpid: Any, upstream: FakePyPI, unique: str
 ) -> None:
