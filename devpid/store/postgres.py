@@ -38,8 +38,8 @@ from twisted.python.threadpool import ThreadPool
 
 from devpid.store.base import Changes, StoreError, Unavailable, WriteFailed, write_failed
 from devpid.store.keys import paths_of
-from devpid.store.schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from devpid.store.schema import _SCHEMA_LOCK, upgrade_postgresql, upgrade_sqlite
+from devpid.store.schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from devpid.store.sqlite import SQLiteStore, Transaction, encode_value
 
 log = Logger()
