@@ -15,9 +15,11 @@ A dump directory (format ``devpid-dump``, version 1) holds:
     ``sha256sum`` lines for every other file, so ``sha256sum -c`` works too.
 
 Export reads a live server's database read-only (WAL gives the snapshot, the daemon never
-waits). Import verifies everything (manifest, blobs, JSON, names, index inheritance) BEFORE
+waits; on PostgreSQL one REPEATABLE READ transaction of the database itself, not the node's
+view). Import verifies everything (manifest, blobs, JSON, names, index inheritance) BEFORE
 writing anything, builds the new server directory beside its final place and renames it
-there, so a failed import leaves nothing behind. devpi-server export directories
+there, so a failed import leaves nothing behind (``--store``: it fills an empty PostgreSQL
+database, and drops its tables again on failure). devpi-server export directories
 (``dataindex.json``) are converted by :mod:`devpid.devpi_import` and imported the same way.
 """
 
@@ -39,7 +41,17 @@ from typing import Any, TextIO
 from devpid import audit, auth
 from devpid.model.indexes import IndexConfigError, check_bases
 from devpid.model.names import InvalidFilename, check_safe_filename, validate_user_or_index_name
-from devpid.store import BlobStore, LocalBlobStore, blob_root, is_initialised, keys, open_store
+from devpid.store import (
+    BlobStore,
+    LocalBlobStore,
+    blob_root,
+    is_initialised,
+    is_postgres_url,
+    keys,
+    open_store,
+    remember_store_url,
+    store_url,
+)
 from devpid.store.blobs import HEX64
 
 FORMAT = "devpid-dump"
@@ -173,6 +185,14 @@ def read_snapshot(serverdir: Path) -> Snapshot:
             f"{serverdir} is not an initialised devpid server directory "
             "(no database there); nothing to export"
         )
+    url = store_url(serverdir)
+    if url is not None:  # the database itself, not this node's view (which may lag)
+        from devpid.store.postgres import read_database
+
+        uuid, serial, entries = read_database(url)
+        if serial < 0 or not entries:
+            raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
+        return Snapshot(uuid, serial, entries)
     store, _ = open_store(serverdir, readonly=True)
     try:
         # The serial and every row come from the same WAL snapshot.
@@ -467,13 +487,22 @@ def unusable_password_users(plan: ImportPlan) -> list[str]:
 
 
 # -- import: writing --------------------------------------------------------------------------
-def check_target(serverdir: Path) -> None:
-    """Importing only ever creates a server directory; it never merges into one."""
+def check_target(serverdir: Path, store: str | None = None) -> None:
+    """Importing only ever creates a server directory (and fills only an empty database);
+    it never merges into one."""
     if is_initialised(serverdir) or (serverdir.exists() and not _is_empty_dir(serverdir)):
         raise DumpError(
             f"{serverdir} already has data; import needs a new (absent or empty) server "
             "directory"
         )
+    if store is not None:
+        if not is_postgres_url(store):
+            raise DumpError("--store must be a postgresql:// URL")
+        from devpid.store.postgres import database_initialised
+
+        if database_initialised(store):
+            raise DumpError("the --store database already holds a devpid store; import "
+                            "needs an empty database")
 
 
 def _place_blob(blobs: BlobStore, digest: str, plan: ImportPlan, hard_links: bool) -> None:
@@ -509,18 +538,22 @@ def write_plan(
     *,
     hard_links: bool = False,
     stream: TextIO | None = None,
+    database: str | None = None,
 ) -> int:
     """Create ``serverdir`` from a verified plan; returns the final serial.
 
     Serial 0 holds all users and index configs, then each (stage, project) is one serial
     whose blobs are in place before it commits. Built in a sibling temp directory and
-    renamed into place at the end.
+    renamed into place at the end. With ``database`` (a URL) the serials go to that (empty)
+    PostgreSQL database, whose tables are dropped again if the import fails.
     """
     out = stream if stream is not None else sys.stderr
-    check_target(serverdir)
+    check_target(serverdir, database)
     serverdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling_tmpdir(serverdir)
     try:
+        if database is not None:
+            remember_store_url(tmp, database)
         store, blobs = open_store(tmp)
         try:
             head = [(k, v) for k, v in plan.entries if keys.kind(k) in ("user", "index")]
@@ -556,8 +589,20 @@ def write_plan(
         _fsync_dir(serverdir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if database is not None:
+            _discard(database)
         raise
     return serial
+
+
+def _discard(url: str) -> None:
+    from devpid.store.base import StoreError
+    from devpid.store.postgres import discard_database
+
+    try:
+        discard_database(url)
+    except StoreError as e:
+        print(f"devpid: WARNING: could not empty the database again: {e}", file=sys.stderr)
 
 
 def is_devpi_export(path: Path) -> bool:
@@ -590,14 +635,16 @@ def import_dump(
     root_password: str | None = None,
     bcrypt_rounds: int = auth.DEFAULT_BCRYPT_ROUNDS,
     stream: TextIO | None = None,
+    database: str | None = None,
 ) -> tuple[ImportPlan, int]:
-    """Verify a dump completely, then create ``serverdir`` from it."""
-    check_target(serverdir)
+    """Verify a dump completely, then create ``serverdir`` (on ``database``) from it."""
+    check_target(serverdir, database)
     plan = load_any(dumpdir, stream)
     verify_plan(plan)
     if root_password is not None:
         set_root_password(plan, root_password, bcrypt_rounds)
-    serial = write_plan(plan, serverdir, hard_links=hard_links, stream=stream)
+    serial = write_plan(plan, serverdir, hard_links=hard_links, stream=stream,
+                        database=database)
     return plan, serial
 
 

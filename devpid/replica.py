@@ -255,6 +255,10 @@ class _FeedStream:
         request.registerProducer(self, True)
         self._registered = True
         self.pump()
+        if self.sent == 0 and not self.finished:
+            # A caught-up replica gets the headers now (a heartbeat line sends them), so
+            # its request timeout measures the answer, not the wait for the next commit.
+            self.request.write(b"\n")
 
     def wake(self) -> None:
         if self._pending_wake is None and not self.finished:
@@ -688,6 +692,10 @@ class ReplicaFollower(service.Service):
         uuid = _resp_header(response, b"x-devpi-uuid")
         if not uuid:
             raise ReplicationError("primary sent no X-Devpi-Uuid header")
+        if uuid == self.store.uuid:  # --store names the primary's own PostgreSQL database
+            self.refused = (f"{self.primary_url} keeps its data in this replica's own store "
+                            "(the same uuid); give the replica a database of its own")
+            raise PrimaryMismatch(self.refused)
         if self.primary_uuid is None:
             self._store_primary_uuid(uuid)
         elif uuid != self.primary_uuid:

@@ -193,11 +193,8 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1 and (self["primary-url"] or self["listen"]):
             raise usage.UsageError("--workers works with --host/--port on a primary only")
-        if self["store"] is not None:
-            if not is_postgres_url(self["store"]):
-                raise usage.UsageError("--store must be a postgresql:// URL")
-            if self["primary-url"]:
-                raise usage.UsageError("--store works without --primary-url")
+        if self["store"] is not None and not is_postgres_url(self["store"]):
+            raise usage.UsageError("--store must be a postgresql:// URL")
 
 
 class TwistdOptions(Options):

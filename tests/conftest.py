@@ -8,6 +8,8 @@ and run as subprocesses with their configuration isolated from this machine's.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import os
 import shutil
@@ -126,8 +128,8 @@ class Devpid:
                 try:
                     if requests.get(self.url + "/+api", timeout=2).ok:
                         return self
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.Timeout):
+                    pass  # not listening yet, or busy starting (bounded by ``timeout``)
             time.sleep(0.05)
         raise AssertionError(f"devpid did not start within {timeout}s:\n{self.log()}")
 
@@ -167,25 +169,65 @@ class Devpid:
         return requests.request(method, self.url + path, auth=auth, headers=headers, **kw)
 
 
+def on_postgres() -> bool:
+    """Whether this run puts every test server directory on PostgreSQL (.ci/run's 2nd pass)."""
+    return os.environ.get("DEVPID_TEST_STORE") == "postgresql"
+
+
+def store_for(store: str | None) -> str | None:
+    """The ``--store`` a new server directory gets: ``store`` if it is a URL, none for
+    ``"sqlite"`` (a test that needs SQLite whatever the run), else the run's default."""
+    if store == "sqlite":
+        return None
+    if store is None and on_postgres():
+        from tests.support.pg import fresh_database
+
+        return fresh_database()
+    return store
+
+
+def import_store_args() -> list[str]:
+    """``devpid import``'s ``--store`` for the run: a fresh database on PostgreSQL runs."""
+    url = store_for(None)
+    return [] if url is None else ["--store", url]
+
+
 def init_serverdir(serverdir: Path, upstream_url: str | None, *, root_pypi: bool = True,
                    store: str | None = None) -> None:
     """``devpid init``; with DEVPID_TEST_STORE=postgresql every server directory gets a
-    fresh PostgreSQL database (CI runs chosen test files that way, see .ci/run)."""
+    fresh PostgreSQL database (CI runs the daemon tests that way too, see .ci/run)."""
     cmd = [
         tool("devpid"), "init", "--serverdir", str(serverdir),
         "--root-password", ROOT_PASSWORD, "--bcrypt-rounds", "4",
     ]
-    if store is None and os.environ.get("DEVPID_TEST_STORE") == "postgresql":
-        from tests.support.pg import fresh_database
-
-        store = fresh_database()
+    store = store_for(store)
     if store is not None:
         cmd += ["--store", store]
     if upstream_url:
         cmd += ["--mirror-url", upstream_url]
     if not root_pypi:
         cmd.append("--no-root-pypi")
-    run(cmd, dict(os.environ))
+    # The devpid command's own code, run in this process: a subprocess would spend ~2 s of
+    # the machine's CPU per test server importing Python (test_cli runs the command itself).
+    from devpid.cli import main as devpid_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = devpid_main(cmd[1:])
+    if code != 0:
+        raise AssertionError(f"command failed ({code}): {' '.join(cmd)}\n"
+                             f"--- stdout\n{out.getvalue()}\n--- stderr\n{err.getvalue()}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run, ``sqlite_only`` tests are skipped with their stated reason."""
+    if not on_postgres():
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
 @pytest.fixture(scope="session")
@@ -215,11 +257,19 @@ def start_devpid(tmp_path: Path) -> Iterator[Any]:
 
     def start(
         *args: str, upstream_url: str | None = None, init: bool = True, name: str = "server",
-        root_pypi: bool = True, allow_private: bool = True,
+        root_pypi: bool = True, allow_private: bool = True, store: str | None = None,
     ) -> Devpid:
+        """``store``: a postgresql:// URL, "sqlite", or None for the run's default; a
+        replica's (``--primary-url``, no init) too, on its first start."""
         serverdir = tmp_path / name
+        args = tuple(args)
         if init and not serverdir.exists():
-            init_serverdir(serverdir, upstream_url, root_pypi=root_pypi)
+            init_serverdir(serverdir, upstream_url, root_pypi=root_pypi, store=store)
+        elif ("--primary-url" in args and "--store" not in args
+              and not (serverdir / "store.url").exists()):
+            url = store_for(store)
+            if url is not None:
+                args += ("--store", url)
         server = Devpid(serverdir, args=list(args), allow_private=allow_private).start()
         started.append(server)
         return server

@@ -14,7 +14,7 @@ import pytest_twisted
 import requests
 
 from devpid.audit import AuditLog, query
-from tests.conftest import Devpid, run, tool
+from tests.conftest import Devpid, import_store_args, run, tool
 from tests.test_replication import make_users, secretfile, wait_for  # noqa: F401 (fixture)
 
 SECRET = "pw-Zq8vK3-never-logged"
@@ -54,7 +54,8 @@ def test_export_import_keeps_the_audit_log_without_secrets(start_devpid: Any,
         assert SECRET.encode() not in leftover.read_bytes()
 
     new = tmp_path / "new"
-    run([tool("devpid"), "import", "--serverdir", str(new), str(dump)], dict(os.environ))
+    run([tool("devpid"), "import", "--serverdir", str(new), str(dump), *import_store_args()],
+        dict(os.environ))
     imported = audit(new)
     assert [{k: v for k, v in e.items() if k not in ("origin", "origin_id")}
             for e in imported] == [{k: v for k, v in e.items()

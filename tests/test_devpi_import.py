@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from devpid.store import keys, open_store
-from tests.conftest import client_env, run, tool
+from tests.conftest import client_env, import_store_args, run, tool
 from tests.support.pkgbuild import make_sdist, make_wheel
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def imported(tmp_path: Path, devpi_export: DevpiExport) -> Iterator[tuple[Path, 
     serverdir = tmp_path / "from-devpi"
     proc = run([tool("devpid"), "import", "--serverdir", str(serverdir),
                 str(devpi_export.path), "--root-password", "new-root-pw",
-                "--bcrypt-rounds", "4"], dict(os.environ))
+                "--bcrypt-rounds", "4", *import_store_args()], dict(os.environ))
     yield serverdir, proc
 
 

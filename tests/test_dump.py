@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from devpid.dump import (
     iter_blob_digests,
 )
 from devpid.store import keys, open_store
-from tests.conftest import ROOT_PASSWORD, init_serverdir, run, tool
+from tests.conftest import ROOT_PASSWORD, import_store_args, init_serverdir, run, tool
 from tests.support.pkgbuild import make_wheel
 
 CLOSED_UPSTREAM = "http://127.0.0.1:9/simple/"  # nothing listens: no test talks upstream
@@ -130,17 +131,28 @@ def snapshot(serverdir: Path) -> list[tuple[str, Any]]:
         store.close()
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The module's source server and its dump, built once (tests get copies to break)."""
+    base = tmp_path_factory.mktemp("dump-source")
+    serverdir = base / "source"
+    build_state(serverdir, base / "work")
+    target = base / "dump"
+    devpid("export", "--serverdir", str(serverdir), str(target))
+    return serverdir, target
+
+
 @pytest.fixture
-def source(tmp_path: Path) -> Path:
+def source(tmp_path: Path, pristine: tuple[Path, Path]) -> Path:
     serverdir = tmp_path / "source"
-    build_state(serverdir, tmp_path / "work")
+    shutil.copytree(pristine[0], serverdir, symlinks=True)
     return serverdir
 
 
 @pytest.fixture
-def dump(tmp_path: Path, source: Path) -> Path:
+def dump(tmp_path: Path, pristine: tuple[Path, Path]) -> Path:
     target = tmp_path / "dump"
-    devpid("export", "--serverdir", str(source), str(target))
+    shutil.copytree(pristine[1], target, symlinks=True)
     return target
 
 
@@ -160,7 +172,8 @@ def test_round_trip_is_identical_and_logins_work(
     assert listed == {JSON_NAME, AUDIT_NAME} | {blob_relpath(d) for d in digests}
 
     target = tmp_path / "imported"
-    proc = devpid("import", "--serverdir", str(target), str(dump), "--bcrypt-rounds", "4")
+    proc = devpid("import", "--serverdir", str(target), str(dump), "--bcrypt-rounds", "4",
+                  *import_store_args())
     assert "imported devpid dump" in proc.stdout
     assert snapshot(target) == snapshot(source)
     for digest in digests:
@@ -446,7 +459,8 @@ def test_end_to_end_twine_upload_export_import(
     assert before.ok, before.text
     devpid("export", "--serverdir", str(server.serverdir), str(tmp_path / "e2e-dump"))
     server.stop()
-    devpid("import", "--serverdir", str(tmp_path / "e2e-imported"), str(tmp_path / "e2e-dump"))
+    devpid("import", "--serverdir", str(tmp_path / "e2e-imported"), str(tmp_path / "e2e-dump"),
+           *import_store_args())
     imported = start_devpid(init=False, name="e2e-imported")
     after = requests.get(imported.url + page_path, headers=accept)
     assert after.ok

@@ -17,7 +17,7 @@ from devpid.web.toxresults import (
     MAX_TOXRESULTS_BYTES_PER_FILE,
     MAX_TOXRESULTS_PER_FILE,
 )
-from tests.conftest import Devpid, client_env, run, tool, twine_upload
+from tests.conftest import Devpid, client_env, import_store_args, run, tool, twine_upload
 from tests.support.pkgbuild import make_sdist, make_wheel
 from tests.test_private_index import devpi, make_index, make_user
 
@@ -177,7 +177,7 @@ def test_results_survive_export_and_import(start_devpid: Any, tmp_path: Path) ->
     run([tool("devpid"), "export", "--serverdir", str(server.serverdir),
          str(tmp_path / "dump")], env)
     run([tool("devpid"), "import", "--serverdir", str(tmp_path / "copy"),
-         str(tmp_path / "dump")], env)
+         str(tmp_path / "dump"), *import_store_args()], env)
     copy = start_devpid(init=False, name="copy")
     (tox,) = _links(_versiondata(copy, stage, "kept-pkg", "1.0"), "toxresult")
     assert json.loads(requests.get(tox["href"], timeout=10).content) == report

@@ -24,6 +24,7 @@ from devpid.store.postgres import CHANNEL, Entry, PostgresStore, connect, fetch_
 log = Logger()
 
 BATCH = 200
+STOP_CHECK = 0.1  # seconds between looks at whether the node is stopping
 
 
 class PostgresFollower(service.Service):
@@ -62,8 +63,7 @@ class PostgresFollower(service.Service):
                     delay = 0.5
                     while not self._stopping.is_set():
                         self._pull(conn)
-                        for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
-                            pass
+                        self._wait(conn)
                 return
             except (psycopg.OperationalError, StoreError) as e:  # unreachable: one line
                 if not self._stopping.is_set():
@@ -75,6 +75,15 @@ class PostgresFollower(service.Service):
                                 delay=delay)
             self._stopping.wait(delay)
             delay = min(delay * 2, 30.0)
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        """Until a notification or ``poll_interval``; in short steps, so stopping the node
+        does not wait out a whole interval (shutdown is quick, as on SQLite)."""
+        waited = 0.0
+        while waited < self.poll_interval and not self._stopping.is_set():
+            if list(conn.notifies(timeout=STOP_CHECK, stop_after=1)):
+                return
+            waited += STOP_CHECK
 
     def _pull(self, conn: psycopg.Connection[Any]) -> None:
         """Hand every entry after the view's serial to the reactor, one batch at a time."""

@@ -38,8 +38,8 @@ from twisted.python.threadpool import ThreadPool
 
 from devpid.store.base import Changes, StoreError, Unavailable, WriteFailed, write_failed
 from devpid.store.keys import paths_of
+from devpid.store.schema import _SCHEMA_LOCK, upgrade_postgresql, upgrade_sqlite
 from devpid.store.schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
-from devpid.store.schema import upgrade_postgresql, upgrade_sqlite
 from devpid.store.sqlite import SQLiteStore, Transaction, encode_value
 
 log = Logger()
@@ -149,6 +149,31 @@ def _refuse_conflicts(between: list[tuple[int, Changes]], touched: Callable[[str
 def _encoded(between: list[tuple[int, Changes]]) -> list[Entry]:
     return [(serial, changes, {key: encode_value(value) for key, value in changes.items()
                                if value is not None}) for serial, changes in between]
+
+
+def read_database(url: str) -> tuple[str, int, list[tuple[str, Any]]]:
+    """(uuid, serial, every key and value) of the database at one serial: one REPEATABLE
+    READ transaction, so the head and every row agree while other nodes go on committing
+    (export reads this rather than a node's view, which may lag)."""
+    with connect(url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        try:
+            with conn.transaction():
+                found = conn.execute("SELECT value FROM meta WHERE name = 'uuid'").fetchone()
+                serial = PostgresStore._head(conn)
+                with conn.cursor(name="devpid_export") as cur:  # server-side: in batches
+                    cur.execute("SELECT key, value FROM kv ORDER BY key")
+                    entries = [(str(key), json.loads(value)) for key, value in cur]
+        except psycopg.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+    return ("" if found is None else str(found[0])), serial, entries
+
+
+def discard_database(url: str) -> None:
+    """Drop devpid's tables from a database a failed import filled (it was empty before)."""
+    with connect(url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute("DROP TABLE IF EXISTS paths, changelog, kv, head, meta")
 
 
 def _compose(texts: Mapping[str, str]) -> str:
@@ -424,10 +449,16 @@ class PostgresStore(SQLiteStore):
                 cur.execute("DELETE FROM paths WHERE key = %s AND path = ANY(%s)", (key, gone))
             new = [p for p in paths if p not in old]
         if new:
-            cur.executemany(
-                "INSERT INTO paths (path, key, filename) VALUES (%s, %s, %s) ON CONFLICT (path)"
-                " DO UPDATE SET key = EXCLUDED.key, filename = EXCLUDED.filename",
-                [(path, key, filename) for path, filename in new],
+            # One statement over two arrays, not a round of the pipeline per row: a big
+            # mirror page's 50,000 paths take 0.2 s rather than 3 s (the last of a path
+            # listed twice wins, as it did row by row).
+            unique = dict(new)
+            cur.execute(
+                "INSERT INTO paths (path, key, filename)"
+                " SELECT p, %s, f FROM unnest(%s::text[], %s::text[]) AS t(p, f)"
+                " ON CONFLICT (path) DO UPDATE SET key = EXCLUDED.key,"
+                " filename = EXCLUDED.filename",
+                (key, list(unique), list(unique.values())),
             )
 
     def close(self) -> None:

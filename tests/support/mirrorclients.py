@@ -85,7 +85,8 @@ def concurrent_reads(url: str, n: int, stagger: float = 0.3) -> list[tuple[int |
 
 
 def temp_blobs(server: Devpid) -> list[Path]:
-    return list((server.serverdir / "+blobs" / "tmp").iterdir())
+    """Temp blob files left (on PostgreSQL in the node's own directory under ``tmp``)."""
+    return [p for p in (server.serverdir / "+blobs" / "tmp").rglob("*") if not p.is_dir()]
 
 
 def assert_recovers(server: Devpid, up: FakePyPI, url: str, path: Path) -> None:
