@@ -562,17 +562,25 @@ def start_devpid(procs: Procs, name: str, argv: list[str], env: dict[str, str],
     return proc, time.perf_counter() - t0
 
 
-def wait_index_loaded(port: int, timeout: float) -> float | None:
-    """Seconds until /+status says the mirror-cache index is built (None: no such key)."""
+def wait_index_loaded(port: int, timeout: float) -> tuple[float | None, float]:
+    """Seconds until /+status says the start-up index (mirror cache) is built (None: no
+    such key), and the slowest /+api answer meanwhile (ms): how long the reactor stalled."""
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        st = status_json(port)
-        if "mirror-cache-loaded" not in st:
-            return None
-        if st["mirror-cache-loaded"]:
-            return time.perf_counter() - t0
-        time.sleep(0.05)
-    return None
+    worst = 0.0
+    conn = Conn(port, timeout)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            _, _, _, secs = conn.request("GET", "/+api", {"Accept": "application/json"})
+            worst = max(worst, secs)
+            st = status_json(port)
+            if "mirror-cache-loaded" not in st:
+                return None, worst * 1000
+            if st["mirror-cache-loaded"]:
+                return time.perf_counter() - t0, worst * 1000
+            time.sleep(0.005)
+    finally:
+        conn.close()
+    return None, worst * 1000
 
 
 def measure_devpid(args: argparse.Namespace, procs: Procs, work: Path, size: Size,
@@ -617,12 +625,13 @@ def measure_devpid(args: argparse.Namespace, procs: Procs, work: Path, size: Siz
         res["startup_s"] = starts
         res["startup_median_s"] = sorted(starts)[len(starts) // 2]
         res["rss_at_first_200_mb"] = round(memory_mb(proc.pid)["rss"], 1)
-        ready = wait_index_loaded(port, timeout)
+        ready, stall = wait_index_loaded(port, timeout)
         res["index_ready_s"] = _r(ready, 3)
+        res["api_max_ms_while_indexing"] = _r(stall, 1)
         time.sleep(0.5)
         res["rss_after_start_mb"] = round(memory_mb(proc.pid)["rss"], 1)
         res["serial"] = serial_of(port)
-        log(f"  start-up {starts} s, index ready +{ready} s, RSS "
+        log(f"  start-up {starts} s, index ready +{ready} s (slowest /+api {stall:.0f} ms), RSS "
             f"{res['rss_after_start_mb']} MB, serial {res['serial']}")
         res["pages"] = page_latencies(port, sample, args.passes)
         log(f"  pages: uncached {res['pages']['uncached']['median_ms']} ms, "
@@ -697,8 +706,10 @@ def catch_up(args: argparse.Namespace, procs: Procs, work: Path, env: dict[str, 
                     "serials_per_s": round((target + 1) / secs, 1),
                     "rss_mb": round(memory_mb(proc.pid)["rss"], 1), "load": load_avg()}, proc
         time.sleep(0.1)
+    secs = time.perf_counter() - t0
     return {"kind": kind, "timeout_s": args.replica_timeout, "reached": seen,
-            "target": target, "load": load_avg()}, proc
+            "target": target, "load": load_avg(),
+            "serials_per_s": round((seen or 0) / secs, 1)}, proc
 
 
 # --------------------------------------------------------------------------- devpi-server
@@ -806,8 +817,9 @@ def table(results: list[dict[str, Any]]) -> str:
             elif path == ("replica", "seconds") and v is None and isinstance(r.get("replica"),
                                                                                 dict):
                 rep = r["replica"]
-                cells.append("timeout at serial "
-                             f"{rep.get('reached')}" if "timeout_s" in rep else "n/a")
+                cells.append(f"timeout: serial {rep.get('reached')}/{rep.get('target')} "
+                             f"after {rep.get('timeout_s'):.0f} s" if "timeout_s" in rep
+                             else "n/a")
             else:
                 cells.append(_fmt(v, digits))
         if r.get("error"):
