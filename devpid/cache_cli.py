@@ -57,7 +57,7 @@ def _select(store: Any, blobs: Any, args: argparse.Namespace, now: float
     max_age = parse_duration(args.older_than) if args.older_than else None
     found = []
     for stage in mirrors:
-        for key, value in store.items(f"file/{stage}/"):
+        for key, value in store.iter_items(f"file/{stage}/"):
             ref = record_ref(value)
             if ref is None or (projects and key.split("/")[3] not in projects):
                 continue
@@ -87,7 +87,7 @@ def _prune(store: Any, blobs: Any, chosen: list[tuple[str, str, Any, float]]) ->
             if page is not None:
                 tx.set_encoded(page_key, page, encode_value(page))
     live: set[str] = set()
-    for _key, value in store.items("file/"):
+    for _key, value in store.iter_items("file/"):
         ref = record_ref(value)
         if ref is not None:
             live.update(d for d in ref[:2] if d)

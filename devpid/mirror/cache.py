@@ -207,7 +207,7 @@ class MirrorCache:
                     if isinstance(value, dict) and value.get("type") == "mirror"
                 }
                 found = []
-                for key, value in store.items("file/"):
+                for key, value in store.iter_items("file/"):
                     ref = record_ref(value)
                     if ref is None:
                         continue
