@@ -193,7 +193,7 @@ class SQLiteStore:
 
     def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """``items`` one record at a time: a full scan (export, blob gc, start-up indexes)
-        holds one decoded value in memory, not the whole store (100k files: 383 -> ~110 MB).
+        holds one decoded value in memory, not the whole store.
         Consume it before writing on this connection; inside ``read_snapshot`` it is
         consistent with every other read there."""
         cur = self._conn.execute(
