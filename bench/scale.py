@@ -842,11 +842,11 @@ def svg_plot(results: list[dict[str, Any]]) -> str:
     """Three small panels (start-up s, cached/uncached page ms, RSS MB) against projects,
     log-scaled x, one line per server/store. Plain SVG, no plotting library."""
     panels = [
-        ("start-up (s)", lambda r: r.get("startup_median_s"), None),
-        ("page latency, median (ms)", lambda r: _g(r, "pages", "cached", "median_ms"),
-         lambda r: _g(r, "pages", "uncached", "median_ms")),
+        ("start-up (s, log)", lambda r: r.get("startup_median_s"), None, True),
+        ("page latency, median (ms, log)", lambda r: _g(r, "pages", "cached", "median_ms"),
+         lambda r: _g(r, "pages", "uncached", "median_ms"), True),
         ("RSS after start / sweep (MB)", lambda r: r.get("rss_after_start_mb"),
-         lambda r: r.get("rss_after_sweep_mb")),
+         lambda r: r.get("rss_after_sweep_mb"), False),
     ]
     w, h, pad_l, pad_r, pad_t, pad_b = 330, 260, 55, 12, 30, 45
     total_w = w * len(panels)
@@ -863,25 +863,34 @@ def svg_plot(results: list[dict[str, Any]]) -> str:
     lx0, lx1 = math.log10(min(xs)), math.log10(max(xs))
     if lx1 == lx0:
         lx0, lx1 = lx0 - 0.5, lx1 + 0.5
-    for p, (title, main, second) in enumerate(panels):
+    for p, (title, main, second, logy) in enumerate(panels):
         ox = p * w
         vals = [f(r) for rs in series.values() for r in rs for f in (main, second)
                 if f is not None and f(r) is not None]
         top = max(vals) * 1.15 if vals else 1.0
         pw, ph = w - pad_l - pad_r, h - pad_t - pad_b
+        if logy:  # whole decades around the values: devpi-server is 10-100x devpid here
+            ly0 = math.floor(math.log10(max(min(vals), 1e-3))) if vals else 0
+            ly1 = max(math.ceil(math.log10(top)), ly0 + 1)
+            ticks = [10.0 ** e for e in range(ly0, ly1 + 1)]
+        else:
+            ticks = [top * k / 4 for k in range(5)]
 
         def X(n: float, ox: int = ox, pw: int = pw) -> float:
             return ox + pad_l + (math.log10(n) - lx0) / (lx1 - lx0) * pw
 
-        def Y(v: float, top: float = top, ph: int = ph) -> float:
+        def Y(v: float, top: float = top, ph: int = ph, logy: bool = logy,
+              ticks: list[float] = ticks) -> float:
+            if logy:
+                lo, hi = math.log10(ticks[0]), math.log10(ticks[-1])
+                return pad_t + ph - (math.log10(max(v, ticks[0])) - lo) / (hi - lo) * ph
             return pad_t + ph - v / top * ph
 
         out.append(f'<text x="{ox + w / 2}" y="18" text-anchor="middle" font-weight="bold">'
                    f"{title}</text>")
         out.append(f'<rect x="{ox + pad_l}" y="{pad_t}" width="{pw}" height="{ph}" '
                    'fill="none" stroke="#888"/>')
-        for k in range(5):
-            v = top * k / 4
+        for v in ticks:
             y = Y(v)
             out.append(f'<line x1="{ox + pad_l}" x2="{ox + pad_l + pw}" y1="{y:.1f}" '
                        f'y2="{y:.1f}" stroke="#eee"/>')
