@@ -794,6 +794,8 @@ COLUMNS: list[tuple[str, tuple[str, ...], int]] = [
     ("import s", ("import", "seconds"), 1),
     ("import peak MB", ("import", "peak_rss_mb"), 0),
     ("start-up s", ("startup_median_s",), 2),
+    ("index ready s", ("index_ready_s",), 2),
+    ("max /+api ms while indexing", ("api_max_ms_while_indexing",), 0),
     ("RSS start MB", ("rss_after_start_mb",), 0),
     ("RSS sweep MB", ("rss_after_sweep_mb",), 0),
     ("page uncached ms (med/p95)", ("pages", "uncached"), 1),
@@ -999,6 +1001,8 @@ def write_report(doc: dict[str, Any], out_dir: Path) -> None:
         "",
         *goals(results),
         "",
+        "## Notes",
+        "",
         *[f"- {n}" for n in meta.get("notes", [])],
         "",
     ]
@@ -1045,6 +1049,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=BENCH, help="where SCALE.md etc. go")
     p.add_argument("--json", type=Path, default=None, help="JSON path (default OUT/scale.json)")
     p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the results page's notes (repeatable)")
     p.add_argument("--plot-only", action="store_true",
                    help="only redraw SCALE.md and scale.svg from the JSON")
     p.add_argument("--merge", action="store_true",
@@ -1068,7 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     json_path = args.json or args.out / "scale.json"
     if args.plot_only:
-        write_report(json.loads(json_path.read_text()), args.out)
+        doc = json.loads(json_path.read_text())
+        doc["meta"]["notes"] = [n for n in doc["meta"].get("notes", []) if n not in args.note]
+        doc["meta"]["notes"] += args.note
+        if args.note:
+            json_path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        write_report(doc, args.out)
         return 0
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     signal.signal(signal.SIGTERM, _on_signal)
@@ -1081,7 +1092,10 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     results: list[dict[str, Any]] = []
     if args.merge and json_path.exists():
-        results = json.loads(json_path.read_text())["results"]
+        earlier = json.loads(json_path.read_text())
+        results = earlier["results"]
+        notes = [n for n in earlier["meta"].get("notes", []) if n not in args.note]
+    notes += args.note
     load_start = load_avg()
     devpi_version = None
     try:
