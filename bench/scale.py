@@ -863,8 +863,7 @@ def svg_plot(results: list[dict[str, Any]]) -> str:
     import math
 
     lx0, lx1 = math.log10(min(xs)), math.log10(max(xs))
-    if lx1 == lx0:
-        lx0, lx1 = lx0 - 0.5, lx1 + 0.5
+    lx0, lx1 = lx0 - 0.15, lx1 + 0.15  # points off the frame
     for p, (title, main, second, logy) in enumerate(panels):
         ox = p * w
         vals = [f(r) for rs in series.values() for r in rs for f in (main, second)
