@@ -74,6 +74,14 @@ class SweepReport:
         )
 
 
+def scan(view: ReadView, prefix: str) -> Iterable[tuple[str, Any]]:
+    """The records under ``prefix``, one at a time when the store can (a sweep must not
+    hold every record, or every cached mirror page, in memory at once)."""
+    iter_items: Callable[[str], Iterable[tuple[str, Any]]] | None = getattr(
+        view, "iter_items", None)
+    return iter_items(prefix) if iter_items is not None else view.items(prefix)
+
+
 def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
     """Every digest a current record names (see the module docstring).
 
@@ -82,11 +90,11 @@ def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
     """
     live: set[str] = set()
     for kind in keys.RECORD_KINDS:
-        for key, value in view.items(f"{kind}/"):
+        for key, value in scan(view, f"{kind}/"):
             live.update(keys.record_blobs(key, value))
     if blobs is None:
         return live
-    for key, value in view.items(keys.MIRRORS):
+    for key, value in scan(view, keys.MIRRORS):
         stage = keys.parse(key).stage
         live.update(d for d in keys.mirror_page_blobs(value)
                     if d not in live and blobs.fetched_by(stage, d))

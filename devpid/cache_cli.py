@@ -61,7 +61,7 @@ def _select(store: Store, blobs: BlobStore, args: argparse.Namespace, now: float
     max_age = parse_duration(args.older_than) if args.older_than else None
     found = []
     for stage in mirrors:
-        for key, value in store.items(keys.files_of_stage(stage)):
+        for key, value in store.iter_items(keys.files_of_stage(stage)):
             ref = record_ref(value)
             if ref is None or (projects and keys.parse(key).project not in projects):
                 continue
@@ -92,7 +92,7 @@ def _prune(store: Store, blobs: BlobStore, chosen: list[tuple[str, str, Any, flo
             if page is not None:
                 tx.set_encoded(page_key, page, encode_value(page))
     live: set[str] = set()
-    for _key, value in store.items(keys.FILES):
+    for _key, value in store.iter_items(keys.FILES):
         ref = record_ref(value)
         if ref is not None:
             live.update(d for d in ref[:2] if d)

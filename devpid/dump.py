@@ -33,7 +33,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -171,59 +172,49 @@ def _fsync_dir(path: Path) -> None:
 
 
 # -- export -----------------------------------------------------------------------------------
-@dataclass
-class Snapshot:
-    uuid: str
-    serial: int
-    entries: list[tuple[str, Any]]
-
-
-def read_snapshot(serverdir: Path) -> Snapshot:
-    """All keys of a (possibly live) server at one serial, without blocking its writer."""
-    if not is_initialised(serverdir):
-        raise DumpError(
-            f"{serverdir} is not an initialised devpid server directory "
-            "(no database there); nothing to export"
-        )
+@contextmanager
+def _snapshot(serverdir: Path) -> Iterator[tuple[str, int, Iterable[tuple[str, Any]]]]:
+    """(uuid, serial, records) of a (possibly live) server at one serial, the records read
+    one at a time where the store can: SQLite's WAL snapshot of the file, without blocking its
+    writer; on PostgreSQL the database itself, not this node's view (which may lag)."""
     url = store_url(serverdir)
-    if url is not None:  # the database itself, not this node's view (which may lag)
+    if url is not None:
         from devpid.store.postgres import read_database
 
         uuid, serial, entries = read_database(url)
-        if serial < 0 or not entries:
-            raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
-        return Snapshot(uuid, serial, entries)
+        yield uuid, serial, entries
+        return
     store, _ = open_store(serverdir, readonly=True)
     try:
-        # The serial and every row come from the same WAL snapshot.
         with store.read_snapshot() as serial:
-            entries = list(store.snapshot())
-        uuid = store.uuid
+            yield store.uuid, serial, store.snapshot()
     finally:
         store.close()
-    if serial < 0 or not entries:
-        raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
-    return Snapshot(uuid, serial, entries)
 
 
-def _write_dump_json(path: Path, snap: Snapshot) -> None:
-    """One entry per line: diffable and greppable, still one JSON document."""
+def _write_dump_json(path: Path, uuid: str, serial: int,
+                     entries: Iterable[tuple[str, Any]]) -> int:
+    """One entry per line: diffable and greppable, still one JSON document. Written as the
+    entries come (never all in memory); returns how many there were."""
     head = {
         "format": FORMAT,
         "version": VERSION,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_uuid": snap.uuid,
-        "serial": snap.serial,
+        "source_uuid": uuid,
+        "serial": serial,
     }
+    count = 0
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(head, sort_keys=True)[:-1])
         f.write(', "entries": [\n')
-        for i, (key, value) in enumerate(snap.entries):
-            sep = ",\n" if i else ""
+        for key, value in entries:
+            sep = ",\n" if count else ""
             f.write(sep + json.dumps([key, value], sort_keys=True, separators=(",", ":")))
+            count += 1
         f.write("\n]}\n")
         f.flush()
         os.fsync(f.fileno())
+    return count
 
 
 def _write_audit(serverdir: Path, path: Path) -> None:
@@ -258,24 +249,32 @@ def export(
     hard_links: bool = False,
     stream: TextIO | None = None,
 ) -> ExportResult:
-    """Write a dump of ``serverdir`` to ``target`` (atomically: all of it or nothing)."""
+    """Write a dump of ``serverdir`` to ``target`` (atomically: all of it or nothing).
+
+    The store is read one record at a time inside one read transaction: the JSON is written
+    while the records stream by, and only the blob digests are kept in memory.
+    """
     out = stream if stream is not None else sys.stderr
     if target.exists() and not _is_empty_dir(target) and not force:
         raise DumpError(f"export directory {target} must not exist or be empty (or use --force)")
-    snap = read_snapshot(serverdir)
+    if not is_initialised(serverdir):
+        raise DumpError(
+            f"{serverdir} is not an initialised devpid server directory "
+            "(no database there); nothing to export"
+        )
     blobs = LocalBlobStore(blob_root(serverdir))
-    needed: dict[str, str] = {}
-    for key, value in snap.entries:
-        for digest in keys.record_blobs(key, value):
-            if not HEX64.fullmatch(digest):
-                raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
-            if not blobs.exists(digest):
-                raise DumpError(f"{key}: its blob {digest} is missing from {blobs.root}")
-            needed.setdefault(digest, key)
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling_tmpdir(target)
     try:
+        with _snapshot(serverdir) as (uuid, serial, entries):
+            if serial < 0:
+                raise DumpError(f"{serverdir} holds no data (serial {serial}); "
+                                "nothing to export")
+            needed: dict[str, str] = {}
+            count = _write_dump_json(tmp / JSON_NAME, uuid, serial,
+                                     _checked(entries, blobs, needed))
+        if not count:
+            raise DumpError(f"{serverdir} holds no data (serial {serial}); nothing to export")
         manifest: list[tuple[str, str]] = []
         progress = Progress("exported", len(needed), "files", out)
         for digest, key in sorted(needed.items()):
@@ -289,16 +288,17 @@ def export(
             else:
                 actual = _copy_hashing(src, dst)
             if actual != digest:
-                raise DumpError(f"{key}: blob {src} is corrupt (its content has sha256 {actual})")
+                raise DumpError(
+                    f"{key}: blob {src} is corrupt (its content has sha256 {actual})")
             manifest.append((digest, rel))
             progress.advance()
         progress.finish()
-        _write_dump_json(tmp / JSON_NAME, snap)
         manifest.append((sha256_file(tmp / JSON_NAME), JSON_NAME))
         _write_audit(serverdir, tmp / AUDIT_NAME)
         manifest.append((sha256_file(tmp / AUDIT_NAME), AUDIT_NAME))
         with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
-            f.writelines(f"{digest}  {rel}\n" for digest, rel in sorted(manifest, key=_by_path))
+            f.writelines(f"{digest}  {rel}\n"
+                         for digest, rel in sorted(manifest, key=_by_path))
             f.flush()
             os.fsync(f.fileno())
         if target.exists():
@@ -311,7 +311,22 @@ def export(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(target, snap.serial, len(snap.entries), len(needed))
+    return ExportResult(target, serial, count, len(needed))
+
+
+def _checked(entries: Iterable[tuple[str, Any]], blobs: LocalBlobStore,
+             needed: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    """Pass ``entries`` through, noting each referenced blob in ``needed`` (digest -> key)
+    after checking it is a digest that exists."""
+    for key, value in entries:
+        for digest in keys.record_blobs(key, value):
+            if not HEX64.fullmatch(digest):
+                raise DumpError(f"{key}: {digest!r} is not a sha256 digest")
+            if digest not in needed:
+                if not blobs.exists(digest):
+                    raise DumpError(f"{key}: its blob {digest} is missing from {blobs.root}")
+                needed[digest] = key
+        yield key, value
 
 
 def _by_path(item: tuple[str, str]) -> str:

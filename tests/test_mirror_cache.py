@@ -258,3 +258,59 @@ def test_a_failed_eviction_run_is_retried_with_its_stages() -> None:
     assert calls == ["root/pypi"] and cache._dirty == {"root/pypi"}  # kept for the retry
     clock.advance(RETRY_DELAY)
     assert calls == ["root/pypi", "root/pypi"] and cache._dirty == set()
+
+
+def test_start_up_index_is_built_a_slice_per_reactor_turn(tmp_path: Path) -> None:
+    """The index of cached files is read in a thread one record at a time at one serial,
+    and added on the reactor at most SLICE records per turn (1M files must not stall the
+    server at start-up); a commit made during the build is applied after it."""
+    from types import SimpleNamespace
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from devpid.mirror.cache import SLICE, MirrorCache, MirrorCacheService
+    from devpid.store import DB_NAME, open_store
+
+    store, blobs = open_store(tmp_path)
+    sha = "ab" * 32
+    with store.transaction() as tx:
+        tx.set("index/root/pypi", {"type": "mirror"})
+        tx.set("index/root/dev", {"type": "stage"})
+        for n in range(2 * SLICE + 7):
+            stage = "root/pypi" if n % 2 else "root/dev"
+            tx.set(f"file/{stage}/p{n:05d}/p-{n}.tar.gz", {"sha256": sha, "size": 10})
+    pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def in_thread(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    clock = Clock()
+    configs = {"root/pypi": {"type": "mirror"}, "root/dev": {"type": "stage"}}
+    server = SimpleNamespace(
+        settings=SimpleNamespace(role="standalone", mirror_max_bytes=0), reactor=clock,
+        index_config=configs.get, in_thread=in_thread, blobs=blobs, store=store)
+    cache = MirrorCache(server)
+    service = MirrorCacheService(cache, tmp_path / DB_NAME)
+    service.startService()
+    clock.advance(0)
+    sizes = []
+    while pending:
+        d, f, args = pending.pop(0)
+        d.callback(f(*args))  # the "thread" answers; the reactor adds at most one slice
+        sizes.append(len(cache.records))
+        if len(sizes) == 2:  # a commit while the index is being built
+            cache.on_commit(store.serial + 1, {"file/root/pypi/late/late-1.tar.gz":
+                                               {"sha256": "cd" * 32, "size": 5},
+                                               "file/root/dev/p00000/p-0.tar.gz": None})
+    steps = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
+    assert max(steps) <= SLICE and len([s for s in steps if s]) == 3, steps
+    assert cache.loaded
+    assert len(cache.records) == 2 * SLICE + 7  # one added late, one deleted late
+    assert "file/root/pypi/late/late-1.tar.gz" in cache.records
+    assert "file/root/dev/p00000/p-0.tar.gz" not in cache.records
+    assert cache.usage()["root/pypi"] == (SLICE + 4, (SLICE + 3) * 10 + 5)
+    service.stopService()
+    store.close()

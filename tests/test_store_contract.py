@@ -96,6 +96,20 @@ def test_prefix_items_and_keys_are_sorted_and_bounded(open_store: Opener) -> Non
     assert store.keys("nothing/") == []
 
 
+def test_iter_items_streams_what_items_returns(open_store: Opener) -> None:
+    """Full scans (export, blob gc, the mirror-cache index) read one record at a time."""
+    store = open_store()
+    with store.transaction() as tx:
+        for n in range(50):
+            tx.set(f"file/u/i/p{n:02d}/f", {"n": n})
+        tx.set("files/x", {"n": -1})
+    streamed = store.iter_items("file/")
+    assert not isinstance(streamed, list)
+    assert list(streamed) == store.items("file/")
+    assert len(store.items("file/")) == 50
+    assert list(store.iter_items("nothing/")) == []
+
+
 def test_lookup_path_follows_file_records(open_store: Opener) -> None:
     store = open_store()
     key = "file/alice/dev/pkg/pkg-1.0.tar.gz"

@@ -9,20 +9,21 @@ of mirror indexes are candidates, so private uploads are never evicted.
 
 "Recently downloaded" is when a client last got the file from this process; files not
 served since the start count from when they were cached (their blob's time). The index of
-cached files is built once in a worker thread over its own read-only connection and kept
-current by the store's commit listener, so requests and evictions never scan the store.
+cached files is built once at start-up, read in slices by worker threads over one read-only
+connection (one serial) and added a slice per reactor turn, then kept current by the store's
+commit listener, so requests and evictions never scan the store.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from devpid.domain import keys
@@ -32,6 +33,7 @@ from devpid.store.blobs import HEX64
 
 log = Logger()
 RETRY_DELAY = 5.0  # seconds before a failed eviction run is tried again
+SLICE = 2000  # file records added to the start-up index per reactor turn
 
 _Ref = tuple[str, str | None, int]  # sha256, metadata sha256, size
 
@@ -102,6 +104,54 @@ def remove_blobs(
             except OSError as e:
                 log.warn("could not remove evicted blob {sha}: {e}", sha=digest, e=e)
     return freed
+
+
+class IndexReader:
+    """Every ``file/`` record at one serial, read in slices from worker threads.
+
+    One read transaction on its own read-only connection (one serial for the whole build,
+    however many slices), records read one at a time: memory holds one slice, not the
+    store. Each method blocks: call them from a thread, one at a time.
+    """
+
+    def __init__(self, db: Path, blobs: BlobStore) -> None:
+        from devpid.store.sqlite import SQLiteStore
+
+        self.blobs = blobs
+        self.store = SQLiteStore(db, readonly=True)
+        self._snapshot = self.store.read_snapshot()
+        try:
+            self.serial = self._snapshot.__enter__()
+            self.mirrors = {
+                keys.stage_name(key) for key, value in self.store.items(keys.INDEXES)
+                if isinstance(value, dict) and value.get("type") == "mirror"
+            }
+            self._records = self.store.iter_items(keys.FILES)
+        except BaseException:
+            self.close()
+            raise
+
+    def next_slice(self, size: int) -> list[tuple[str, _Ref, float | None]]:
+        """Up to ``size`` records (fewer only at the end): (key, blobs, cached at or None
+        for a file that is not a mirror's)."""
+        found: list[tuple[str, _Ref, float | None]] = []
+        for key, value in self._records:
+            ref = record_ref(value)
+            if ref is None:
+                continue
+            added: float | None = None
+            if stage_of(key) in self.mirrors:
+                info = self.blobs.info(ref[0])
+                added = info[1] if info is not None else 0.0
+            found.append((key, ref, added))
+            if len(found) >= size:
+                break
+        return found
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._snapshot.__exit__(None, None, None)
+        self.store.close()
 
 
 class MirrorCache:
@@ -197,36 +247,26 @@ class MirrorCache:
         if self._dirty:
             self._schedule()
 
-    def load(self, db: Path) -> tuple[int, list[tuple[str, _Ref, float | None]]]:
-        """Every file record and, for mirror files, the blob's time. Blocking (a thread)."""
-        from devpid.store.sqlite import SQLiteStore
+    def open_reader(self, db: Path) -> IndexReader:
+        """A reader of every file record at one serial. Blocking (a thread)."""
+        return IndexReader(db, self.server.blobs)
 
-        store = SQLiteStore(db, readonly=True)
-        try:
-            with store.read_snapshot() as serial:
-                mirrors = {
-                    keys.stage_name(key) for key, value in store.items(keys.INDEXES)
-                    if isinstance(value, dict) and value.get("type") == "mirror"
-                }
-                found = []
-                for key, value in store.items(keys.FILES):
-                    ref = record_ref(value)
-                    if ref is None:
-                        continue
-                    added: float | None = None  # None: not a mirror's file
-                    if stage_of(key) in mirrors:
-                        try:
-                            added = os.stat(self.server.blobs.path(ref[0])).st_mtime
-                        except OSError:
-                            added = 0.0
-                    found.append((key, ref, added))
-                return serial, found
-        finally:
-            store.close()
+    def reset(self) -> None:
+        """Forget a partly built index (a failed build starts again from nothing)."""
+        self.records.clear()
+        self.refs.clear()
+        self.by_stage.clear()
+        self.totals.clear()
+        self.mirror_shas.clear()
 
-    def loaded_from(self, serial: int, found: list[tuple[str, _Ref, float | None]]) -> None:
-        for key, ref, added in found:  # no store reads here: one dict update each
+    def add_loaded(self, found: list[tuple[str, _Ref, float | None]]) -> None:
+        """One slice of the start-up index: a dict update each, no store reads, so one
+        slice is one short reactor turn and requests are served between slices."""
+        for key, ref, added in found:
             self._add(key, ref, added or 0.0, mirror=added is not None)
+
+    def finish_loading(self, serial: int) -> None:
+        """The index holds every record at ``serial``: apply the commits made since."""
         self.loaded = True
         queued, self._queued = self._queued, []
         for s, changes in queued:
@@ -367,9 +407,25 @@ class MirrorCacheService(service.Service):
         self._call = self.cache.server.reactor.callLater(0, self._load)
 
     def _load(self) -> None:
-        d: Deferred[Any] = self.cache.server.in_thread(self.cache.load, self.db)
-        d.addCallback(lambda result: self.cache.loaded_from(*result))
+        self._call = None
+        self.cache.reset()
+        d = ensureDeferred(self._build())
         d.addErrback(self._failed)
+
+    async def _build(self) -> None:
+        """Read slices in a thread, add each in one reactor turn (1M files do not stall
+        the server for seconds at start-up)."""
+        in_thread = self.cache.server.in_thread
+        reader: IndexReader = await in_thread(self.cache.open_reader, self.db)
+        try:
+            while self.running:
+                found = await in_thread(reader.next_slice, SLICE)
+                if not found:
+                    self.cache.finish_loading(reader.serial)
+                    return
+                self.cache.add_loaded(found)
+        finally:
+            await in_thread(reader.close)
 
     def _failed(self, failure: Any) -> None:
         log.failure("indexing the mirror cache failed; retrying", failure)

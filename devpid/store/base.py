@@ -145,6 +145,12 @@ class Store(ReadView, Protocol):
         database): read-only readers in threads or other processes open it themselves."""
         ...
 
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, JSON]]:
+        """What ``items`` returns, read one record at a time: full-store scans (export, gc,
+        the mirror cache's index) never hold every record in memory. Consume it before
+        writing on the same connection."""
+        ...
+
     # -- reading one key -------------------------------------------------------------------
     def get_text(self, key: str) -> str | None:
         """The stored JSON text of ``key`` (decode a big value off the reactor)."""

@@ -184,6 +184,18 @@ class SQLiteStore:
         ).fetchall()
         return [(k, json.loads(v)) for k, v in rows]
 
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """``items`` one record at a time: a full scan (export, blob gc, start-up indexes)
+        holds one decoded value in memory, not the whole store.
+        Consume it before writing on this connection; inside ``read_snapshot`` it is
+        consistent with every other read there."""
+        cur = self._conn.execute(
+            "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, _upper_bound(prefix)),
+        )
+        for key, value in cur:
+            yield key, json.loads(value)
+
     def keys(self, prefix: str) -> list[str]:
         rows = self._conn.execute(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
