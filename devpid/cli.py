@@ -37,14 +37,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         remember_store_url(serverdir, args.store)
         if new_node and is_initialised(serverdir):
             return _join(serverdir, args)
-    if args.blobdir:
-        from devpid.store import BlobDirError, remember_blobdir
-
-        try:
-            remember_blobdir(serverdir, Path(args.blobdir))
-        except (BlobDirError, OSError) as e:
-            print(f"devpid: --blobdir: {e}", file=sys.stderr)
-            return 2
+    if args.blobdir and not _record_blobdir(serverdir, Path(args.blobdir)):
+        return 2
     if args.root_password == "":
         print("devpid: WARNING: root gets an EMPTY password, as requested.", file=sys.stderr)
     try:
@@ -66,17 +60,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_blobdir(serverdir: Path, blobdir: Path) -> bool:
+    """Remember ``--blobdir`` for ``serverdir``; False (with the reason printed) if refused."""
+    from devpid.store import BlobDirError, remember_blobdir
+
+    try:
+        remember_blobdir(serverdir, blobdir)
+    except (BlobDirError, OSError) as e:
+        print(f"devpid: --blobdir: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _join(serverdir: Path, args: argparse.Namespace) -> int:
     """A new server directory on a database another node initialised: it becomes one more
     node of it (users, indexes and root's password are the database's)."""
-    if args.blobdir:
-        from devpid.store import BlobDirError, remember_blobdir
-
-        try:
-            remember_blobdir(serverdir, Path(args.blobdir))
-        except (BlobDirError, OSError) as e:
-            print(f"devpid: --blobdir: {e}", file=sys.stderr)
-            return 2
+    if args.blobdir and not _record_blobdir(serverdir, Path(args.blobdir)):
+        return 2
     if args.root_password is not None:
         print("devpid: the database has a root password already; --root-password ignored",
               file=sys.stderr)

@@ -12,8 +12,8 @@ import requests
 
 from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_wheel
+from tests.support.polling import wait_for
 from tests.test_private_index import make_index, make_user
-from tests.test_replication import wait_for
 
 
 def audit(server: Devpid, env: dict[str, str], *args: str) -> list[dict[str, object]]:

@@ -30,8 +30,8 @@ from devpid.blobgc import (
 from devpid.store import DB_NAME, keys, open_store
 from tests.conftest import Devpid, client_env, run, tool, twine_upload
 from tests.support.pkgbuild import make_wheel
+from tests.support.polling import wait_for
 from tests.test_private_index import make_index, make_user, pip_download, upload_ok
-from tests.test_replication import wait_for
 
 OLD = time.time() - 10 * 86400
 

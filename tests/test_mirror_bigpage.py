@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import Devpid
 from tests.support.fakepypi import FakePyPI
-from tests.test_replication import wait_for
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.slow
 JSON = "application/vnd.pypi.simple.v1+json"

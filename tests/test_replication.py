@@ -14,7 +14,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -24,35 +23,12 @@ import requests
 
 from devpid.store import open_store
 from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
+from tests.support.polling import serial_of, status, wait_for
 
 UPLOAD_PY = Path(__file__).parent.parent / "devpid" / "web" / "upload.py"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    """Poll ``predicate`` with short sleeps until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except requests.RequestException as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
-
-
-def status(server: Devpid) -> dict[str, Any]:
-    r = requests.get(server.url + "/+status", headers={"Accept": "application/json"}, timeout=5)
-    r.raise_for_status()
-    result: dict[str, Any] = r.json()["result"]
-    return result
-
-
-def serial_of(server: Devpid) -> int:
-    return int(status(server)["serial"])
 
 
 def wait_serial(server: Devpid, serial: int, timeout: float = 15.0) -> None:

@@ -12,8 +12,8 @@ import requests
 
 from tests.conftest import ROOT_PASSWORD, Devpid, run, tool
 from tests.support.fakepypi import FakePyPI
+from tests.support.polling import wait_for
 from tests.test_events import Receiver
-from tests.test_replication import wait_for
 
 ROOT = ("root", ROOT_PASSWORD)
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"

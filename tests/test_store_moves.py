@@ -8,8 +8,6 @@ need ``DEVPID_TEST_PG_URL``.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +17,13 @@ import requests
 from tests.conftest import Devpid, run, tool, twine_upload
 from tests.support.pg import fresh_database, requires_pg
 from tests.support.pkgbuild import make_wheel
+from tests.support.polling import serial_of, status, wait_for
 
 pytestmark = requires_pg
 
 CLOSED_UPSTREAM = "http://127.0.0.1:9/simple/"  # nothing listens: no test talks upstream
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except requests.RequestException as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
-
-
-def status(server: Devpid) -> dict[str, Any]:
-    r = requests.get(server.url + "/+status", headers={"Accept": "application/json"}, timeout=5)
-    r.raise_for_status()
-    result: dict[str, Any] = r.json()["result"]
-    return result
-
-
-def serial_of(server: Devpid) -> int:
-    return int(status(server)["serial"])
 
 
 def upload(server: Devpid, env: dict[str, str], work: Path, user: str, version: str) -> None:
