@@ -739,7 +739,7 @@ class ReplicaFollower(service.Service):
             await self.fetch_blob(sha256)
         if self.store.serial != current:  # cannot happen (one loop), but never double-apply
             return
-        self.store.apply_serial(serial, changes, encoded)
+        await self.store.apply_serial_async(serial, changes, encoded)
         if self.primary_serial is None or serial > self.primary_serial:
             self.primary_serial = serial
         self._healthy()

@@ -476,3 +476,34 @@ def test_this_suite_uses_every_protocol_member() -> None:
         assert members, protocol
         missing = [name for name in members if f".{name}" not in source]
         assert not missing, f"{protocol.__name__}: no test uses {missing}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_apply_serial_async_records_the_given_serial_after_earlier_writes(
+    open_store: Opener,
+) -> None:
+    """A replica's serials: in order, under exactly the given number, after the process's
+    write in progress (on PostgreSQL through the write thread); a wrong serial is refused."""
+    from twisted.internet import defer
+
+    store = open_store()
+    _writer(store)
+    heard: list[int] = []
+    store.add_commit_listener(lambda serial, changes: heard.append(serial))
+
+    async def local_write() -> None:
+        async with store.write() as tx:
+            tx.set("mirror/root/pypi/p", {"local": True})
+
+    first = defer.ensureDeferred(local_write())
+    replayed = defer.ensureDeferred(store.apply_serial_async(1, {"user/a": {"n": 1}}))
+    await first
+    await replayed
+    assert store.serial == 1 and heard == [0, 1]
+    assert store.get("user/a") == {"n": 1} and store.serial_of("user/a") == 1
+    await store.apply_serial_async(2, {"user/b": {"n": 2}, "user/a": None},
+                                   {"user/b": '{"n":2}'})
+    assert store.get("user/b") == {"n": 2} and store.get("user/a") is None
+    with pytest.raises(StoreError):
+        await store.apply_serial_async(7, {"user/c": {}})
+    assert store.serial == 2 and store.writes.status()["writes"]["busy"] is False

@@ -234,6 +234,14 @@ class Store(ReadView, Protocol):
         ``encoded``: values already encoded off the reactor (``encode_value``)."""
         ...
 
+    async def apply_serial_async(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """``apply_serial`` for the daemon (a replica following its primary): it waits for
+        the process's earlier writes, and on PostgreSQL the database round trip runs in the
+        write thread, so a replica's reactor never waits on the network either."""
+        ...
+
     # -- hearing commits -------------------------------------------------------------------
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener(serial, changes)`` after every commit, in serial order."""

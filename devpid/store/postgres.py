@@ -335,6 +335,24 @@ class PostgresStore(SQLiteStore):
         """Record one entry under exactly this serial (import, a replica of a primary)."""
         self._commit_remote(serial, changes, encoded, None)
 
+    async def apply_serial_async(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """A replica's serial: committed under exactly ``serial`` in the write thread (a
+        tool without one commits here, as ``apply_serial``), then applied to the view."""
+        if self._writer is None:
+            await super().apply_serial_async(serial, changes, encoded)
+            return
+        await self.writes.lock.acquire()
+        try:
+            texts, entry = _texts(changes, encoded)
+            committed, between = await threads.deferToThreadPool(
+                self._reactor, self._writer, self._commit_tries, self._writer_connection,
+                serial, changes, texts, entry, self.serial, None)
+            self._apply_committed(committed, between, changes, texts)
+        finally:
+            self.writes.lock.release()
+
     def _commit_remote(self, serial: int | None, changes: Changes,
                        encoded: Mapping[str, str] | None, tx: TrackedTransaction | None) -> int:
         """The synchronous commit (tools, ``transaction()``): the round trip on this thread."""

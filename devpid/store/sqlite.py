@@ -299,6 +299,16 @@ class SQLiteStore:
         process's previous write (never for reads), and commit when the block ends."""
         return AsyncWrite(self.writes, self._new_transaction, self._commit_async)
 
+    async def apply_serial_async(
+        self, serial: int, changes: Changes, encoded: Mapping[str, str] | None = None
+    ) -> None:
+        """``apply_serial`` after this process's earlier writes (local: committed inline)."""
+        await self.writes.lock.acquire()
+        try:
+            self.apply_serial(serial, changes, encoded)
+        finally:
+            self.writes.lock.release()
+
     def _new_transaction(self) -> Transaction:
         return Transaction(self)
 
