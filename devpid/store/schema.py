@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from devpid.store.base import StoreError
 
@@ -65,20 +65,22 @@ SQLITE_STEPS: dict[int, SqliteStep] = {}
 POSTGRESQL_STEPS: dict[int, PostgresqlStep] = {}
 
 
-def sqlite_step(version: int) -> Callable[[SqliteStep], SqliteStep]:
-    def register(step: SqliteStep) -> SqliteStep:
-        assert version not in SQLITE_STEPS, f"two SQLite steps to version {version}"
-        SQLITE_STEPS[version] = step
-        return step
-    return register
+Step = TypeVar("Step", SqliteStep, PostgresqlStep)
 
 
-def postgresql_step(version: int) -> Callable[[PostgresqlStep], PostgresqlStep]:
-    def register(step: PostgresqlStep) -> PostgresqlStep:
-        assert version not in POSTGRESQL_STEPS, f"two PostgreSQL steps to version {version}"
-        POSTGRESQL_STEPS[version] = step
-        return step
-    return register
+def _registrar(steps: dict[int, Step], backend: str) -> Callable[[int], Callable[[Step], Step]]:
+    """The decorator that files a backend's step under the version it upgrades to."""
+    def step_to(version: int) -> Callable[[Step], Step]:
+        def register(step: Step) -> Step:
+            assert version not in steps, f"two {backend} steps to version {version}"
+            steps[version] = step
+            return step
+        return register
+    return step_to
+
+
+sqlite_step = _registrar(SQLITE_STEPS, "SQLite")
+postgresql_step = _registrar(POSTGRESQL_STEPS, "PostgreSQL")
 
 
 # -- the steps ---------------------------------------------------------------------------------
