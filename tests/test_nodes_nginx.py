@@ -22,6 +22,7 @@ from devpid.genconfig import GenConfigOptions, render
 from tests.conftest import ROOT_PASSWORD, Devpid, client_env, run, tool
 from tests.support.fakepypi import FakePyPI
 from tests.support.pg import requires_pg
+from tests.support.polling import wait_serial
 from tests.test_genconfig import RunningNginx, free_port, require_nginx, start_nginx, stop_nginx
 
 pytestmark = requires_pg
@@ -43,11 +44,6 @@ def _serial(url: str) -> int:
     return int(requests.get(url + "/+api", timeout=5).headers["X-Devpi-Serial"])
 
 
-def _wait_serial(node: Devpid, serial: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _serial(node.url) < serial:
-        assert time.monotonic() < deadline, f"{node.url} never reached serial {serial}"
-        time.sleep(0.05)
 
 
 def _access(node: Devpid, needle: str) -> list[str]:
@@ -153,7 +149,7 @@ def test_upload_install_failover_and_catch_up_through_nginx(deployment: Deployme
     # each node answers for everything, whichever node took the upload
     serial = _serial(d.front)
     for node in (d.a, d.b):
-        _wait_serial(node, serial)
+        wait_serial(node, serial)
         page = requests.get(f"{node.url}/alice/dev/+simple/across-nginx/",
                             headers={"Accept": "application/vnd.pypi.simple.v1+json"},
                             timeout=10).json()
@@ -217,7 +213,7 @@ def test_gc_on_a_node_keeps_what_the_other_node_committed(deployment: Deployment
     d = deployment
     r = d.a.json("PUT", "/gcuser", json={"password": "pw"})
     assert r.status_code == 201, r.text
-    _wait_serial(d.b, int(r.headers["X-Devpi-Serial"]))
+    wait_serial(d.b, int(r.headers["X-Devpi-Serial"]))
     r = d.b.json("PUT", "/gcuser/dev", auth=("gcuser", "pw"), json={"bases": []})
     assert r.status_code == 200, r.text
     d.a.stop()

@@ -23,16 +23,12 @@ import requests
 
 from devpid.store import open_store
 from tests.conftest import Devpid, client_env, init_serverdir, run, tool, twine_upload
-from tests.support.polling import serial_of, status, wait_for
+from tests.support.polling import serial_of, status, wait_for, wait_serial
 
 UPLOAD_PY = Path(__file__).parent.parent / "devpid" / "web" / "upload.py"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def wait_serial(server: Devpid, serial: int, timeout: float = 15.0) -> None:
-    wait_for(lambda: serial_of(server) >= serial, timeout, f"{server.url} at serial {serial}")
 
 
 def changelog(server: Devpid) -> list[tuple[int, dict[str, Any]]]:

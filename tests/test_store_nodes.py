@@ -20,6 +20,7 @@ import requests
 
 from tests.conftest import ROOT_PASSWORD, Devpid, client_env, init_serverdir, run, tool
 from tests.support.pg import requires_pg
+from tests.support.polling import wait_serial
 
 pytestmark = requires_pg
 
@@ -29,11 +30,6 @@ def _serial(node: Devpid) -> int:
     return int(r.headers["X-Devpi-Serial"])
 
 
-def _wait_serial(node: Devpid, serial: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _serial(node) < serial:
-        assert time.monotonic() < deadline, f"{node.url} never reached serial {serial}"
-        time.sleep(0.05)
 
 
 def _upload(node: Devpid, stage: str, path: Path, name: str, version: str) -> requests.Response:
@@ -77,10 +73,10 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Devpi
     try:
         r = a.json("PUT", "/u", json={"password": "pw"})
         assert r.status_code == 201, r.text
-        _wait_serial(b, int(r.headers["X-Devpi-Serial"]))  # a node serves a write's serial
+        wait_serial(b, int(r.headers["X-Devpi-Serial"]))  # a node serves a write's serial
         r = b.json("PUT", "/u/dev", auth=("u", "pw"), json={"bases": []})  # once it has it
         assert r.status_code == 200, r.text
-        _wait_serial(a, int(r.headers["X-Devpi-Serial"]))
+        wait_serial(a, int(r.headers["X-Devpi-Serial"]))
         yield url, a, b
     finally:
         a.stop()
@@ -93,7 +89,7 @@ def test_an_upload_to_one_node_installs_from_the_other(nodes: Any, tmp_path: Pat
     _, a, b = nodes
     wheel = make_wheel(tmp_path, "across-nodes", "1.0")
     serial = _upload_retrying(a, "u/dev", wheel, "across-nodes", "1.0")
-    _wait_serial(b, serial)
+    wait_serial(b, serial)
     target = tmp_path / "target"
     run([tool("pip"), "install", "--no-deps", "--target", str(target), "--index-url",
          b.url + "/u/dev/+simple/", "across-nodes==1.0"], client_env(tmp_path))
@@ -120,7 +116,7 @@ def test_concurrent_writes_to_both_nodes_are_gap_free_and_none_lost(
         rows = conn.execute("SELECT serial FROM changelog ORDER BY serial").fetchall()
     assert [s for (s,) in rows] == list(range(len(rows))) and rows[-1][0] >= top
     for node in (a, b):
-        _wait_serial(node, top)
+        wait_serial(node, top)
         for n in range(4):
             r = requests.get(f"{node.url}/u/dev/+simple/busy-{n}/", timeout=10)
             assert all(f"-1.{v}-" in r.text for v in range(n, 12, 4)), (node.url, r.text)
@@ -140,7 +136,7 @@ def test_a_node_that_was_down_catches_up(nodes: Any, tmp_path: Path) -> None:
     assert r.status_code == 200 and "while_away-1.0" in r.text.replace("-", "_", 1)
     r = b.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "from b"})
     assert r.status_code == 200, r.text
-    _wait_serial(a, int(r.headers["X-Devpi-Serial"]))
+    wait_serial(a, int(r.headers["X-Devpi-Serial"]))
     assert a.json("GET", "/u/dev").json()["result"]["title"] == "from b"
 
 
@@ -185,7 +181,7 @@ def test_cache_prune_on_one_node_is_a_commit_every_node_sees(
         # and node B's daemon, whose view the command line shared, goes on past it
         r = a.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "after the prune"})
         assert r.status_code == 200, r.text
-        _wait_serial(b, int(r.headers["X-Devpi-Serial"]))
+        wait_serial(b, int(r.headers["X-Devpi-Serial"]))
         assert b.json("GET", "/u/dev").json()["result"]["title"] == "after the prune"
         assert "applying" not in b.log(), b.log()
     finally:
@@ -205,7 +201,7 @@ def test_a_write_built_on_state_another_node_changed_gets_409_then_retry_works(
     url, _a, b = nodes
     with psycopg.connect(url) as other:
         head = other.execute("SELECT serial FROM head FOR UPDATE").fetchone()[0]
-        _wait_serial(b, head)
+        wait_serial(b, head)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(b.json, "PATCH", "/u/dev", auth=("u", "pw"),
                                   json={"title": "B's title"})
@@ -246,7 +242,7 @@ def test_nodes_ride_out_a_database_restart(nodes: Any) -> None:
                       " WHERE datname = %s", (name,))
     r = a.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "after the restart"})
     assert r.status_code == 200, r.text
-    _wait_serial(b, int(r.headers["X-Devpi-Serial"]))
+    wait_serial(b, int(r.headers["X-Devpi-Serial"]))
     assert b.json("GET", "/u/dev").json()["result"]["title"] == "after the restart"
     log = b.log()
     assert "cannot follow the database" in log and "following the database failed" not in log

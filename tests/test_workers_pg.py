@@ -25,6 +25,7 @@ from tests.conftest import (
 from tests.support.fakepypi import FakePyPI
 from tests.support.pg import requires_pg
 from tests.support.pkgbuild import make_wheel
+from tests.support.polling import wait_serial
 from tests.test_workers import worker_pids
 
 pytestmark = requires_pg
@@ -59,6 +60,7 @@ def test_workers_on_postgresql(tmp_path: Path) -> None:
     init_serverdir(tmp_path / "a", None, root_pypi=False, store=url)
     a = Devpid(tmp_path / "a", args=["--workers", "2", "--store", url])
     b = Devpid(tmp_path / "b", args=["--store", url])
+    sessions: dict[str, requests.Session] = {}
     try:
         a.start()
         deadline = time.monotonic() + 20
@@ -77,7 +79,7 @@ def test_workers_on_postgresql(tmp_path: Path) -> None:
              a.url + "/u/dev/+simple/", "pg-workers==1.2"], env)
         assert any(p.name.startswith("pg_workers-1.2") for p in target.iterdir())
 
-        sessions = _process_sessions(a)
+        sessions.update(_process_sessions(a))
         # a write made by another node reaches the view of every process of node A
         r = b.json("PATCH", "/u/dev", auth=("u", "pw"), json={"title": "from node b"})
         assert r.status_code == 200, r.text
@@ -111,17 +113,14 @@ def test_workers_on_postgresql(tmp_path: Path) -> None:
             r = sessions["worker"].get(f"{a.url}/u/mirror/+f/{sha[:3]}/{sha[3:16]}/{filename}")
             assert r.ok and r.content[:2] == b"PK"
             serial = int(r.headers["X-Devpi-Serial"])
-            deadline = time.monotonic() + 15
-            while int(requests.get(b.url + "/+api").headers["X-Devpi-Serial"]) < serial:
-                assert time.monotonic() < deadline, f"node B never reached serial {serial}"
-                time.sleep(0.05)
+            wait_serial(b, serial)
             assert requests.get(f"{b.url}/u/mirror/+simple/mirrored-pkg/").ok
         finally:
             up.close()
-        for s in sessions.values():
-            s.close()
         for log in (a.log(), b.log()):
             assert "Traceback" not in log and "exited" not in log, log
     finally:
+        for s in sessions.values():
+            s.close()
         a.stop()
         b.stop()

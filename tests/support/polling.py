@@ -36,3 +36,8 @@ def status(server: Devpid) -> dict[str, Any]:
 
 def serial_of(server: Devpid) -> int:
     return int(status(server)["serial"])
+
+
+def wait_serial(server: Devpid, serial: int, timeout: float = 15.0) -> None:
+    """Until ``server`` has applied ``serial`` (a replica, another node, a worker's write)."""
+    wait_for(lambda: serial_of(server) >= serial, timeout, f"{server.url} at serial {serial}")
