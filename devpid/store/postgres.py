@@ -56,7 +56,10 @@ class Conflict(WriteFailed):
     state it read: nothing was stored, and doing the request again will see the new state."""
 
     code = 409
-    entries: list[Entry] = []  # the view lacks them: applied before the 409 is answered
+
+    def __init__(self, message: str, entries: list[Entry]) -> None:
+        super().__init__(message)
+        self.entries = entries  # the view lacks them: applied before the 409 is answered
 
 
 def connect(url: str, lock_timeout: float = LOCK_TIMEOUT) -> psycopg.Connection[Any]:
@@ -124,31 +127,14 @@ def _texts(changes: Changes, encoded: Mapping[str, str] | None) -> tuple[dict[st
     return texts, _compose({key: texts.get(key, "null") for key in changes})
 
 
-def _entries_between(conn: psycopg.Connection[Any], base: int, head: int,
-                     ) -> list[tuple[int, Changes]]:
-    """The entries (base, head], decoded: what other commits did since the transaction
-    read the view (usually none: the view follows the database closely)."""
-    if base >= head:
-        return []
-    rows = conn.execute(
-        "SELECT serial, changes FROM changelog WHERE serial > %s AND serial <= %s"
-        " ORDER BY serial", (base, head)).fetchall()
-    return [(int(serial), dict(json.loads(text))) for serial, text in rows]
-
-
-def _refuse_conflicts(between: list[tuple[int, Changes]], touched: Callable[[str], bool],
-                      ) -> None:
+def _refuse_conflicts(between: list[Entry], touched: Callable[[str], bool]) -> None:
     """Conflict if a serial after the one the transaction started at touched what it read
     or wrote."""
-    for entry_serial, entry_changes in between:
+    for entry_serial, entry_changes, _ in between:
         for key in entry_changes:
             if touched(key):
-                raise Conflict(f"concurrent change of {key!r} (serial {entry_serial}), retry")
-
-
-def _encoded(between: list[tuple[int, Changes]]) -> list[Entry]:
-    return [(serial, changes, {key: encode_value(value) for key, value in changes.items()
-                               if value is not None}) for serial, changes in between]
+                raise Conflict(f"concurrent change of {key!r} (serial {entry_serial}), retry",
+                               between)
 
 
 def read_database(url: str) -> tuple[str, int, list[tuple[str, Any]]]:
@@ -417,13 +403,10 @@ class PostgresStore(SQLiteStore):
         with conn.transaction():
             row = conn.execute("SELECT serial FROM head WHERE id = 0 FOR UPDATE").fetchone()
             head = int(row[0]) if row else -1
-            between = _entries_between(conn, base, head)
+            # what other commits did since the transaction read the view (usually nothing)
+            between = fetch_entries(conn, base, head - base) if head > base else []
             if touched is not None:
-                try:
-                    _refuse_conflicts(between, touched)
-                except Conflict as e:
-                    e.entries = _encoded(between)
-                    raise
+                _refuse_conflicts(between, touched)
             if serial is None:
                 serial = head + 1
             elif serial != head + 1:
@@ -431,7 +414,7 @@ class PostgresStore(SQLiteStore):
             sent.append(True)
             with conn.pipeline():  # the writes go in one round trip, not one each
                 self._write(conn, serial, changes, texts, entry)
-        return serial, _encoded(between)
+        return serial, between
 
     def _write(self, conn: psycopg.Connection[Any], serial: int, changes: Changes,
                texts: Mapping[str, str], entry: str) -> None:
