@@ -172,6 +172,11 @@ def upgrade_postgresql(conn: psycopg.Connection[Any], *,
                        target: int = PG_SCHEMA_VERSION) -> int:
     """As ``upgrade_sqlite``, for the database of ``conn`` (an autocommit connection)."""
     start: int | None = None
+    version = postgresql_version(conn)
+    if version > PG_SCHEMA_VERSION:
+        raise too_new("the database", version, PG_SCHEMA_VERSION)
+    if version >= target:  # the usual open: no transaction, no wait on the schema lock
+        return version
     while True:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
