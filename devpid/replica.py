@@ -57,7 +57,6 @@ from twisted.web.static import File, NoRangeStaticProducer
 from zope.interface import implementer
 
 from devpid.audit_feed import AuditPuller
-from devpid.blobgc import scan
 from devpid.domain import keys
 from devpid.store.base import ChangelogReader, Changes
 from devpid.store.blobs import HEX64
@@ -387,7 +386,7 @@ def _referenced(server: DevpidServer, sha256: str) -> bool:
     return any(
         sha256 in keys.record_blobs(key, value)
         for kind in keys.RECORD_KINDS
-        for key, value in scan(server.store, kind + "/")
+        for key, value in server.store.iter_items(kind + "/")
     )
 
 
