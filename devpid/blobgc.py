@@ -30,10 +30,10 @@ primary's record arrives; another index's blob under a digest a page claims is n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from devpid.domain import keys
 from devpid.store import blob_root, store_url
-from devpid.store.base import BlobStore, ReadView, Store, StoreError
+from devpid.store.base import BlobStore, Store, StoreError
 from devpid.store.blobs import LocalBlobStore, stored_digests
 from devpid.store.sqlite import DB_NAME, SQLiteStore
 
@@ -74,27 +74,27 @@ class SweepReport:
         )
 
 
-def scan(view: ReadView, prefix: str) -> Iterable[tuple[str, Any]]:
-    """The records under ``prefix``, one at a time when the store can (a sweep must not
-    hold every record, or every cached mirror page, in memory at once)."""
-    iter_items: Callable[[str], Iterable[tuple[str, Any]]] | None = getattr(
-        view, "iter_items", None)
-    return iter_items(prefix) if iter_items is not None else view.items(prefix)
+class Records(Protocol):
+    """What a sweep reads records through: a Store, or the database's rows (_RowsView)."""
+
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]: ...
 
 
-def live_blobs(view: ReadView, blobs: BlobStore | None = None) -> set[str]:
+def live_blobs(view: Records, blobs: BlobStore | None = None) -> set[str]:
     """Every digest a current record names (see the module docstring).
 
     A digest a mirror page declares counts only if that mirror fetched the blob from its
     own upstream (``BlobStore.fetched_by``): a page cannot keep another index's blob alive.
+    Records are read one at a time: a sweep never holds every record, or every cached mirror
+    page, in memory at once.
     """
     live: set[str] = set()
     for kind in keys.RECORD_KINDS:
-        for key, value in scan(view, f"{kind}/"):
+        for key, value in view.iter_items(f"{kind}/"):
             live.update(keys.record_blobs(key, value))
     if blobs is None:
         return live
-    for key, value in scan(view, keys.MIRRORS):
+    for key, value in view.iter_items(keys.MIRRORS):
         stage = keys.parse(key).stage
         live.update(d for d in keys.mirror_page_blobs(value)
                     if d not in live and blobs.fetched_by(stage, d))
@@ -176,19 +176,22 @@ def read_live_from(db: Path) -> Callable[[], tuple[int, set[str]]]:
 
 
 class _RowsView:
-    """The ``items`` of ReadView over an open PostgreSQL connection (what live_blobs uses)."""
+    """``iter_items`` over an open PostgreSQL connection (what live_blobs reads), streamed
+    through a server-side cursor as the SQLite store streams its rows."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    def items(self, prefix: str) -> list[tuple[str, Any]]:
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
         import json
 
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # kv's keys sort as COLLATE "C"
-        rows = self.conn.execute(
-            "SELECT key, value FROM kv WHERE key >= %s AND key < %s", (prefix, upper)
-        ).fetchall()
-        return [(str(k), json.loads(v)) for k, v in rows]
+        from devpid.store.sqlite import _upper_bound  # kv's keys sort as COLLATE "C" there too
+
+        with self.conn.cursor(name="devpid_gc") as cur:
+            cur.execute("SELECT key, value FROM kv WHERE key >= %s AND key < %s",
+                        (prefix, _upper_bound(prefix)))
+            for key, value in cur:
+                yield str(key), json.loads(value)
 
 
 def read_live_from_database(url: str, blobs: BlobStore) -> Callable[[], tuple[int, set[str]]]:
@@ -201,15 +204,13 @@ def read_live_from_database(url: str, blobs: BlobStore) -> Callable[[], tuple[in
     def read() -> tuple[int, set[str]]:
         import psycopg
 
-        from devpid.store.postgres import connect
+        from devpid.store.postgres import PostgresStore, connect
 
         conn = connect(url)
         try:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
-                row = conn.execute("SELECT serial FROM head WHERE id = 0").fetchone()
-                serial = -1 if row is None else int(row[0])
-                return serial, live_blobs(_RowsView(conn), blobs)  # type: ignore[arg-type]
+                return PostgresStore._head(conn), live_blobs(_RowsView(conn), blobs)
         except psycopg.Error as e:
             raise StoreError(f"reading the references from the database: {e}") from e
         finally:
