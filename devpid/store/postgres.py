@@ -290,17 +290,30 @@ class PostgresStore(SQLiteStore):
         changes = dict(tx.pending)
         if self._writer is None:  # no write thread (a tool): as transaction() does
             return self._commit_remote(None, changes, tx.encoded, tx)
-        texts, entry = _texts(changes, tx.encoded)
-        d = threads.deferToThreadPool(
-            self._reactor, self._writer, self._commit_tries, self._writer_connection,
-            None, changes, texts, entry, tx.base, tx.touched)
+        return await self._commit_in_writer(None, changes, tx.encoded, tx.base, tx.touched)
+
+    async def _commit_in_writer(self, serial: int | None, changes: Changes,
+                                encoded: Mapping[str, str] | None, base: int,
+                                touched: Callable[[str], bool] | None) -> int:
+        """A commit in the write thread: encoding what is not encoded yet, the round trip
+        and the conflict check all off the reactor; then the result goes to the view."""
+
+        def commit() -> tuple[int, list[Entry], dict[str, str]]:
+            texts, entry = _texts(changes, encoded)
+            committed, between = self._commit_tries(self._writer_connection, serial, changes,
+                                                    texts, entry, base, touched)
+            return committed, between, texts
+
+        writer = self._writer
+        assert writer is not None, "start_writer() first"
         try:
-            serial, between = await d
+            committed, between, texts = await threads.deferToThreadPool(
+                self._reactor, writer, commit)
         except Conflict as e:  # a retry must see what was in the way
             self.apply_entries(e.entries)
             raise
-        self._apply_committed(serial, between, changes, texts)
-        return serial
+        self._apply_committed(committed, between, changes, texts)
+        return committed
 
     def _writer_connection(self) -> psycopg.Connection[Any]:
         """The write thread's own connection (never used by another thread)."""
@@ -331,11 +344,7 @@ class PostgresStore(SQLiteStore):
             return
         await self.writes.lock.acquire()
         try:
-            texts, entry = _texts(changes, encoded)
-            committed, between = await threads.deferToThreadPool(
-                self._reactor, self._writer, self._commit_tries, self._writer_connection,
-                serial, changes, texts, entry, self.serial, None)
-            self._apply_committed(committed, between, changes, texts)
+            await self._commit_in_writer(serial, changes, encoded, self.serial, None)
         finally:
             self.writes.lock.release()
 
