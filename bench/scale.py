@@ -500,47 +500,6 @@ class PgCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def pg_import(dumpdir: Path, serverdir: Path, url: str) -> int:
-    """Load a dump onto PostgreSQL through the import path devpid has (``devpid import``
-    builds SQLite only): the same verification, then each project one commit through the
-    PostgreSQL store, blobs placed before their commit. Run as a subprocess (``pg-import``)."""
-    from devpid import audit, dump
-    from devpid.store import open_store, remember_store_url
-
-    plan = dump.load_any(dumpdir)
-    dump.verify_plan(plan)
-    dump.set_root_password(plan, ROOT_PW, 4)
-    if serverdir.exists() and any(serverdir.iterdir()):
-        raise SystemExit(f"{serverdir} is not empty")
-    remember_store_url(serverdir, url)
-    store, blobs = open_store(serverdir)
-    try:
-        head = [(k, v) for k, v in plan.entries if k.split("/", 1)[0] in ("user", "index")]
-        with store.transaction() as tx:
-            for key, value in head:
-                tx.set(key, value)
-        groups: dict[str, list[tuple[str, Any]]] = {}
-        for key, value in plan.entries:
-            if key.split("/", 1)[0] not in ("user", "index"):
-                groups.setdefault(dump._group_key(key), []).append((key, value))
-        for _, items in sorted(groups.items()):
-            for key, value in items:
-                for digest in dump.keys.record_blobs(key, value):
-                    dump._place_blob(blobs, digest, plan, False)
-            with store.transaction() as tx:
-                for key, value in items:
-                    tx.set(key, value)
-        serial = store.serial
-    finally:
-        store.close()
-    conn = audit.connect(serverdir)
-    try:
-        audit.append(conn, plan.audit_rows)
-    finally:
-        conn.close()
-    return serial
-
-
 # --------------------------------------------------------------------------- one devpid run
 class Budget:
     def __init__(self, minutes: float) -> None:
@@ -593,15 +552,14 @@ def measure_devpid(args: argparse.Namespace, procs: Procs, work: Path, size: Siz
     shutil.rmtree(serverdir, ignore_errors=True)
     url = None
     timeout = args.step_timeout
-    if store == "sqlite":
-        imp = run_measured([str(TOOLS / "devpid"), "import", "--serverdir", str(serverdir),
-                            str(dump), "--root-password", ROOT_PW, "--bcrypt-rounds", "4"],
-                           env, timeout)
-    else:
+    onto: list[str] = []
+    if store != "sqlite":  # devpid import --store: the same import, into an empty database
         assert pg is not None
         url = pg.database(f"scale_{size.slug}")
-        imp = run_measured([sys.executable, str(Path(__file__).resolve()), "pg-import",
-                            str(dump), str(serverdir), url], env, timeout, cwd=ROOT)
+        onto = ["--store", url]
+    imp = run_measured([str(TOOLS / "devpid"), "import", "--serverdir", str(serverdir),
+                        str(dump), "--root-password", ROOT_PW, "--bcrypt-rounds", "4", *onto],
+                       env, timeout)
     res["import"] = imp
     log(f"  import ({store}): {imp['seconds']}s rc={imp['rc']} peak {imp['peak_rss_mb']} MB")
     if imp["rc"] != 0:
@@ -989,8 +947,7 @@ def write_report(doc: dict[str, Any], out_dir: Path) -> None:
         "empty following the primary over HTTP (fetches every file); PostgreSQL, a second node "
         "started empty on the same database (shared +blobs), until its serial equals the "
         "primary's. PostgreSQL is the throw-away cluster of .ci/pg-cluster (fsync=off, "
-        "loopback); onto PostgreSQL the dump is loaded by the same verification and one "
-        "commit per project through the PostgreSQL store (`devpid import` builds SQLite only).",
+        "loopback); the dump goes onto it with `devpid import --store URL`.",
         "",
         table(results),
         "",
@@ -1066,10 +1023,6 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pg-import"]:
-        serial = pg_import(Path(argv[1]), Path(argv[2]), argv[3])
-        print(f"imported onto PostgreSQL, serial {serial}")
-        return 0
     args = parse_args(argv)
     json_path = args.json or args.out / "scale.json"
     if args.plot_only:
